@@ -1,0 +1,294 @@
+"""Typed configuration: one defaults module with layered overrides.
+
+Every default lives in the dataclasses below. Layers override them in this order, later wins:
+
+1. the defaults here,
+2. a YAML config file (``--config FILE`` or ``HOMEWARD_CONFIG``),
+3. environment variables: ``HOMEWARD_<KEY>`` for top-level keys, ``HOMEWARD_<SECTION>__<KEY>`` for sections
+   (``HOMEWARD_DATA_DIR=/srv/homeward``, ``HOMEWARD_MATCH__TOP_K=20``),
+4. command-line flags (``--data-dir``, ``--set match.top_k=20``).
+
+Each component reads only its own section (``settings.crawl``, ``settings.match`` ...). An unknown key or a value of
+the wrong type raises :class:`ConfigError` naming the key and the layer it came from, so a typo never silently
+falls back to a default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from engine.errors import HomewardError
+
+
+class ConfigError(HomewardError, ValueError):
+    """Bad configuration: the message names the key, the value and where it came from."""
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    address: str | None = None
+    """``None`` starts a local Ray; ``auto`` or ``ray://host:10001`` joins a running cluster."""
+    num_cpus: int | None = None
+    """CPUs for a local Ray; ``None`` takes every core of this machine."""
+    num_gpus: int | None = None
+    object_store_mb: int = 2048
+    """Local object store cap. Ray's default (30% of RAM) starves small machines."""
+    init_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class CrawlSettings:
+    sources_file: str | None = None
+    """YAML file of extra or overriding sources; the built-in list is ``crawlers/sources.yaml``."""
+    user_agent: str = "HomewardBot/0.1 (+{contact_url})"
+    contact_url: str = "https://github.com/homeward-pets/homeward"
+    concurrency_per_domain: int = 2
+    download_delay_s: float = 0.5
+    autothrottle: bool = True
+    obey_robots: bool = True
+    timeout_s: float = 30.0
+    retry_times: int = 2
+    max_page_mb: float = 8.0
+    max_image_mb: float = 15.0
+    max_image_pixels: int = 80_000_000
+    max_pages: int = 0
+    """Stop a crawl after this many responses (0: no limit)."""
+    petfinder_key: str | None = None
+    petfinder_secret: str | None = None
+
+
+@dataclass(frozen=True)
+class EnrichSettings:
+    profile: str = "cpu"
+    """Named model profile (``engine/models/profiles.yaml``): which detector, embedder and captioners to run."""
+    batch_size: int = 16
+    actor_cpus: float = 0.5
+    """CPUs per model actor. Fractional on purpose: actors that hold every core starve Ray Data's read tasks."""
+    actor_gpus: float = 0.0
+    """GPUs per model actor when the cluster has GPUs (fractions share one card)."""
+    actors: int = 1
+    detect_confidence: float = 0.25
+    max_side: int = 1280
+    """Photos are downscaled to this longest side before detection."""
+    retry_failed: bool = True
+
+
+@dataclass(frozen=True)
+class MatchSettings:
+    top_k: int = 10
+    tile_size: int = 4096
+    """Rows per side of one scoring tile: peak memory grows with tile_size², never with N×M."""
+    device: str = "auto"
+    max_speed_km_per_day: float = 25.0
+    base_radius_km: float = 15.0
+    max_days: int = 365
+    found_before_lost_grace_days: int = 3
+    weights: dict[str, float] = field(
+        default_factory=lambda: {"image": 0.55, "text": 0.15, "attributes": 0.15, "geo": 0.1, "time": 0.05}
+    )
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    out_dir: str | None = None
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_user: str | None = None
+    smtp_password: str | None = None
+    smtp_sender: str = "homeward@localhost"
+    smtp_starttls: bool = False
+
+
+@dataclass(frozen=True)
+class DashboardSettings:
+    host: str = "127.0.0.1"
+    port: int = 8501
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: str = "homeward-data"
+    """Root of everything a run writes, unless a location below is set explicitly."""
+    lance_uri: str | None = None
+    """LanceDB location (local path or ``s3://``); default ``<data_dir>/lance``."""
+    duckdb_path: str | None = None
+    """DuckDB file; default ``<data_dir>/homeward.duckdb``."""
+    photo_store: str | None = None
+    """Content-addressed photo store (path or fsspec URI); default ``<data_dir>/photos``."""
+    models_dir: str | None = None
+    """Local weights folder searched before any model hub (``HOMEWARD_MODELS_DIR``)."""
+    salt: str = "homeward-default-salt-change-me"
+    """Salt for contact and chip hashes. Set your own in production."""
+    ray: RaySettings = field(default_factory=RaySettings)
+    crawl: CrawlSettings = field(default_factory=CrawlSettings)
+    enrich: EnrichSettings = field(default_factory=EnrichSettings)
+    match: MatchSettings = field(default_factory=MatchSettings)
+    report: ReportSettings = field(default_factory=ReportSettings)
+    dashboard: DashboardSettings = field(default_factory=DashboardSettings)
+
+    @property
+    def lance(self) -> str:
+        return self.lance_uri or str(Path(self.data_dir) / "lance")
+
+    @property
+    def duckdb(self) -> str:
+        return self.duckdb_path or str(Path(self.data_dir) / "homeward.duckdb")
+
+    @property
+    def photos(self) -> str:
+        return self.photo_store or str(Path(self.data_dir) / "photos")
+
+    @property
+    def reports(self) -> str:
+        return self.report.out_dir or str(Path(self.data_dir) / "reports")
+
+    def ensure_writable(self) -> None:
+        """Fail early, before any job starts, when the data dir cannot be written."""
+        path = Path(self.data_dir)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / ".write-probe"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise ConfigError(f"data_dir {str(path)!r} is not writable: {exc.strerror or exc}") from exc
+
+    def with_overrides(self, overrides: dict[str, Any], origin: str = "override") -> Settings:
+        return _apply(self, overrides, origin)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _is_section(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _coerce(value: Any, tp: Any, key: str, origin: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; strings (env, ``--set``) are parsed as YAML scalars."""
+    if isinstance(value, str) and tp is not str:
+        with contextlib.suppress(yaml.YAMLError):
+            value = yaml.safe_load(value) if value.strip() else None
+    origin_tp = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin_tp in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, origin)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r} ({origin})")
+    if origin_tp is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"config key {key!r} expects a list, got {value!r} (from {origin})")
+        return [_coerce(v, args[0], f"{key}[]", origin) for v in value]
+    if origin_tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r} expects a mapping, got {value!r} (from {origin})")
+        return {str(k): _coerce(v, args[1], f"{key}.{k}", origin) for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(f"config key {key!r} expects {getattr(tp, '__name__', tp)}, got {value!r} (from {origin})")
+
+
+def _apply(obj: Any, overrides: dict[str, Any], origin: str, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(type(obj))
+    changes: dict[str, Any] = {}
+    for raw_key, value in overrides.items():
+        key = str(raw_key).replace("-", "_")
+        dotted = f"{prefix}{key}"
+        if key not in hints:
+            known = ", ".join(sorted(hints))
+            raise ConfigError(f"unknown config key {dotted!r} (from {origin}); known keys here: {known}")
+        tp = hints[key]
+        if _is_section(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {dotted!r} is a section and needs a mapping (from {origin})")
+            changes[key] = _apply(getattr(obj, key), value, origin, f"{dotted}.")
+        else:
+            changes[key] = _coerce(value, tp, dotted, origin)
+    return dataclasses.replace(obj, **changes)
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        node = nested
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"config key {dotted!r} sets inside a non-section")
+        node[leaf] = value
+    return nested
+
+
+def _env_overrides(environ: typing.Mapping[str, str]) -> dict[str, Any]:
+    flat = {}
+    for name, value in environ.items():
+        if not name.startswith("HOMEWARD_") or name in ("HOMEWARD_CONFIG", "HOMEWARD_ONLINE"):
+            continue
+        flat[name[len("HOMEWARD_") :].lower().replace("__", ".")] = value
+    return _nest(flat)
+
+
+def parse_assignments(pairs: typing.Iterable[str]) -> dict[str, Any]:
+    """``["match.top_k=5", "data_dir=/x"]`` → nested overrides (values parsed later against the schema)."""
+    flat = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE, got {pair!r}")
+        flat[key.strip()] = value
+    return _nest(flat)
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: typing.Mapping[str, str] | None = None,
+) -> Settings:
+    """Build settings from defaults ← config file ← environment ← ``overrides`` (highest)."""
+    environ = os.environ if environ is None else environ
+    settings = Settings()
+    config_file = config_file or environ.get("HOMEWARD_CONFIG")
+    if config_file:
+        path = Path(config_file)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror or exc}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys, got {type(loaded).__name__}")
+        settings = _apply(settings, loaded, f"config file {path}")
+    settings = _apply(settings, _env_overrides(environ), "environment")
+    if overrides:
+        settings = _apply(settings, overrides, "command line")
+    return settings

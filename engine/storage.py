@@ -1,0 +1,197 @@
+"""Storage: LanceDB tables, the DuckDB runs/matches file, and the content-addressed photo store.
+
+Trade-offs worth knowing:
+
+* LanceDB writes are **upserts by key** (``merge_insert``) in large batches. Each call creates a new table version,
+  so many tiny writes fragment the table; jobs buffer rows and write thousands at a time. Readers can pin a
+  version (``LanceStore.open(name, version=...)``) — the match job records the versions it read.
+* DuckDB allows **one writer process at a time**, and a process holding the file read-write blocks every other
+  process, readers included. So writers never hold it: :meth:`RunsDB.write` opens, runs one transaction and closes,
+  and readers (dashboard, analysts) use :meth:`RunsDB.read`, which opens read-only and retries briefly while a
+  writer is in its transaction.
+* Photos are stored under their sha256 (``ab/cd/<sha256>.<ext>``): the same image posted twice is stored once, a
+  rerun never rewrites a file, and any fsspec URI (``s3://bucket/photos``) works in place of a local path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import fsspec
+import lancedb
+import pyarrow as pa
+
+from engine import ids, schema
+from engine.errors import HomewardError
+
+
+class StorageError(HomewardError):
+    """A store cannot be opened or written; the message names the location."""
+
+
+class LanceStore:
+    """The LanceDB database at ``uri`` (local path or object-store URI)."""
+
+    def __init__(self, uri: str, storage_options: dict[str, str] | None = None) -> None:
+        self.uri = uri
+        if "://" not in uri:
+            Path(uri).mkdir(parents=True, exist_ok=True)
+        self.db = lancedb.connect(uri, storage_options=storage_options)
+
+    def exists(self, name: str) -> bool:
+        return self.db.table_exists(name)
+
+    def open(self, name: str, version: int | None = None) -> lancedb.table.Table:
+        table = self.db.open_table(name)
+        if version is not None:
+            table.checkout(version)
+        return table
+
+    def ensure(self, name: str, table_schema: pa.Schema) -> lancedb.table.Table:
+        """Open ``name``, creating it empty with ``table_schema`` when missing; refuse a conflicting schema."""
+        if self.exists(name):
+            table = self.open(name)
+            existing = table.schema
+            for fld in table_schema:
+                if fld.name in existing.names and existing.field(fld.name).type != fld.type:
+                    raise StorageError(
+                        f"LanceDB table {name!r} at {self.uri} has column {fld.name!r} of type "
+                        f"{existing.field(fld.name).type}, but this run writes {fld.type}. Vectors of different "
+                        "models or dimensions cannot share a table: use another data_dir or drop the table."
+                    )
+            return table
+        return self.db.create_table(name, schema=table_schema, exist_ok=True)
+
+    def upsert(self, name: str, rows: pa.Table | Sequence[dict[str, Any]], key: str, table_schema: pa.Schema) -> int:
+        """Insert new rows and replace rows whose ``key`` already exists, as one new table version."""
+        data = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(list(rows), schema=table_schema)
+        if data.num_rows == 0:
+            return 0
+        data = data.select(table_schema.names).cast(table_schema)
+        table = self.ensure(name, table_schema)
+        (table.merge_insert(key).when_matched_update_all().when_not_matched_insert_all().execute(data))
+        return data.num_rows
+
+    def read(
+        self,
+        name: str,
+        where: str | None = None,
+        columns: Sequence[str] | None = None,
+        version: int | None = None,
+    ) -> pa.Table:
+        """Read a whole table (optionally filtered); an absent table reads as empty."""
+        if not self.exists(name):
+            return pa.table({})
+        table = self.open(name, version)
+        if where is None:
+            data = table.to_arrow()
+            return data.select(list(columns)) if columns else data
+        query = table.search().where(where)
+        if columns:
+            query = query.select(list(columns))
+        return query.limit(None).to_arrow()
+
+    def count(self, name: str, where: str | None = None) -> int:
+        return self.open(name).count_rows(where) if self.exists(name) else 0
+
+    def version(self, name: str) -> int | None:
+        return self.open(name).version if self.exists(name) else None
+
+
+class RunsDB:
+    """The DuckDB file: run records, matches, feedback. Short-lived connections, one writer at a time."""
+
+    def __init__(self, path: str, busy_timeout_s: float = 30.0) -> None:
+        self.path = path
+        self.busy_timeout_s = busy_timeout_s
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with self.write() as con:
+            con.execute(resources.files("engine.sql").joinpath("schema.sql").read_text())
+
+    def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        deadline = time.monotonic() + self.busy_timeout_s
+        while True:
+            try:
+                return duckdb.connect(self.path, read_only=read_only)
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise StorageError(f"cannot open DuckDB file {self.path}: {exc}") from exc
+                time.sleep(0.2)
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One transaction: everything inside commits together or not at all, then the file is released."""
+        con = self._connect(read_only=False)
+        try:
+            con.execute("BEGIN TRANSACTION")
+            yield con
+            con.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                con.execute("ROLLBACK")
+            raise
+        finally:
+            con.close()
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        con = self._connect(read_only=True)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        with self.read() as con:
+            return con.execute(sql, params or []).fetchall()
+
+
+class PhotoStore:
+    """Content-addressed photo files under a local path or any fsspec URI."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root.rstrip("/")
+        self.fs, self.base = fsspec.core.url_to_fs(self.root)
+        self.fs.makedirs(self.base, exist_ok=True)
+
+    def uri_for(self, photo_id: str, ext: str) -> str:
+        return f"{self.root}/{photo_id[:2]}/{photo_id[2:4]}/{photo_id}.{ext}"
+
+    def put(self, data: bytes, ext: str) -> tuple[str, str]:
+        """Store ``data`` once; return ``(photo_id, uri)``. Writing is temp-file + rename, so readers never see
+        half a photo."""
+        pid = ids.photo_id(data)
+        uri = self.uri_for(pid, ext)
+        _, path = fsspec.core.url_to_fs(uri)
+        if not self.fs.exists(path):
+            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            tmp = f"{path}.tmp-{time.monotonic_ns()}"
+            with self.fs.open(tmp, "wb") as fh:
+                fh.write(data)
+            self.fs.mv(tmp, path)
+        return pid, uri
+
+    def get(self, uri: str) -> bytes:
+        with fsspec.open(uri, "rb") as fh:
+            return fh.read()
+
+
+def open_stores(settings: Any) -> tuple[LanceStore, RunsDB, PhotoStore]:
+    """The three stores named by ``settings`` (an :class:`engine.config.Settings`)."""
+    if "://" not in settings.data_dir:
+        settings.ensure_writable()
+    return LanceStore(settings.lance), RunsDB(settings.duckdb), PhotoStore(settings.photos)
+
+
+def upsert_listings(store: LanceStore, rows: Iterable[dict[str, Any]]) -> int:
+    return store.upsert("listings", list(rows), key="listing_id", table_schema=schema.LISTINGS)
+
+
+def upsert_photos(store: LanceStore, rows: Iterable[dict[str, Any]]) -> int:
+    return store.upsert("photos", list(rows), key="photo_key", table_schema=schema.PHOTOS)
