@@ -1,0 +1,1 @@
+"""Homeward's spiders: one per site (``<site>.py``), the config-driven ``configurable`` spider, and ``base``."""
