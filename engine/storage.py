@@ -44,8 +44,18 @@ class LanceStore:
             Path(uri).mkdir(parents=True, exist_ok=True)
         self.db = lancedb.connect(uri, storage_options=storage_options)
 
+    def table_names(self) -> list[str]:
+        names: list[str] = []
+        token = None
+        while True:
+            page = self.db.list_tables(page_token=token)
+            names.extend(page.tables)
+            token = page.page_token
+            if not token:
+                return names
+
     def exists(self, name: str) -> bool:
-        return self.db.table_exists(name)
+        return name in self.table_names()
 
     def open(self, name: str, version: int | None = None) -> lancedb.table.Table:
         table = self.db.open_table(name)

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from engine import ids, schema
+from engine.config import Settings
+from engine.storage import LanceStore, PhotoStore, RunsDB, StorageError, open_stores, upsert_listings
+
+
+def _listing(source_id: str, **fields: object) -> dict[str, object]:
+    row = schema.empty_row(schema.LISTINGS)
+    row.update(
+        listing_id=ids.listing_id("t", source_id),
+        source="t",
+        source_id=source_id,
+        kind="lost",
+        species="dog",
+        scraped_at=datetime(2026, 1, 1, tzinfo=UTC),
+        colors=["black"],
+        photo_ids=[],
+    )
+    row.update(fields)
+    return row
+
+
+def test_upsert_inserts_then_replaces_by_key(tmp_path: Path) -> None:
+    store = LanceStore(str(tmp_path / "lance"))
+    assert upsert_listings(store, [_listing("1"), _listing("2")]) == 2
+    v1 = store.version("listings")
+    upsert_listings(store, [_listing("2", species="cat"), _listing("3")])
+    table = store.read("listings").to_pylist()
+    assert sorted(r["source_id"] for r in table) == ["1", "2", "3"]
+    assert {r["source_id"]: r["species"] for r in table}["2"] == "cat"
+    pinned = store.read("listings", version=v1).to_pylist()
+    assert {r["source_id"]: r["species"] for r in pinned} == {"1": "dog", "2": "dog"}
+    assert store.count("listings", "species = 'cat'") == 1
+
+
+def test_schema_conflict_is_refused(tmp_path: Path) -> None:
+    store = LanceStore(str(tmp_path / "lance"))
+    store.ensure("detections", schema.detections_schema(8, 4))
+    with pytest.raises(StorageError, match="Vectors of different models"):
+        store.ensure("detections", schema.detections_schema(16, 4))
+
+
+def test_duckdb_write_is_all_or_nothing(tmp_path: Path) -> None:
+    db = RunsDB(str(tmp_path / "h.duckdb"))
+    with pytest.raises(RuntimeError), db.write() as con:
+        con.execute("INSERT INTO match_runs (run_id, started, status) VALUES ('r1', now(), 'published')")
+        raise RuntimeError("crash mid-publication")
+    assert db.query("SELECT count(*) FROM match_runs") == [(0,)]
+    with db.write() as con:
+        con.execute("INSERT INTO match_runs (run_id, started, status) VALUES ('r2', now(), 'published')")
+    with db.read() as con:
+        assert con.execute("SELECT run_id FROM match_runs").fetchall() == [("r2",)]
+
+
+def test_photo_store_is_content_addressed(tmp_path: Path) -> None:
+    photos = PhotoStore(str(tmp_path / "photos"))
+    pid, uri = photos.put(b"\xff\xd8jpeg-bytes", "jpg")
+    assert pid == ids.photo_id(b"\xff\xd8jpeg-bytes")
+    assert photos.put(b"\xff\xd8jpeg-bytes", "jpg") == (pid, uri)
+    assert photos.get(uri) == b"\xff\xd8jpeg-bytes"
+    assert uri.endswith(f"/{pid[:2]}/{pid[2:4]}/{pid}.jpg")
+
+
+def test_open_stores_creates_everything(tmp_path: Path) -> None:
+    lance, runs, photos = open_stores(Settings(data_dir=str(tmp_path / "d")))
+    assert Path(lance.uri).is_dir() and Path(runs.path).is_file() and Path(photos.root).is_dir()
+    tables = {r[0] for r in runs.query("SELECT table_name FROM information_schema.tables")}
+    assert {"crawl_runs", "enrich_runs", "match_runs", "matches", "feedback", "listings"} <= tables
