@@ -29,3 +29,8 @@ def content_hash(*parts: object) -> str:
         h.update(repr(part).encode())
         h.update(b"\x1f")
     return h.hexdigest()[:32]
+
+
+def photo_key(listing_id: str, source_url: str) -> str:
+    """A photo row's key: one row per (listing, photo URL), known before (and whether or not) the download works."""
+    return hashlib.sha256(f"{listing_id}\x1f{source_url}".encode()).hexdigest()[:32]
