@@ -106,6 +106,10 @@ class ReportSettings:
     smtp_password: str | None = None
     smtp_sender: str = "homeward@localhost"
     smtp_starttls: bool = False
+    smtp_timeout_s: float = 30.0
+    recipients: dict[str, str] = field(default_factory=dict)
+    """Shelter key (``shelter_id``, or ``source`` for found posts) → e-mail address(es, comma-separated) that
+    ``homeward report --email`` sends that shelter's report to; shelters not listed get files only."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,410 @@
+"""A small, realistic Homeward database for tests and for trying the dashboard without running the jobs.
+
+:func:`populate` writes, through the real stores, what the crawl, enrich and match jobs would have left:
+
+* a DuckDB ``listings`` snapshot: lost posts (craigslist, pet911, austin), shelter intakes of two shelters (Seattle
+  Animal Shelter via petango, Austin Animal Center via petharbor) and a found post with no shelter (pet911);
+* ``crawl_runs`` (one source healthy, one whose latest run failed, one that never succeeded), ``enrich_runs``;
+* three ``match_runs``: an old published one, the latest published one, and a newer one still ``running`` whose
+  rows must stay invisible (it holds a pair no published run has: :data:`GHOST_PAIR`);
+* ``feedback``: one pair confirmed, one rejected, one rejected then confirmed;
+* photos made with Pillow, stored in the PhotoStore WITH an EXIF block (GPS and camera tags), and their LanceDB
+  ``photos`` rows, so the tests can prove that what Homeward shows is EXIF-free.
+
+Run ``python -m dashboards.sample --data-dir DIR`` to fill a data dir, then ``homeward dashboard --data-dir DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import io
+import json
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+from engine import ids
+from engine.config import Settings, load_settings
+from engine.storage import LanceStore, PhotoStore, RunsDB, upsert_photos
+
+UTC = dt.UTC
+
+#: (source, source_id) of every listing, by a short name the tests use.
+LISTINGS: dict[str, dict[str, Any]] = {
+    "lost_buddy": dict(
+        source="craigslist",
+        source_id="sea-7781",
+        kind="lost",
+        species="dog",
+        breed="labrador retriever",
+        colors=["black"],
+        sex="male",
+        name="Buddy",
+        location_text="Green Lake, Seattle, WA",
+        lat=47.6805,
+        lon=-122.3290,
+        days_ago=10,
+        url="https://seattle.craigslist.org/laf/7781.html",
+    ),
+    "lost_misha": dict(
+        source="pet911",
+        source_id="rl123456",
+        kind="lost",
+        species="cat",
+        breed=None,
+        colors=["grey", "white"],
+        sex="female",
+        name="Misha",
+        location_text="Khamovniki, Moscow",
+        lat=55.7289,
+        lon=37.5731,
+        days_ago=6,
+        url="https://pet911.ru/moskva/lost/cat/rl123456",
+    ),
+    "lost_rex": dict(
+        source="austin",
+        source_id="A-LOST-2211",
+        kind="lost",
+        species="dog",
+        breed="german shepherd",
+        colors=["tan", "black"],
+        sex="male",
+        name="Rex",
+        location_text="East Riverside, Austin, TX",
+        lat=30.2400,
+        lon=-97.7200,
+        days_ago=20,
+        url="https://www.austintexas.gov/lost/A-LOST-2211",
+    ),
+    "lost_luna": dict(
+        source="craigslist",
+        source_id="sea-7790",
+        kind="lost",
+        species="dog",
+        breed="husky",
+        colors=["white"],
+        sex="female",
+        name="Luna",
+        location_text="Ballard, Seattle, WA",
+        lat=47.6686,
+        lon=-122.3860,
+        days_ago=4,
+        url="https://seattle.craigslist.org/laf/7790.html",
+    ),
+    "shelter_a101": dict(
+        source="petango",
+        source_id="A101",
+        kind="shelter",
+        species="dog",
+        breed="labrador retriever mix",
+        colors=["black"],
+        sex="male",
+        name=None,
+        location_text="Seattle Animal Shelter",
+        lat=47.5890,
+        lon=-122.3170,
+        days_ago=8,
+        url="https://www.petango.com/Adopt/Dog-Labrador-Retriever-A101",
+        shelter_id="SEAS",
+        shelter_name="Seattle Animal Shelter",
+    ),
+    "shelter_a102": dict(
+        source="petango",
+        source_id="A102",
+        kind="shelter",
+        species="dog",
+        breed="pit bull",
+        colors=["brown"],
+        sex="male",
+        name=None,
+        location_text="Seattle Animal Shelter",
+        lat=47.5890,
+        lon=-122.3170,
+        days_ago=5,
+        url="https://www.petango.com/Adopt/Dog-Pit-Bull-A102",
+        shelter_id="SEAS",
+        shelter_name="Seattle Animal Shelter",
+    ),
+    "found_cat": dict(
+        source="pet911",
+        source_id="rf654321",
+        kind="found",
+        species="cat",
+        breed=None,
+        colors=["grey"],
+        sex="unknown",
+        name=None,
+        location_text="Frunzenskaya, Moscow",
+        lat=55.7270,
+        lon=37.5800,
+        days_ago=3,
+        url="https://pet911.ru/moskva/found/cat/rf654321",
+    ),
+    "shelter_k9": dict(
+        source="petharbor",
+        source_id="A881234",
+        kind="shelter",
+        species="dog",
+        breed="german shepherd",
+        colors=["tan", "black"],
+        sex="male",
+        name=None,
+        location_text="Austin Animal Center",
+        lat=30.2510,
+        lon=-97.6890,
+        days_ago=15,
+        url="https://www.petharbor.com/pet.asp?uaid=ASTN.A881234",
+        shelter_id="ASTN",
+        shelter_name="Austin Animal Center",
+    ),
+}
+
+#: Colours of each listing's generated photo (two tones: body and background).
+_PALETTE = {
+    "lost_buddy": ((20, 20, 24), (120, 170, 90)),
+    "lost_misha": ((150, 150, 160), (230, 220, 200)),
+    "lost_rex": ((180, 140, 80), (90, 120, 170)),
+    "lost_luna": ((240, 240, 240), (60, 90, 60)),
+    "shelter_a101": ((25, 25, 28), (200, 200, 190)),
+    "shelter_a102": ((120, 70, 40), (200, 200, 190)),
+    "found_cat": ((140, 140, 150), (90, 80, 70)),
+    "shelter_k9": ((175, 135, 75), (210, 205, 195)),
+}
+
+GHOST_PAIR = ("lost_luna", "shelter_a102")
+"""Only the ``running`` match run holds this pair: no view, report or page may show it."""
+
+
+def lid(name: str) -> str:
+    spec = LISTINGS[name]
+    return ids.listing_id(spec["source"], spec["source_id"])
+
+
+def make_photo(
+    body: tuple[int, int, int], background: tuple[int, int, int], size: tuple[int, int] = (900, 700), exif: bool = True
+) -> bytes:
+    """A JPEG of a cartoon animal (ears, eyes, nose) in two colours, with EXIF GPS and camera tags when ``exif``."""
+    w, h = size
+    img = Image.new("RGB", size, background)
+    d = ImageDraw.Draw(img)
+    cx, cy, r = w // 2, h // 2 + h // 10, min(w, h) // 3
+    d.polygon([(cx - r, cy - r // 2), (cx - r // 2, cy - r - r // 2), (cx - r // 5, cy - r)], fill=body)
+    d.polygon([(cx + r, cy - r // 2), (cx + r // 2, cy - r - r // 2), (cx + r // 5, cy - r)], fill=body)
+    d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=body)
+    eye = (250, 250, 250) if sum(body) < 300 else (30, 30, 30)
+    for ex in (cx - r // 3, cx + r // 3):
+        d.ellipse([ex - r // 9, cy - r // 4 - r // 9, ex + r // 9, cy - r // 4 + r // 9], fill=eye)
+    d.ellipse([cx - r // 7, cy + r // 6, cx + r // 7, cy + r // 3], fill=(200, 90, 90))
+    out = io.BytesIO()
+    if exif:
+        ex = Image.Exif()
+        ex[0x010F] = "PhoneMaker"  # Make
+        ex[0x0110] = "Phone 12"  # Model
+        ex[0x0131] = "HomewardSampleCamera"  # Software
+        gps = ex.get_ifd(0x8825)
+        gps[1], gps[2], gps[3], gps[4] = "N", (47.0, 40.0, 49.8), "W", (122.0, 19.0, 44.4)
+        img.save(out, "JPEG", quality=88, exif=ex)
+    else:
+        img.save(out, "JPEG", quality=88)
+    return out.getvalue()
+
+
+def populate(settings: Settings, now: dt.datetime | None = None) -> dict[str, Any]:
+    """Write the sample database under ``settings``; return listing ids, photo ids and run ids by name."""
+    now = now or dt.datetime.now(UTC)
+    runs = RunsDB(settings.duckdb)
+    lance = LanceStore(settings.lance)
+    store = PhotoStore(settings.photos)
+
+    photo_ids: dict[str, str] = {}
+    photo_rows = []
+    for name in LISTINGS:
+        data = make_photo(*_PALETTE[name])
+        pid, uri = store.put(data, "jpg")
+        photo_ids[name] = pid
+        src_url = f"https://img.example.invalid/{name}.jpg"
+        photo_rows.append(
+            dict(
+                photo_key=ids.content_hash(lid(name), src_url),
+                photo_id=pid,
+                listing_id=lid(name),
+                source_url=src_url,
+                uri=uri,
+                width=900,
+                height=700,
+                format="JPEG",
+                fetched_at=now,
+                status="ok",
+                error=None,
+                enrich_status="ok",
+                enrich_error=None,
+                enriched_at=now,
+            )
+        )
+    upsert_photos(lance, photo_rows)
+
+    def day(days_ago: float) -> dt.datetime:
+        return now - dt.timedelta(days=days_ago)
+
+    runs_info = {
+        "old": ("match-old", day(8), day(8) + dt.timedelta(seconds=95), "published"),
+        "latest": ("match-latest", now - dt.timedelta(minutes=62), now - dt.timedelta(minutes=60), "published"),
+        "running": ("match-running", now - dt.timedelta(minutes=5), None, "running"),
+    }
+    # (lost, found, score, image, text, attrs, geo, time, distance_km, days_apart, per run)
+    pairs = {
+        "old": [
+            ("lost_buddy", "shelter_a101", 0.88, 0.90, 0.61, 0.9, 0.8, 0.9, 7.4, 2.0),
+            ("lost_rex", "shelter_k9", 0.64, 0.66, 0.50, 0.8, 0.7, 0.6, 3.6, 5.0),
+        ],
+        "latest": [
+            ("lost_buddy", "shelter_a101", 0.91, 0.93, 0.64, 0.9, 0.8, 0.9, 7.4, 2.0),
+            ("lost_buddy", "shelter_a102", 0.52, 0.55, 0.30, 0.4, 0.8, 0.9, 7.4, 5.0),
+            ("lost_misha", "found_cat", 0.77, 0.81, 0.58, 0.7, 0.9, 0.9, 0.6, 3.0),
+            ("lost_rex", "shelter_k9", 0.62, 0.63, 0.52, 0.8, 0.7, 0.6, 3.6, 5.0),
+            ("lost_luna", "shelter_a101", 0.41, 0.45, 0.20, 0.3, 0.9, 0.9, 10.1, -4.0),
+        ],
+        "running": [
+            ("lost_buddy", "shelter_a101", 0.95, 0.96, 0.70, 0.9, 0.8, 0.9, 7.4, 2.0),
+            (*GHOST_PAIR, 0.99, 0.99, 0.90, 0.9, 0.9, 0.9, 8.0, 1.0),
+        ],
+    }
+    feedback = [
+        (
+            "lost_buddy",
+            "shelter_a101",
+            "confirmed",
+            "seas-staff",
+            now - dt.timedelta(minutes=30),
+            "owner verified chip",
+        ),
+        ("lost_luna", "shelter_a101", "rejected", "seas-staff", now - dt.timedelta(minutes=20), "different dog"),
+        ("lost_rex", "shelter_k9", "rejected", "astn-staff", day(5), "first look: no"),
+        ("lost_rex", "shelter_k9", "confirmed", "astn-staff", day(2), "owner came in"),
+    ]
+
+    with runs.write() as con:
+        for table in ("matches", "match_runs", "feedback", "listings", "crawl_runs", "enrich_runs"):
+            con.execute(f"DELETE FROM {table}")
+        for name, spec in LISTINGS.items():
+            event = (now - dt.timedelta(days=spec["days_ago"])).date()
+            posted = now - dt.timedelta(days=spec["days_ago"]) + dt.timedelta(hours=6)
+            con.execute(
+                "INSERT INTO listings VALUES (?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, 'adult', 'medium', ?, ?, ?, ?, ?, "
+                "?, ?, ?, ?, ?, ?, 1)",
+                [
+                    lid(name),
+                    spec["source"],
+                    spec["source_id"],
+                    spec["url"],
+                    spec["kind"],
+                    spec["species"],
+                    spec["breed"],
+                    spec["colors"],
+                    spec["sex"],
+                    spec["name"],
+                    f"{spec['species']} {spec.get('breed') or ''} seen near {spec['location_text']}",
+                    spec["location_text"],
+                    spec["lat"],
+                    spec["lon"],
+                    event,
+                    posted,
+                    now - dt.timedelta(hours=3),
+                    spec.get("shelter_id"),
+                    spec.get("shelter_name"),
+                    [photo_ids[name]],
+                ],
+            )
+        for key, (run_id, started, finished, status) in runs_info.items():
+            rows = pairs[key]
+            con.execute(
+                "INSERT INTO match_runs (run_id, started, finished, status, parameters, embed_model, lost_listings, "
+                "found_listings, candidate_pairs, matches, duration_s, message) VALUES (?, ?, ?, ?, ?, 'tiny-test', "
+                "4, 4, ?, ?, ?, NULL)",
+                [
+                    run_id,
+                    started,
+                    finished,
+                    status,
+                    json.dumps({"top_k": 10}),
+                    16 * (len(rows) + 1),
+                    len(rows),
+                    (finished - started).total_seconds() if finished else None,
+                ],
+            )
+            for rank, (lost, found, score, img, txt, att, geo, tim, km, days) in enumerate(rows):
+                con.execute(
+                    "INSERT INTO matches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, 1, FALSE, ?, ?, ?)",
+                    [
+                        run_id,
+                        lid(lost),
+                        lid(found),
+                        score,
+                        img,
+                        txt,
+                        att,
+                        geo,
+                        tim,
+                        km,
+                        days,
+                        rank + 1,
+                        photo_ids[lost],
+                        photo_ids[found],
+                        f"image {img:.2f}; same species; {km:.1f} km apart; {days:+.0f} days",
+                    ],
+                )
+        for lost, found, verdict, who, at, note in feedback:
+            con.execute(
+                "INSERT INTO feedback VALUES (?, ?, ?, ?, ?, ?)", [lid(lost), lid(found), verdict, who, at, note]
+            )
+        crawl = [
+            ("crawl-petango-1", "petango", day(2), "ok", 40, 1),
+            ("crawl-petango-2", "petango", now - dt.timedelta(hours=5), "ok", 42, 0),
+            ("crawl-pet911-1", "pet911", day(3), "ok", 120, 4),
+            ("crawl-pet911-2", "pet911", now - dt.timedelta(hours=4), "failed", 0, 9),
+            ("crawl-craigslist-1", "craigslist", day(1), "failed", 0, 3),
+            ("crawl-petharbor-1", "petharbor", day(20), "ok", 12, 0),
+        ]
+        for run_id, source, started, status, items, errors in crawl:
+            con.execute(
+                "INSERT INTO crawl_runs (run_id, source, started, finished, status, pages, items, new_items, errors, "
+                "errors_by_reason, duration_s, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 60, ?)",
+                [
+                    run_id,
+                    source,
+                    started,
+                    started + dt.timedelta(minutes=1),
+                    status,
+                    items + errors,
+                    items,
+                    items // 2,
+                    errors,
+                    json.dumps({"http_503": errors} if errors else {}),
+                    "robots.txt refused" if status == "failed" else None,
+                ],
+            )
+        con.execute(
+            "INSERT INTO enrich_runs (run_id, started, finished, status, photos, ok, no_animal, failed, detections, "
+            "duration_s) VALUES ('enrich-1', ?, ?, 'ok', 160, 150, 6, 4, 151, 40.0)",
+            [now - dt.timedelta(hours=3), now - dt.timedelta(hours=3) + dt.timedelta(seconds=40)],
+        )
+
+    return {
+        "listings": {name: lid(name) for name in LISTINGS},
+        "photos": photo_ids,
+        "runs": {k: v[0] for k, v in runs_info.items()},
+        "now": now,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", required=True)
+    args = parser.parse_args(argv)
+    info = populate(load_settings(overrides={"data_dir": args.data_dir}))
+    print(json.dumps({k: v for k, v in info.items() if k != "now"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,304 @@
+"""Shelter reports: content, privacy, atomic files, feedback, CLI, and e-mail through a real local SMTP server."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import email
+import email.policy
+import io
+import json
+import re
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from dashboards import sample
+from dashboards.access import shelter_token
+from dashboards.report import REPORT_SCHEMA, atomic_write, report
+from engine import cli
+from engine.errors import HomewardError
+from engine.storage import RunsDB
+
+PHONE = "+1 (206) 555-0199"
+MAIL = "jo.owner@example.com"
+
+
+@pytest.fixture()
+def populated(settings) -> dict[str, Any]:
+    info = sample.populate(settings)
+    # A contact slipped through upstream redaction: reports must still not carry it.
+    with RunsDB(settings.duckdb).write() as con:
+        con.execute(
+            "UPDATE listings SET location_text = ? WHERE listing_id = ?",
+            [f"Green Lake, Seattle, call {PHONE} or {MAIL}", sample.lid("lost_buddy")],
+        )
+    return info
+
+
+def by_shelter(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["shelter"]: e for e in result["reports"]}
+
+
+def embedded_jpegs(html: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r'src="data:image/jpeg;base64,([A-Za-z0-9+/=]+)"', html)]
+
+
+def test_report_for_every_shelter(settings, populated):
+    result = report(settings, all=True)
+    assert result["run_id"] == "match-latest"
+    shelters = by_shelter(result)
+    assert set(shelters) == {"SEAS", "ASTN", "pet911"}  # pet911: a found post with no shelter groups by source
+    assert shelters["SEAS"]["rows"] == 2  # buddy/a101 (confirmed), buddy/a102; luna/a101 was rejected
+    assert shelters["ASTN"]["rows"] == 1 and shelters["pet911"]["rows"] == 1
+    assert result["rows"] == 4
+    assert shelters["SEAS"]["token"] == shelter_token(settings, "SEAS")
+    for entry in shelters.values():
+        for kind in ("html", "csv", "parquet"):
+            assert Path(entry[kind]).is_file() and Path(entry[kind]).stat().st_size > 0
+            assert Path(entry[kind]).parent == Path(settings.reports) / "match-latest"
+    leftovers = [p.name for p in (Path(settings.reports) / "match-latest").iterdir() if ".tmp" in p.name]
+    assert leftovers == []
+
+
+def test_html_is_self_contained_with_photos_evidence_links_and_warning(settings, populated):
+    entry = by_shelter(report(settings, shelter="SEAS"))["SEAS"]
+    html = Path(entry["html"]).read_text()
+    assert "Never pay anyone who claims to have your pet" in html
+    assert "Seattle Animal Shelter" in html
+    # both original posts, as links
+    assert 'href="https://seattle.craigslist.org/laf/7781.html"' in html
+    assert 'href="https://www.petango.com/Adopt/Dog-Labrador-Retriever-A101"' in html
+    # score and every evidence term, dates and distance
+    for text in (
+        "0.91",
+        "0.93",
+        "Photo similarity",
+        "Description similarity",
+        "Attributes agree",
+        "Distance prior",
+        "Time prior",
+        "7.4 km",
+        "confirmed",
+    ):
+        assert text in html
+    lost_date = str((populated["now"] - __import__("datetime").timedelta(days=10)).date())
+    assert lost_date in html
+    # nothing is fetched: no remote image, no script, no stylesheet link
+    assert not re.search(r'<img[^>]+src="https?:', html)
+    assert "<script" not in html and "<link" not in html
+    assert "img.example.invalid" not in html
+    # the rejected pair and the unpublished run's pair are absent
+    assert "Ballard" not in html and "Dog-Pit-Bull-A102" in html  # a102 is a real open candidate ...
+    assert "0.99" not in html  # ... but the ghost pair's score from the running run never shows
+    # photos side by side: 2 per row, downscaled, EXIF-free although the stored files carry GPS tags
+    jpegs = embedded_jpegs(html)
+    assert len(jpegs) == 4
+    stored = next(Path(settings.photos).rglob("*.jpg")).read_bytes()
+    assert Image.open(io.BytesIO(stored)).getexif()  # the fixture photos really have EXIF ...
+    for data in jpegs:
+        img = Image.open(io.BytesIO(data))
+        assert max(img.size) <= 320
+        assert not img.getexif() and b"Exif\x00\x00" not in data and "icc_profile" not in img.info  # ... ours not
+
+
+def test_no_contact_details_anywhere(settings, populated):
+    entry = by_shelter(report(settings, shelter="SEAS"))["SEAS"]
+    for kind in ("html", "csv"):
+        text = Path(entry[kind]).read_text()
+        assert "555-0199" not in text and MAIL not in text and "555" not in text
+        assert "[phone removed]" in text and "[email removed]" in text
+    table = pq.read_table(entry["parquet"])
+    flat = json.dumps(table.to_pylist(), default=str)
+    assert "555-0199" not in flat and MAIL not in flat
+    assert "contact" not in " ".join(table.schema.names)
+
+
+def test_csv_and_parquet_hold_the_same_rows(settings, populated):
+    entry = by_shelter(report(settings, shelter="SEAS"))["SEAS"]
+    table = pq.read_table(entry["parquet"])
+    assert table.schema.equals(REPORT_SCHEMA)
+    rows = table.to_pylist()
+    with open(entry["csv"], newline="") as fh:
+        csv_rows = list(csv.DictReader(fh))
+    assert len(rows) == len(csv_rows) == 2
+    assert [r["position"] for r in rows] == [1, 2] and rows[0]["score"] >= rows[1]["score"]
+    for p, c in zip(rows, csv_rows, strict=True):
+        assert c["lost_listing_id"] == p["lost_listing_id"] and c["found_listing_id"] == p["found_listing_id"]
+        assert float(c["score"]) == pytest.approx(p["score"])
+        assert c["lost_url"] == p["lost_url"] and c["lost_event_date"] == str(p["lost_event_date"])
+    assert rows[0]["verdict"] == "confirmed" and rows[0]["found_listing_id"] == sample.lid("shelter_a101")
+    assert rows[0]["lost_photo_id"] == populated["photos"]["lost_buddy"]
+
+
+def test_rejected_pairs_leave_future_reports(settings, populated):
+    first = by_shelter(report(settings, shelter="SEAS"))["SEAS"]
+    assert first["rows"] == 2
+    with RunsDB(settings.duckdb).write() as con:
+        con.execute(
+            "INSERT INTO feedback VALUES (?, ?, 'rejected', 'seas-staff', now(), 'not him')",
+            [sample.lid("lost_buddy"), sample.lid("shelter_a102")],
+        )
+    second = by_shelter(report(settings, shelter="SEAS"))["SEAS"]
+    assert second["rows"] == 1 and second["html"] == first["html"]
+    assert "Dog-Pit-Bull-A102" not in Path(second["html"]).read_text()
+
+
+def test_top_limits_rows_and_the_best_score_comes_first(settings, populated):
+    entry = by_shelter(report(settings, shelter="SEAS", top=1))["SEAS"]
+    rows = pq.read_table(entry["parquet"]).to_pylist()
+    assert len(rows) == 1 and rows[0]["score"] == pytest.approx(0.91)
+    with pytest.raises(HomewardError, match="top"):
+        report(settings, all=True, top=0)
+
+
+def test_unknown_shelter_and_conflicting_flags_are_errors(settings, populated):
+    with pytest.raises(HomewardError, match=r"unknown shelter 'NOPE'.*SEAS"):
+        report(settings, shelter="NOPE")
+    with pytest.raises(HomewardError, match="either"):
+        report(settings, shelter="SEAS", all=True)
+    with pytest.raises(HomewardError, match="smtp_host"):
+        report(settings, all=True, email=True)
+
+
+def test_no_published_run_writes_nothing(settings):
+    RunsDB(settings.duckdb)
+    result = report(settings, all=True)
+    assert result["run_id"] is None and result["reports"] == [] and "no published match run" in result["message"]
+    assert not Path(settings.reports).exists()
+
+
+def test_atomic_write_replaces_whole_files(tmp_path):
+    target = tmp_path / "r" / "a.html"
+    atomic_write(str(target), b"old report " * 1000)
+    with open(target, "rb") as held:  # a reader that opened the old file keeps reading the old, whole file
+        atomic_write(str(target), b"new")
+        assert held.read() == b"old report " * 1000
+    assert target.read_bytes() == b"new"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["a.html"]
+
+
+def test_cli_report_prints_json(settings, populated, capsys):
+    code = cli.main(["report", "--data-dir", settings.data_dir, "--shelter", "ASTN", "--top", "5"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["reports"][0]["shelter"] == "ASTN" and result["reports"][0]["rows"] == 1
+    assert Path(result["reports"][0]["html"]).is_file()
+
+
+# --- e-mail through a real SMTP server on 127.0.0.1 -------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[tuple[list[str], bytes]] = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append((list(envelope.rcpt_tos), envelope.original_content or envelope.content))
+        return "250 OK"
+
+
+@pytest.fixture()
+def smtp_server():
+    controller_mod = pytest.importorskip("aiosmtpd.controller", reason="aiosmtpd is a dev dependency")
+    inbox = Inbox()
+    port = free_port()
+    controller = controller_mod.Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield inbox, port
+    finally:
+        controller.stop()
+
+
+def test_email_delivers_each_shelter_report(settings, populated, smtp_server):
+    inbox, port = smtp_server
+    cfg = settings.with_overrides(
+        {
+            "report": {
+                "smtp_host": "127.0.0.1",
+                "smtp_port": port,
+                "smtp_sender": "reports@homeward.test",
+                "recipients": {"SEAS": "intake@seas.test, vet@seas.test", "ASTN": "astn@astn.test"},
+            }
+        }
+    )
+    result = report(cfg, all=True, email=True)
+    shelters = by_shelter(result)
+    assert result["emailed"] == 2
+    assert shelters["pet911"]["emailed_to"] is None and "no address" in shelters["pet911"]["email_skipped"]
+    deadline = time.monotonic() + 5
+    while len(inbox.messages) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sorted(sorted(r) for r, _ in inbox.messages) == [["astn@astn.test"], ["intake@seas.test", "vet@seas.test"]]
+    raw = next(data for rcpt, data in inbox.messages if "intake@seas.test" in rcpt)
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert msg["From"] == "reports@homeward.test"
+    assert msg["Subject"] == "Homeward: 2 possible match(es) for Seattle Animal Shelter"
+    text = msg.get_body(("plain",)).get_content()
+    html = msg.get_body(("html",)).get_content()
+    assert "Never pay anyone" in text and "https://seattle.craigslist.org/laf/7781.html" in text
+    assert html.replace("\r\n", "\n").strip() == Path(shelters["SEAS"]["html"]).read_text().strip()
+    attachments = {a.get_filename(): a.get_content() for a in msg.iter_attachments()}
+    ((name, body),) = attachments.items()
+    assert name.endswith(".csv") and body.replace("\r\n", "\n") == Path(shelters["SEAS"]["csv"]).read_text()
+    assert "555-0199" not in raw.decode("utf-8", "replace")
+
+
+def test_email_failure_is_loud_and_keeps_the_files(settings, populated):
+    port = free_port()  # nothing listens here
+    cfg = settings.with_overrides(
+        {
+            "report": {
+                "smtp_host": "127.0.0.1",
+                "smtp_port": port,
+                "smtp_timeout_s": 3,
+                "recipients": {"SEAS": "intake@seas.test"},
+            }
+        }
+    )
+    with pytest.raises(HomewardError, match=r"e-mail failed for 1 shelter.*SEAS.*cannot connect"):
+        report(cfg, all=True, email=True)
+    assert list((Path(settings.reports) / "match-latest").glob("seas-*.html"))
+
+
+class Picky(Inbox):
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address.endswith("@blocked.test"):
+            return "550 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+
+def test_email_refused_recipient_is_reported_and_others_still_delivered(settings, populated):
+    controller_mod = pytest.importorskip("aiosmtpd.controller", reason="aiosmtpd is a dev dependency")
+    inbox = Picky()
+    port = free_port()
+    server = controller_mod.Controller(inbox, hostname="127.0.0.1", port=port)
+    server.start()
+    try:
+        cfg = settings.with_overrides(
+            {
+                "report": {
+                    "smtp_host": "127.0.0.1",
+                    "smtp_port": port,
+                    "recipients": {"SEAS": "x@blocked.test", "ASTN": "astn@astn.test"},
+                }
+            }
+        )
+        with pytest.raises(HomewardError, match=r"(?i)e-mail failed for 1 shelter.*SEAS.*refused"):
+            report(cfg, all=True, email=True)
+    finally:
+        server.stop()
+    assert [rcpt for rcpt, _ in inbox.messages] == [["astn@astn.test"]]
