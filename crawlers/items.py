@@ -14,7 +14,8 @@ Raw keys (all optional except ``source_id``)::
 
 Pipeline-owned keys (set by the stages, not by parsers): ``source``, ``scraped_at``, ``parse_warnings``,
 ``listing_id``, ``content_hash``, ``contact_hash``, ``chip_hash``, ``photo_ids``, ``photos`` (photo rows),
-``change`` (new | updated | unchanged), ``fetch_url`` (the URL the item was parsed from, for the incremental state).
+``change`` (new | updated | unchanged), ``fetch_url`` / ``fetch_fingerprint`` (the card URL the item was parsed
+from and its catalog fingerprint, for the incremental state; ``None`` for items from catalog/API pages).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ PIPELINE_KEYS: tuple[str, ...] = (
     "photos",
     "change",
     "fetch_url",
+    "fetch_fingerprint",
 )
 
 
@@ -104,6 +106,7 @@ class ListingItem(scrapy.Item):
     photos = scrapy.Field()
     change = scrapy.Field()
     fetch_url = scrapy.Field()
+    fetch_fingerprint = scrapy.Field()
 
 
 FIELDS: frozenset[str] = frozenset(RAW_KEYS + PIPELINE_KEYS)

@@ -27,8 +27,9 @@ What the base does so that subclasses do not have to:
   run's error log (see :func:`record_error`); ``crawlers/run.py`` turns the counts into ``crawl_runs``.
 * **Incremental crawls.** When the crawl runs with a data dir (``crawlers/run.py`` sets ``HOMEWARD_INCREMENTAL``),
   card requests found on catalog pages are filtered through :class:`crawlers.state.CrawlState`: a card already
-  stored is not fetched again unless the catalog page that links it changed. Operator ``start_urls`` are always
-  fetched.
+  stored is not fetched again unless its catalog ``fingerprint`` changed or it is due for a (conditional) re-check.
+  Build card requests with :meth:`card_request` (pass ``fingerprint=`` the catalog tile's text when the catalog
+  shows one). Operator ``start_urls`` are always fetched.
 * **Politeness** lives in the settings and middlewares (robots.txt, AutoThrottle, per-domain concurrency, http(s)
   only); spiders need not repeat it.
 """
@@ -46,6 +47,7 @@ import scrapy
 from scrapy.http import Request, Response
 
 from crawlers.items import FIELDS, ListingItem
+from engine import ids
 
 log = logging.getLogger(__name__)
 
@@ -186,14 +188,28 @@ class ListingSpider(scrapy.Spider):
             return None
         return self.rebase(url.split("#", 1)[0])
 
-    def card_request(self, response: Response, href: str | None, **kwargs: Any) -> Request | None:
-        """A request for a card page linked from ``response`` (``None`` for an unusable link)."""
+    def card_request(
+        self, response: Response, href: str | None, fingerprint: str | None = None, **kwargs: Any
+    ) -> Request | None:
+        """A request for a card page linked from ``response`` (``None`` for an unusable link).
+
+        ``fingerprint``: what the catalog shows of this card (tile text: title, status, date, photo count). When it
+        differs from the one stored at the card's last fetch, an incremental crawl fetches the card again; without
+        one, a stored card is re-checked only after the source's ``recheck_hours``.
+        """
         url = self.absolute(response, href)
-        return None if url is None else Request(url, callback=self.parse, errback=self.on_error, **kwargs)
+        if url is None:
+            return None
+        meta = dict(kwargs.pop("meta", None) or {})
+        meta["hw_card_url"] = url
+        if fingerprint is not None:
+            meta["hw_fingerprint"] = ids.content_hash(" ".join(str(fingerprint).split()))
+        return Request(url, callback=self.parse, errback=self.on_error, meta=meta, **kwargs)
 
     def page_request(self, response: Response, href: str | None, **kwargs: Any) -> Request | None:
-        """A request for another catalog page (pagination) linked from ``response``."""
-        return self.card_request(response, href, **kwargs)
+        """A request for another catalog/API page (pagination) linked from ``response``."""
+        url = self.absolute(response, href)
+        return None if url is None else Request(url, callback=self.parse, errback=self.on_error, **kwargs)
 
     # -- start ---------------------------------------------------------------------------------------------------
 
@@ -241,7 +257,8 @@ class ListingSpider(scrapy.Spider):
         if response is not None:
             if not item.get("url"):
                 item["url"] = response.url
-            item["fetch_url"] = response.meta.get("hw_card_url", response.url)
+            item["fetch_url"] = response.meta.get("hw_card_url")
+            item["fetch_fingerprint"] = response.meta.get("hw_fingerprint")
         item["scraped_at"] = datetime.now(UTC).isoformat()
         if item.get("source_id") is not None:
             item["source_id"] = str(item["source_id"])
@@ -251,6 +268,12 @@ class ListingSpider(scrapy.Spider):
 
     def parse(self, response: Response, **kwargs: Any) -> Iterator[Any]:
         self.pages_parsed += 1
+        self.crawler.stats.inc_value("homeward/pages")
+        if response.status == 304 and response.meta.get("hw_conditional"):
+            self.crawler.stats.inc_value("homeward/cards_not_modified")
+            if self.crawl_state is not None:
+                self.crawl_state.not_modified(response.meta.get("hw_card_url", response.url))
+            return
         card = self.is_card(response.url)
         if card or response.meta.get("hw_card_url"):
             card = True
@@ -273,8 +296,6 @@ class ListingSpider(scrapy.Spider):
             return
         if card and produced == 0:
             record_error(self.crawler, "empty_card", response.url, "card page yielded no listing")
-        if self.crawl_state is not None and not card:
-            self.crawl_state.page_done(response)
 
     def _route(self, obj: Any, response: Response) -> Any:
         if obj is None:
@@ -284,7 +305,8 @@ class ListingSpider(scrapy.Spider):
         if isinstance(obj, ListingItem):
             if not obj.get("source"):
                 obj["source"] = self.source
-            obj.setdefault("fetch_url", response.meta.get("hw_card_url", response.url))
+            obj.setdefault("fetch_url", response.meta.get("hw_card_url"))
+            obj.setdefault("fetch_fingerprint", response.meta.get("hw_fingerprint"))
             obj.setdefault("scraped_at", datetime.now(UTC).isoformat())
             return obj
         if isinstance(obj, Request):
@@ -299,7 +321,7 @@ class ListingSpider(scrapy.Spider):
             request = request.replace(errback=self.on_error)
         if request.callback is None:
             request = request.replace(callback=self.parse)
-        if self.is_card(request.url):
+        if self.is_card(request.url) or "hw_card_url" in request.meta:
             if self.crawl_state is not None:
                 filtered = self.crawl_state.filter_card(request, response)
                 if filtered is None:

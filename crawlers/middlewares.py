@@ -1,0 +1,72 @@
+"""Downloader middleware and extension shared by every Homeward crawl.
+
+* :class:`HttpOnlyMiddleware` — only ``http``/``https`` requests reach a download handler. Scrapy would happily
+  fetch ``file://``, ``ftp://``, ``s3://`` or ``data:`` URLs, and a hostile page could point a card link or a photo
+  at ``file:///etc/passwd``; this refuses them with reason ``scheme_not_allowed``.
+* :class:`ErrorLog` — appends one JSON line ``{url, reason, detail, at}`` per failed page or photo to the run's
+  error file (``HOMEWARD_ERROR_LOG``), so every failure keeps its URL and reason, not only a count.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from scrapy import signals
+from scrapy.exceptions import IgnoreRequest, NotConfigured
+
+ALLOWED_SCHEMES = frozenset({"http", "https"})
+
+
+class HttpOnlyMiddleware:
+    """Refuse every request whose scheme is not http(s)."""
+
+    def __init__(self, stats: Any) -> None:
+        self.stats = stats
+
+    @classmethod
+    def from_crawler(cls, crawler: Any) -> HttpOnlyMiddleware:
+        return cls(crawler.stats)
+
+    def process_request(self, request: Any, spider: Any = None) -> None:
+        scheme = urlsplit(request.url).scheme.lower()
+        if scheme not in ALLOWED_SCHEMES:
+            self.stats.inc_value("homeward/filtered/scheme")
+            raise IgnoreRequest(f"scheme not allowed: {scheme!r} ({request.url[:200]})")
+
+
+class ErrorLog:
+    """Extension: ``crawler.homeward_error_log(reason, url, detail)`` appends to ``HOMEWARD_ERROR_LOG``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._fh = self.path.open("a", encoding="utf-8")
+
+    @classmethod
+    def from_crawler(cls, crawler: Any) -> ErrorLog:
+        path = crawler.settings.get("HOMEWARD_ERROR_LOG")
+        if not path:
+            raise NotConfigured
+        ext = cls(path)
+        crawler.homeward_error_log = ext.write
+        crawler.signals.connect(ext.close, signal=signals.engine_stopped)
+        return ext
+
+    def write(self, reason: str, url: str | None, detail: str | None) -> None:
+        line = json.dumps(
+            {"at": datetime.now(UTC).isoformat(), "reason": reason, "url": url, "detail": detail}, ensure_ascii=False
+        )
+        with self._lock:
+            if not self._fh.closed:
+                self._fh.write(line + "\n")
+                self._fh.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._fh.close()

@@ -1,0 +1,42 @@
+"""Item pipeline stages, one module each, in this order (``crawlers/settings.py`` wires them):
+
+``validate`` (100) → ``normalize`` (200) → ``redact`` (300) → ``dedupe`` (400) → ``photos`` (500) → ``lance`` (900).
+
+Every stage keeps the crawl going: a bad item is dropped with its reason counted under ``homeward/errors/<reason>``
+(and logged with its URL), a doubtful one keeps going with a ``parse_warnings`` entry counted under
+``homeward/warnings/<reason>``. Items that are not :class:`~crawlers.items.ListingItem` pass through untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crawlers.spiders.base import ERROR_STAT_PREFIX, WARNING_STAT_PREFIX, record_error
+from crawlers.state import homeward_settings
+from engine.config import Settings
+
+
+class Stage:
+    """Common plumbing: the crawler, its stats, Homeward's settings, warning and error helpers."""
+
+    def __init__(self, crawler: Any) -> None:
+        self.crawler = crawler
+        self.stats = crawler.stats
+        self.hw: Settings = homeward_settings(crawler)
+
+    @classmethod
+    def from_crawler(cls, crawler: Any) -> Stage:
+        return cls(crawler)
+
+    def warn(self, item: Any, reason: str) -> None:
+        warnings = list(item.get("parse_warnings") or [])
+        if reason not in warnings:
+            warnings.append(reason)
+        item["parse_warnings"] = warnings
+        self.stats.inc_value(WARNING_STAT_PREFIX + reason)
+
+    def error(self, reason: str, url: str | None = None, detail: str | None = None) -> None:
+        record_error(self.crawler, reason, url, detail)
+
+
+__all__ = ["ERROR_STAT_PREFIX", "WARNING_STAT_PREFIX", "Stage"]
