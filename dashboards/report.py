@@ -43,6 +43,7 @@ from dashboards.access import shelter_token
 from dashboards.photos import PhotoLookup, data_uri
 from engine.config import Settings
 from engine.errors import HomewardError
+from engine.redact import redact_text
 from engine.storage import RunsDB
 
 log = logging.getLogger(__name__)
@@ -113,10 +114,12 @@ _PHONE = re.compile(r"(?<![\w/])\+?\d[\d ()\-.]{6,}\d(?![\w/])")
 
 
 def scrub(text: str | None) -> str | None:
-    """Blank anything shaped like an e-mail address or a phone number (a second line of defence: stored text is
-    already redacted by the crawl)."""
+    """Redact contacts, chip numbers and street addresses again (:func:`engine.redact.redact_text`), then blank
+    anything still shaped like an e-mail address or a long number: a second line of defence, since stored text is
+    already redacted by the crawl."""
     if not text:
         return text
+    text = redact_text(text) or ""
     text = _EMAIL.sub("[email removed]", text)
     return _PHONE.sub(lambda m: "[phone removed]" if sum(c.isdigit() for c in m.group()) >= 7 else m.group(), text)
 

@@ -226,7 +226,7 @@ def populate(settings: Settings, now: dt.datetime | None = None) -> dict[str, An
         src_url = f"https://img.example.invalid/{name}.jpg"
         photo_rows.append(
             dict(
-                photo_key=ids.content_hash(lid(name), src_url),
+                photo_key=ids.photo_key(lid(name), src_url),
                 photo_id=pid,
                 listing_id=lid(name),
                 source_url=src_url,

