@@ -1,0 +1,305 @@
+"""``homeward crawl``: crawl one or more sources into LanceDB, one process per crawl, several as Ray tasks.
+
+Each crawl runs ``python -m crawlers.run`` in its own process (Twisted's reactor cannot restart in a process). One
+source runs as a local subprocess; several fan out as Ray tasks (each task starts its subprocess, so sources crawl
+in parallel on a laptop's cores or across a cluster's nodes — there the data dir must be shared storage).
+
+Every run is recorded in DuckDB ``crawl_runs``: a ``running`` row before the crawl starts (so no second crawl of the
+same source starts while it runs), then its outcome — ``ok`` | ``failed`` | ``interrupted`` — with pages, items,
+new, updated, unchanged, photos, errors, ``errors_by_reason`` (JSON; failures, plus ``warning:*`` counts of
+doubtful pages that were still stored) and the duration. A ``running`` row whose driver process is gone (a killed
+scheduler, a crashed machine) is marked ``interrupted`` by the next crawl of that source.
+
+Python::
+
+    from engine.config import load_settings
+    from ray_jobs.crawl import crawl
+    result = crawl(load_settings(), source=["demo"])            # every enabled source when source is None
+    result = crawl(settings, source=["pet911"], base_url="http://127.0.0.1:8000", max_pages=50)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+import warnings
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from crawlers.sources import SourceError, load_sources
+from engine.config import Settings
+from engine.errors import HomewardError
+from engine.storage import RunsDB
+
+log = logging.getLogger(__name__)
+
+#: A ``running`` row from another machine older than this is taken as dead.
+STALE_AFTER = timedelta(hours=12)
+COUNT_COLUMNS = {
+    "pages": "pages",
+    "items": "items",
+    "new": "new_items",
+    "updated": "updated_items",
+    "unchanged": "unchanged_items",
+    "photos": "photos",
+    "errors": "errors",
+}
+
+
+class CrawlBusyError(HomewardError):
+    """The source is being crawled right now by another process."""
+
+
+def absolute_settings(settings: Settings) -> Settings:
+    """Local paths made absolute, so a subprocess or a Ray worker with another working dir writes the same place."""
+    changes: dict[str, Any] = {}
+    for key in ("data_dir", "lance_uri", "duckdb_path", "photo_store", "models_dir"):
+        value = getattr(settings, key)
+        if value and "://" not in value and not os.path.isabs(value):
+            changes[key] = os.path.abspath(value)
+    crawl = settings.crawl
+    if crawl.sources_file and not os.path.isabs(crawl.sources_file):
+        changes["crawl"] = dataclasses.replace(crawl, sources_file=os.path.abspath(crawl.sources_file))
+    return dataclasses.replace(settings, **changes) if changes else settings
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _owner() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _row_alive(parameters: Any, started: datetime) -> bool:
+    try:
+        params = json.loads(parameters) if isinstance(parameters, str) else dict(parameters or {})
+    except ValueError:
+        params = {}
+    owner = params.get("owner") or {}
+    if owner.get("host") == socket.gethostname() and owner.get("pid"):
+        return _pid_alive(int(owner["pid"]))
+    started = started if started.tzinfo else started.replace(tzinfo=UTC)
+    return datetime.now(UTC) - started < STALE_AFTER
+
+
+def begin_run(runs: RunsDB, source: str, parameters: dict[str, Any]) -> str:
+    """Insert the ``running`` row of a new crawl, unless ``source`` is being crawled now (:class:`CrawlBusyError`).
+
+    Rows left ``running`` by a process that is gone are closed as ``interrupted`` first.
+    """
+    run_id = uuid.uuid4().hex[:16]
+    now = datetime.now(UTC)
+    with runs.write() as con:
+        rows = con.execute(
+            "SELECT run_id, parameters, started FROM crawl_runs WHERE source = ? AND status = 'running'", [source]
+        ).fetchall()
+        for other_id, params, started in rows:
+            if _row_alive(params, started):
+                raise CrawlBusyError(f"source {source!r} is already being crawled (run {other_id}, since {started})")
+            con.execute(
+                "UPDATE crawl_runs SET status = 'interrupted', finished = ?, "
+                "message = 'the process running it is gone' WHERE run_id = ?",
+                [now, other_id],
+            )
+        con.execute(
+            "INSERT INTO crawl_runs (run_id, source, started, status, parameters) VALUES (?, ?, ?, 'running', ?)",
+            [run_id, source, now, json.dumps({**parameters, "owner": _owner()}, default=str)],
+        )
+    return run_id
+
+
+def finish_run(runs: RunsDB, result: dict[str, Any]) -> None:
+    """Record a crawl's outcome in its ``crawl_runs`` row."""
+    counts = {col: int(result.get(key) or 0) for key, col in COUNT_COLUMNS.items()}
+    with runs.write() as con:
+        con.execute(
+            f"UPDATE crawl_runs SET finished = ?, status = ?, {', '.join(f'{c} = ?' for c in counts)}, "
+            "errors_by_reason = ?, duration_s = ?, message = ? WHERE run_id = ?",
+            [
+                datetime.now(UTC),
+                result.get("status") or "failed",
+                *counts.values(),
+                json.dumps(result.get("errors_by_reason") or {}),
+                float(result.get("duration_s") or 0.0),
+                result.get("message"),
+                result["run_id"],
+            ],
+        )
+
+
+def run_subprocess(
+    settings_dict: dict[str, Any],
+    source: str,
+    run_id: str,
+    *,
+    base_url: str | None = None,
+    max_pages: int | None = None,
+    timeout_s: float | None = None,
+) -> dict[str, Any]:
+    """Run ``python -m crawlers.run`` for one source and return its result dict (never raises for a failed crawl)."""
+    data_dir = Path(settings_dict["data_dir"])
+    logs = data_dir / "crawl_logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    settings_file = logs / f"{run_id}.settings.json"
+    settings_file.write_text(json.dumps(settings_dict, default=str))
+    result_file = logs / f"{run_id}.result.json"
+    log_file = logs / f"{run_id}.log"
+    cmd = [sys.executable, "-m", "crawlers.run", "--source", source, "--run-id", run_id]
+    cmd += ["--settings-json", str(settings_file), "--result", str(result_file)]
+    if base_url:
+        cmd += ["--base-url", base_url]
+    if max_pages:
+        cmd += ["--max-pages", str(int(max_pages))]
+    started = time.monotonic()
+    message = None
+    with log_file.open("w") as out, warnings.catch_warnings():
+        # fork+exec of a fresh interpreter: lancedb's warning about its runtime in a forked child does not apply
+        warnings.filterwarnings("ignore", message="lancedb fork support")
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=str(Path(__file__).resolve().parents[1]))
+        try:
+            code = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.terminate()  # Scrapy shuts down gracefully on SIGTERM and flushes what it has
+            try:
+                code = proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                code = proc.wait()
+            message = f"stopped after the {timeout_s:.0f}s time limit"
+        except BaseException:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=60)
+            raise
+        finally:
+            with contextlib.suppress(OSError):
+                settings_file.unlink()
+    try:
+        result = json.loads(result_file.read_text())
+    except (OSError, ValueError):
+        tail = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else ""
+        result = {
+            "run_id": run_id,
+            "source": source,
+            "status": "failed",
+            "message": f"crawl process exited with code {code} and no result; log tail: {tail[-500:]}",
+            "duration_s": time.monotonic() - started,
+        }
+    if message:
+        result["status"] = "interrupted"
+        result["message"] = message
+    result["log"] = str(log_file)
+    return result
+
+
+def _ray_task() -> Any:
+    import ray
+
+    @ray.remote(num_cpus=0.25, max_retries=0)
+    def crawl_task(settings_dict: dict[str, Any], source: str, run_id: str, max_pages: int | None) -> dict[str, Any]:
+        return run_subprocess(settings_dict, source, run_id, max_pages=max_pages)
+
+    return crawl_task
+
+
+def run_sources(
+    settings: Settings,
+    names: list[str],
+    *,
+    base_url: str | None = None,
+    max_pages: int | None = None,
+    timeout_s: float | None = None,
+    skip_busy: bool = False,
+) -> list[dict[str, Any]]:
+    """Crawl ``names`` (recorded in ``crawl_runs``); several fan out as Ray tasks. Returns one result per source."""
+    settings = absolute_settings(settings)
+    settings.ensure_writable()
+    runs = RunsDB(settings.duckdb)
+    params = {"base_url": base_url, "max_pages": max_pages}
+    started: list[tuple[str, str]] = []
+    results: list[dict[str, Any]] = []
+    for name in names:
+        try:
+            started.append((name, begin_run(runs, name, params)))
+        except CrawlBusyError as exc:
+            if not skip_busy and len(names) == 1:
+                raise
+            results.append({"source": name, "status": "skipped", "message": str(exc)})
+    settings_dict = settings.to_dict()
+    try:
+        if len(started) == 1:
+            name, run_id = started[0]
+            outcome = [
+                run_subprocess(settings_dict, name, run_id, base_url=base_url, max_pages=max_pages, timeout_s=timeout_s)
+            ]
+        elif started:
+            import ray
+
+            from engine.runtime import ray_session
+
+            with ray_session(settings):
+                task = _ray_task()
+                refs = [task.remote(settings_dict, name, run_id, max_pages) for name, run_id in started]
+                outcome = []
+                for (name, run_id), ref in zip(started, refs, strict=True):
+                    try:
+                        outcome.append(ray.get(ref))
+                    except Exception as exc:  # a lost worker: record it, keep the other sources' results
+                        outcome.append(
+                            {"run_id": run_id, "source": name, "status": "failed", "message": f"ray task: {exc}"}
+                        )
+        else:
+            outcome = []
+    except BaseException as exc:
+        for name, run_id in started:
+            finish_run(runs, {"run_id": run_id, "source": name, "status": "interrupted", "message": repr(exc)})
+        raise
+    for result in outcome:
+        finish_run(runs, result)
+    return results + outcome
+
+
+def crawl(
+    settings: Settings,
+    *,
+    source: list[str] | None = None,
+    base_url: str | None = None,
+    max_pages: int | None = None,
+) -> dict[str, Any]:
+    """Crawl sources into LanceDB (listings, photos), recording each run in DuckDB crawl_runs.
+
+    Args:
+        source: source names from the sources config (default: every enabled source).
+        base_url: crawl a mirror of the source at this URL instead of the real site (one source only).
+        max_pages: stop each crawl after this many pages.
+    """
+    sources = load_sources(settings)
+    names = list(source) if source else [n for n, s in sources.items() if s.get("enabled", True)]
+    unknown = [n for n in names if n not in sources]
+    if unknown:
+        raise SourceError(f"unknown source(s) {', '.join(unknown)}; known sources: {', '.join(sorted(sources))}")
+    if not names:
+        raise SourceError("no source to crawl: every source is disabled (pass --source NAME)")
+    if base_url and len(names) != 1:
+        raise SourceError("--base-url points one source at a mirror: pass exactly one --source with it")
+    results = run_sources(settings, names, base_url=base_url, max_pages=max_pages)
+    total = {key: sum(int(r.get(key) or 0) for r in results) for key in (*COUNT_COLUMNS, "photos_failed")}
+    statuses = {r.get("status") for r in results}
+    status = "ok" if statuses == {"ok"} else ("failed" if "ok" not in statuses else "partial")
+    return {"status": status, **total, "runs": results}
