@@ -25,6 +25,7 @@ import hmac
 import http.server
 import importlib
 import inspect
+import io
 import json
 import logging
 import math
@@ -42,6 +43,7 @@ from typing import Any
 
 import duckdb
 import jinja2
+from PIL import Image
 
 from dashboards import views
 from dashboards.access import DEFAULT_SALT, check_token, is_loopback, shelter_token
@@ -147,6 +149,16 @@ def _result_items(result: Any) -> list[dict[str, Any]]:
         if isinstance(value, list) and value and isinstance(value[0], dict):
             return value
     return []
+
+
+def _is_image(data: bytes) -> bool:
+    """Whether ``data`` opens as an image (header only: no pixel is decoded here)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.verify()
+        return True
+    except Exception:  # Pillow raises many types for garbage
+        return False
 
 
 def _parse_multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
@@ -476,6 +488,8 @@ class Dashboard:
         fn = self.search_fn()
         if fn is None:
             errors.append("photo search is not installed on this server (engine.search is missing)")
+        if photo and not _is_image(photo):
+            errors.append("that file is not a photo Homeward can read (JPEG, PNG, WebP, GIF …)")
         if errors:
             return self.search_page(req, 400, form=form, errors=errors)
         suffix = Path(filename or "upload.jpg").suffix.lower()
@@ -486,10 +500,16 @@ class Dashboard:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(photo)
             kwargs: dict[str, Any] = {"photo": tmp, "species": species, "near": near, "radius_km": radius, "k": k}
-            accepted = set(inspect.signature(fn).parameters)
-            result = fn(self.settings, **{n: v for n, v in kwargs.items() if n in accepted})
+            params = inspect.signature(fn).parameters.values()
+            if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+                accepted = {p.name for p in params}
+                kwargs = {n: v for n, v in kwargs.items() if n in accepted}
+            result = fn(self.settings, **kwargs)
         except HomewardError as exc:
             return self.search_page(req, 422, form=form, errors=[str(exc)])
+        except Exception as exc:  # the search engine's bug must not look like "nothing found"
+            log.exception("photo search failed")
+            return self.search_page(req, 500, form=form, errors=[f"search failed: {type(exc).__name__}: {exc}"])
         finally:
             Path(tmp).unlink(missing_ok=True)
         items = _result_items(result)

@@ -266,6 +266,22 @@ def test_search_upload_reaches_the_search_function(site):
     assert status == 400 and "lat,lon" in html.decode() and len(calls) == 1
     body, ctype = multipart({"form_key": "stale"}, {"photo": ("x.jpg", photo)})
     assert c.request("POST", "/search", body, {"Content-Type": ctype})[0] == 403
+    body, ctype = multipart({"form_key": key}, {"photo": ("x.jpg", b"<html>not a photo</html>")})
+    status, _, html = c.request("POST", "/search", body, {"Content-Type": ctype})
+    assert status == 400 and "not a photo" in html.decode() and len(calls) == 1
+
+
+def test_a_failing_search_is_shown_not_swallowed(settings):
+    sample.populate(settings)
+
+    def broken(cfg, *, photo, **kwargs):
+        raise RuntimeError("index is corrupt")
+
+    app = Dashboard(settings, host="127.0.0.1", search_fn=broken)
+    photo = sample.make_photo((20, 20, 24), (120, 170, 90), size=(200, 150), exif=False)
+    body, ctype = multipart({"form_key": app.form_key}, {"photo": ("q.jpg", photo)})
+    resp = app.handle(Request("POST", "/search", {}, {"content-type": ctype}, body))
+    assert resp.status == 500 and b"search failed: RuntimeError: index is corrupt" in resp.body
 
 
 def test_search_without_engine_search_says_so(settings):
@@ -359,6 +375,34 @@ def test_report_prints_the_tokens_the_dashboard_accepts(settings):
     for key, token in tokens.items():
         resp = app.handle(Request("GET", f"/shelter/{urllib.parse.quote(key)}", {"token": token}, {}, b""))
         assert resp.status == 200, key
+
+
+def test_cli_dashboard_serves_until_interrupted(settings):
+    """`homeward dashboard --port 0` as a user runs it: prints its URL, serves, stops cleanly on Ctrl-C."""
+    import signal
+
+    sample.populate(settings)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "dashboard", "--data-dir", settings.data_dir, "--port", "0"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        m = re.search(r"(http://127\.0\.0\.1:\d+)", line)
+        assert m, line + proc.stderr.read() if proc.poll() is not None else line
+        status, _, body = Client(m.group(1)).get("/healthz")
+        assert status == 200 and json.loads(body) == {"ok": True, "exposed": False}
+        assert "Seattle Animal Shelter" in Client(m.group(1)).page("/shelter/SEAS")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["url"] == m.group(1)
 
 
 def test_cli_dashboard_flags(capsys):
