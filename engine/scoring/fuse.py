@@ -1,0 +1,401 @@
+"""One calibrated score per (lost, found) pair, from every piece of evidence, with an explanation.
+
+Terms, each turned into *evidence* in roughly [-1, 1] (0 = no evidence either way, also used when a term is
+missing, so a missing photo, coordinate or date never drops a pair):
+
+* image: the listing-level best detection-pair cosine (``aggregate``), standardised against this run's own
+  background — median and MAD-scale of random lost × found detection pairs, almost all of them different animals —
+  so ``(sim - median) / scale`` reads "how many spreads above a random pair", whatever the embedder:
+  ``e = max(z, -2) / 4`` (+ a bonus per extra agreeing photo pair). Standardising per run makes one set of
+  weights work for any embedder (a CLIP cosine of 0.8 and an EfficientNet cosine of 0.8 mean different things).
+* text: the same for the listing text vectors (description + captions).
+* attributes: ``attributes.attribute_terms`` evidence.
+* geo / time: ``2·score - 1`` of ``geo.geo_time_terms``.
+
+``fused = Σ weight·evidence`` (weights from ``settings.match.weights``), and the published ``score`` is
+``sigmoid(slope·fused + offset)``, a probability-like value. Hard rules set a pair to -inf (never ranked): species
+must agree or one side be unknown; a found date more than the grace period before the lost date, a found date more
+than ``max_days`` after it, or a distance implausible for the days elapsed rule a pair out.
+
+Calibration: ``slope`` and ``offset`` come from ``settings.match.calibration`` when that key exists, else from
+:data:`DEFAULT_CALIBRATION`. How the defaults were set is documented there; :func:`fit_calibration` refits them
+from labelled pairs (confirmed / rejected shelter feedback, or planted pairs).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.errors import HomewardError
+from engine.scoring import aggregate
+from engine.scoring.attributes import AttributeCodes, attribute_terms
+from engine.scoring.geo import geo_time_terms, haversine_km
+
+NEG_INF = float("-inf")
+SPECIES_CODES = {"dog": 1, "cat": 2, "other": 3}
+"""0 is unknown: it is compatible with every species."""
+TERMS = ("image", "text", "attributes", "geo", "time")
+
+DEFAULT_CALIBRATION = {"slope": 8.0, "offset": -4.0}
+"""``score = sigmoid(slope·fused + offset)``. Set by hand from the fused-score scale rather than fitted: a pair whose
+image is ~4 background spreads above a random pair, with agreeing attributes and nearby in place and time, fuses to
+≈ 0.75 → score ≈ 0.88; a random pair fuses to ≈ 0 → score ≈ 0.02; fused = 0.5 (e.g. a strong image match alone)
+→ 0.5. Refit with :func:`fit_calibration` once confirmed/rejected feedback exists, and set ``match.calibration``."""
+IMAGE_Z_FLOOR = -2.0
+Z_PER_UNIT = 4.0
+"""Four background spreads above a random pair count as full evidence (1.0)."""
+AGREE_Z = 2.5
+"""A detection pair "agrees" (for the several-photos bonus) at this many spreads above the background."""
+MIN_SCALE = 0.02
+
+
+@dataclass
+class Side:
+    """One side of the matching (lost or found) as tensors; detections are grouped by listing, in listing order."""
+
+    listing_ids: np.ndarray  # (n,) object
+    species: torch.Tensor  # (n,) int64, 0 unknown
+    lat: torch.Tensor  # (n,) float32, NaN missing
+    lon: torch.Tensor
+    day: torch.Tensor  # (n,) float32 days since 1970-01-01, NaN missing
+    attrs: AttributeCodes
+    det_emb: torch.Tensor  # (D, d) float32, L2-normalised
+    det_owner: torch.Tensor  # (D,) int64 listing index
+    det_photo: np.ndarray  # (D,) object photo ids
+    text: torch.Tensor  # (n, t) float32, zero rows where missing
+    has_text: torch.Tensor  # (n,) bool
+    det_offsets: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        counts = torch.bincount(self.det_owner, minlength=self.n) if self.det_owner.numel() else torch.zeros(self.n)
+        self.det_offsets = torch.zeros(self.n + 1, dtype=torch.int64)
+        self.det_offsets[1:] = torch.cumsum(counts.to(torch.int64), 0)
+        if self.det_owner.numel() and bool((self.det_owner[1:] < self.det_owner[:-1]).any()):
+            raise ValueError("detections must be grouped by listing in listing order")
+
+    @property
+    def n(self) -> int:
+        return len(self.listing_ids)
+
+    @property
+    def det_counts(self) -> torch.Tensor:
+        return self.det_offsets[1:] - self.det_offsets[:-1]
+
+    def take(self, idx: np.ndarray | torch.Tensor) -> Side:
+        """The listings ``idx`` (in that order), with their detections."""
+        i = torch.as_tensor(np.asarray(idx), dtype=torch.int64)
+        counts = self.det_counts[i]
+        starts = self.det_offsets[:-1][i]
+        det_idx = torch.repeat_interleave(starts, counts) + (
+            torch.arange(int(counts.sum())) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        )
+        return Side(
+            listing_ids=self.listing_ids[i.numpy()],
+            species=self.species[i],
+            lat=self.lat[i],
+            lon=self.lon[i],
+            day=self.day[i],
+            attrs=self.attrs.take(i),
+            det_emb=self.det_emb[det_idx],
+            det_owner=torch.repeat_interleave(torch.arange(len(i)), counts),
+            det_photo=self.det_photo[det_idx.numpy()],
+            text=self.text[i],
+            has_text=self.has_text[i],
+        )
+
+    def padded(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Detections of listings ``idx`` as (n, P, d) with a mask (n, P) and detection row numbers (n, P)."""
+        counts = self.det_counts[idx]
+        width = max(int(counts.max()) if len(idx) else 0, 1)
+        pos = torch.arange(width)[None, :]
+        mask = pos < counts[:, None]
+        rows = (self.det_offsets[:-1][idx][:, None] + pos).clamp(max=max(self.det_emb.shape[0] - 1, 0))
+        if self.det_emb.shape[0] == 0:
+            return torch.zeros((len(idx), 1, 1)), torch.zeros((len(idx), 1), dtype=torch.bool), rows
+        return self.det_emb[rows], mask, rows
+
+
+@dataclass(frozen=True)
+class ScoreParams:
+    weights: Mapping[str, float]
+    base_radius_km: float = 15.0
+    max_speed_km_per_day: float = 25.0
+    max_days: float = 365.0
+    grace_days: float = 3.0
+    slope: float = DEFAULT_CALIBRATION["slope"]
+    offset: float = DEFAULT_CALIBRATION["offset"]
+    img_center: float = 0.0
+    img_scale: float = 1.0
+    txt_center: float = 0.0
+    txt_scale: float = 1.0
+
+    @property
+    def agree_threshold(self) -> float:
+        return self.img_center + AGREE_Z * self.img_scale
+
+    @classmethod
+    def from_settings(cls, match_settings: Any) -> ScoreParams:
+        weights = dict(match_settings.weights)
+        unknown = sorted(set(weights) - set(TERMS))
+        if unknown:
+            raise HomewardError(f"match.weights has unknown terms {unknown}; known: {', '.join(TERMS)}")
+        calib = dict(DEFAULT_CALIBRATION)
+        calib.update(getattr(match_settings, "calibration", None) or {})
+        return cls(
+            weights={t: float(weights.get(t, 0.0)) for t in TERMS},
+            base_radius_km=float(match_settings.base_radius_km),
+            max_speed_km_per_day=float(match_settings.max_speed_km_per_day),
+            max_days=float(match_settings.max_days),
+            grace_days=float(match_settings.found_before_lost_grace_days),
+            slope=float(calib["slope"]),
+            offset=float(calib["offset"]),
+        )
+
+
+def robust_center_scale(sims: torch.Tensor) -> tuple[float, float]:
+    """Median and MAD·1.4826 (floored): the background of mostly-unrelated pairs, unmoved by the few true ones."""
+    flat = sims.flatten().float()
+    flat = flat[torch.isfinite(flat)]
+    if flat.numel() == 0:
+        return 0.0, 1.0
+    med = float(flat.median())
+    mad = float((flat - med).abs().median()) * 1.4826
+    return med, max(mad, MIN_SCALE)
+
+
+def background_stats(lost: Side, found: Side, params: ScoreParams, sample: int = 2048, seed: int = 0) -> ScoreParams:
+    """Estimate the image and text backgrounds from up to ``sample`` × ``sample`` random cross pairs."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def pick(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] <= sample:
+            return x
+        return x[torch.randperm(x.shape[0], generator=gen)[:sample]]
+
+    changes: dict[str, float] = {}
+    if lost.det_emb.shape[0] and found.det_emb.shape[0]:
+        c, s = robust_center_scale(pick(lost.det_emb) @ pick(found.det_emb).T)
+        changes.update(img_center=c, img_scale=s)
+    lt, ft = lost.text[lost.has_text], found.text[found.has_text]
+    if lt.shape[0] and ft.shape[0]:
+        c, s = robust_center_scale(pick(lt) @ pick(ft).T)
+        changes.update(txt_center=c, txt_scale=s)
+    return replace(params, **changes)
+
+
+def calibrate(fused: torch.Tensor | np.ndarray, params: ScoreParams):
+    if isinstance(fused, np.ndarray):
+        return 1.0 / (1.0 + np.exp(-(params.slope * fused + params.offset)))
+    return torch.sigmoid(params.slope * fused + params.offset)
+
+
+def fit_calibration(fused: np.ndarray, labels: np.ndarray, l2: float = 1e-3, iters: int = 50) -> dict[str, float]:
+    """Logistic regression of ``labels`` (1 same animal, 0 not) on ``fused`` by Newton's method → slope, offset."""
+    x = np.stack([np.asarray(fused, dtype=np.float64), np.ones(len(fused))], axis=1)
+    y = np.asarray(labels, dtype=np.float64)
+    w = np.zeros(2)
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-(x @ w)))
+        grad = x.T @ (p - y) + l2 * w
+        hess = (x * (p * (1 - p))[:, None]).T @ x + l2 * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-9:
+            break
+    return {"slope": float(w[0]), "offset": float(w[1])}
+
+
+def _evidence(z: torch.Tensor) -> torch.Tensor:
+    return z.clamp(min=IMAGE_Z_FLOOR) / Z_PER_UNIT
+
+
+def _species_ok(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a == b) | (a == 0) | (b == 0)
+
+
+class Scorer:
+    """Scores tiles (for ranking) and explicit pairs (for publishing) of ``lost`` × ``found`` with one code path
+    per term, so both give the same fused value."""
+
+    def __init__(self, lost: Side, found: Side, params: ScoreParams, device: torch.device | str = "cpu") -> None:
+        self.lost, self.found, self.params = lost, found, params
+        self.device = torch.device(device)
+        w = params.weights
+        self.w = {t: float(w.get(t, 0.0)) for t in TERMS}
+        self._lost_dev = _to(lost, self.device)
+        self._found_dev = _to(found, self.device)
+
+    # ---------------------------------------------------------------------------------------------------- shared
+    def _fuse(self, best, agree, txt, has_txt, attr_ev, dist, days, sp_ok):
+        p = self.params
+        has_img = torch.isfinite(best)
+        z_img = (torch.where(has_img, best, torch.zeros_like(best)) - p.img_center) / p.img_scale
+        e_img = torch.where(has_img, _evidence(z_img) + aggregate.evidence_bonus(agree), torch.zeros_like(best))
+        e_txt = torch.where(has_txt, _evidence((txt - p.txt_center) / p.txt_scale), torch.zeros_like(txt))
+        geo, tim, allowed = geo_time_terms(
+            dist,
+            days,
+            base_radius_km=p.base_radius_km,
+            max_speed_km_per_day=p.max_speed_km_per_day,
+            max_days=p.max_days,
+            grace_days=p.grace_days,
+        )
+        e_geo = torch.nan_to_num(2.0 * geo - 1.0, nan=0.0)
+        e_time = torch.nan_to_num(2.0 * tim - 1.0, nan=0.0)
+        w = self.w
+        fused = w["image"] * e_img + w["text"] * e_txt + w["attributes"] * attr_ev + w["geo"] * e_geo
+        fused = fused + w["time"] * e_time
+        fused = torch.where(allowed & sp_ok, fused, torch.full_like(fused, NEG_INF))
+        return fused, {"geo": geo, "time": tim, "z_img": z_img, "has_img": has_img}
+
+    # ------------------------------------------------------------------------------------------------------ tile
+    def tile(self, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
+        """Fused scores of lost[r0:r1] × found[c0:c1] (-inf: ruled out)."""
+        a, b = self._lost_dev, self._found_dev
+        a0, a1 = int(self.lost.det_offsets[r0]), int(self.lost.det_offsets[r1])
+        b0, b1 = int(self.found.det_offsets[c0]), int(self.found.det_offsets[c1])
+        nr, nc = r1 - r0, c1 - c0
+        if a1 > a0 and b1 > b0:
+            best, agree = aggregate.tile_image_terms(
+                a.det_emb[a0:a1],
+                a.det_owner[a0:a1] - r0,
+                nr,
+                b.det_emb[b0:b1],
+                b.det_owner[b0:b1] - c0,
+                nc,
+                self.params.agree_threshold,
+            )
+        else:
+            best = torch.full((nr, nc), NEG_INF, device=self.device)
+            agree = torch.zeros((nr, nc), dtype=torch.int32, device=self.device)
+        txt = a.text[r0:r1] @ b.text[c0:c1].T
+        has_txt = a.has_text[r0:r1, None] & b.has_text[None, c0:c1]
+        attr = attribute_terms(_slice_attrs(a.attrs, r0, r1), _slice_attrs(b.attrs, c0, c1), outer=True)
+        dist = haversine_km(a.lat[r0:r1, None], a.lon[r0:r1, None], b.lat[None, c0:c1], b.lon[None, c0:c1])
+        days = b.day[None, c0:c1] - a.day[r0:r1, None]
+        sp_ok = _species_ok(a.species[r0:r1, None], b.species[None, c0:c1])
+        fused, _ = self._fuse(best, agree, txt, has_txt, attr["evidence"], dist, days, sp_ok)
+        return fused
+
+    # ----------------------------------------------------------------------------------------------------- pairs
+    def pairs(self, li: np.ndarray, fi: np.ndarray, chunk: int = 2048) -> dict[str, np.ndarray]:
+        """Every term of the pairs (lost[li[n]], found[fi[n]]), plus fused, score and explanation."""
+        parts: list[dict[str, np.ndarray]] = []
+        for s in range(0, len(li), chunk):
+            parts.append(self._pairs_chunk(np.asarray(li[s : s + chunk]), np.asarray(fi[s : s + chunk])))
+        if not parts:
+            parts.append(self._pairs_chunk(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)))
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def _pairs_chunk(self, li: np.ndarray, fi: np.ndarray) -> dict[str, np.ndarray]:
+        L, F = self.lost, self.found
+        i = torch.as_tensor(li, dtype=torch.int64)
+        j = torch.as_tensor(fi, dtype=torch.int64)
+        n = len(li)
+        ap, am, arow = L.padded(i)
+        bp, bm, brow = F.padded(j)
+        if L.det_emb.shape[0] and F.det_emb.shape[0] and n:
+            best, agree, pa, pb = aggregate.pair_image_terms(ap, am, bp, bm, self.params.agree_threshold)
+        else:
+            best = torch.full((n,), NEG_INF)
+            agree = torch.zeros(n, dtype=torch.int32)
+            pa = pb = torch.zeros(n, dtype=torch.int64)
+        txt = (L.text[i] * F.text[j]).sum(-1)
+        has_txt = L.has_text[i] & F.has_text[j]
+        attr = attribute_terms(L.attrs.take(i), F.attrs.take(j), outer=False)
+        dist = haversine_km(L.lat[i], L.lon[i], F.lat[j], F.lon[j])
+        days = F.day[j] - L.day[i]
+        sp_ok = _species_ok(L.species[i], F.species[j])
+        fused, extra = self._fuse(best, agree, txt, has_txt, attr["evidence"], dist, days, sp_ok)
+        has_img = extra["has_img"]
+        rows_a = torch.gather(arow, 1, pa[:, None])[:, 0] if n else pa
+        rows_b = torch.gather(brow, 1, pb[:, None])[:, 0] if n else pb
+        lost_photo = np.where(has_img.numpy(), L.det_photo[rows_a.numpy()] if len(L.det_photo) else None, None)
+        found_photo = np.where(has_img.numpy(), F.det_photo[rows_b.numpy()] if len(F.det_photo) else None, None)
+        known_attr = attr["known"] > 0
+        out = {
+            "fused": fused.numpy().astype(np.float64),
+            "score": calibrate(fused, self.params).numpy().astype(np.float64),
+            "image_sim": torch.where(has_img, best, torch.full_like(best, float("nan"))).numpy().astype(np.float64),
+            "image_z": torch.where(has_img, extra["z_img"], torch.full_like(best, float("nan"))).numpy(),
+            "photos_agreeing": torch.where(has_img, agree, torch.zeros_like(agree)).numpy().astype(np.int32),
+            "text_sim": torch.where(has_txt, txt, torch.full_like(txt, float("nan"))).numpy().astype(np.float64),
+            "attribute_score": torch.where(known_attr, (attr["evidence"] + 1) / 2, float("nan")).numpy(),
+            "geo_score": extra["geo"].numpy().astype(np.float64),
+            "time_score": extra["time"].numpy().astype(np.float64),
+            "distance_km": dist.numpy().astype(np.float64),
+            "days_apart": days.numpy().astype(np.float64),
+            "no_photo": (~has_img).numpy(),
+            "lost_photo_id": lost_photo.astype(object),
+            "found_photo_id": found_photo.astype(object),
+        }
+        for k in ("colour", "sex", "size", "breed"):
+            out[f"attr_{k}"] = attr[k].numpy()
+        out["explanation"] = np.array(
+            [explain({k: v[n_] for k, v in out.items()}, self.params, L.det_counts[i[n_]], F.det_counts[j[n_]])
+             for n_ in range(n)],
+            dtype=object,
+        )  # fmt: skip
+        return out
+
+
+def _fmt(x: float, spec: str) -> str | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def explain(row: Mapping[str, Any], params: ScoreParams, n_lost_det: Any = 1, n_found_det: Any = 1) -> str:
+    """One line a shelter worker can read: what agreed, what did not, what was missing."""
+    parts: list[str] = []
+    if not math.isfinite(row["fused"]):
+        return "ruled out (species, date or distance)"
+    if row["no_photo"]:
+        missing = "lost" if int(n_lost_det) == 0 else "found" if int(n_found_det) == 0 else "either"
+        parts.append(f"no photo on the {missing} side: text, attributes, place and time only")
+    else:
+        agree = int(row["photos_agreeing"])
+        more = f"; {agree} photo pairs agree" if agree > 1 else ""
+        parts.append(f"image {row['image_sim']:.2f} ({row['image_z']:+.1f} spreads over background{more})")
+    if _fmt(row["text_sim"], ".2f"):
+        parts.append(f"text {row['text_sim']:.2f}")
+    said = []
+    for k in ("colour", "sex", "size", "breed"):
+        v = row[f"attr_{k}"]
+        if not math.isnan(v):
+            said.append(f"{k} {'agrees' if v > 0 else 'close' if v == 0 else 'differs'}")
+    if said:
+        parts.append(", ".join(said))
+    if _fmt(row["distance_km"], ".1f"):
+        parts.append(f"{row['distance_km']:.1f} km apart")
+    else:
+        parts.append("no location")
+    days = row["days_apart"]
+    if math.isnan(days):
+        parts.append("no dates")
+    elif days >= 0:
+        parts.append(f"found {days:.0f} days after lost")
+    else:
+        parts.append(f"found {-days:.0f} days before the lost date (within grace)")
+    return "; ".join(parts) + f"; score {row['score']:.2f}"
+
+
+def _slice_attrs(a: AttributeCodes, s: int, e: int) -> AttributeCodes:
+    return AttributeCodes(*(getattr(a, f)[s:e] for f in a.__dataclass_fields__))
+
+
+def _to(side: Side, device: torch.device) -> Any:
+    """A light namespace of the side's tensors on ``device`` (the Side itself stays on the CPU)."""
+
+    class _Dev:
+        pass
+
+    d = _Dev()
+    for name in ("species", "lat", "lon", "day", "det_emb", "det_owner", "text", "has_text"):
+        setattr(d, name, getattr(side, name).to(device))
+    d.attrs = side.attrs.to(device)
+    return d

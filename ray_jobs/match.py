@@ -1,0 +1,448 @@
+"""``homeward match``: score every plausible lost × found pair and publish the ranked matches atomically.
+
+1. Read ``listings`` and ``detections`` from LanceDB **at pinned versions** (recorded in ``match_runs.lance_versions``
+   so a run can be reproduced while enrichment keeps writing).
+2. Refuse image vectors of another model than the run's (the configured profile's embedder, else the table's
+   majority model): similarities across models are meaningless.
+3. Block by species, place and time (``engine.scoring.blocking``: exact with respect to the hard rules), score each
+   block with exact tiled all-pairs (``engine.scoring``), on the GPU when present; blocks fan out as Ray tasks when
+   there is enough work to pay for it.
+4. Keep the top-k per lost listing **and** per found listing, compute every term of those pairs, and publish them
+   with a ``match_runs`` row and a fresh ``listings`` snapshot in **one DuckDB transaction**: readers see the previous
+   run or the new one, never half of one. A failed run leaves a ``failed`` run row and no matches.
+
+Query the latest published run's matches with the ``current_matches`` view (created by each publication), e.g.
+``SELECT rank_for_lost FROM current_matches WHERE lost_listing_id = ? AND found_listing_id = ?``. ``rank_for_lost``
+is NULL when the pair is kept only because it is in the found listing's top-k (and vice versa).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from engine import schema
+from engine.config import Settings
+from engine.errors import HomewardError
+from engine.scoring import attributes
+from engine.scoring.allpairs import blocked_topk, resolve_device, tile_bounds
+from engine.scoring.blocking import Block, listing_keys, make_blocks
+from engine.scoring.fuse import SPECIES_CODES, ScoreParams, Scorer, Side, background_stats
+from engine.storage import LanceStore, RunsDB
+
+log = logging.getLogger(__name__)
+
+RAY_MIN_PAIRS = 2_000_000_000
+"""With ``use_ray`` unset, blocks fan out as Ray tasks only above this many candidate pairs (a local Ray costs ~5 s
+to start; one CPU scores ~10⁹ pairs of 1280-d vectors in ~20 s)."""
+_SKIP_DETECTION_STATUS = ("failed", "error")
+
+MATCH_COLUMNS = (
+    "run_id", "lost_listing_id", "found_listing_id", "score", "image_sim", "text_sim", "attribute_score",
+    "geo_score", "time_score", "distance_km", "days_apart", "photos_agreeing", "rank_for_lost", "rank_for_found",
+    "no_photo", "lost_photo_id", "found_photo_id", "explanation",
+)  # fmt: skip
+SNAPSHOT_COLUMNS = (
+    "listing_id", "source", "source_id", "url", "kind", "status", "species", "breed", "colors", "sex", "age_group",
+    "size", "name", "description", "location_text", "lat", "lon", "event_date", "posted_at", "scraped_at",
+    "shelter_id", "shelter_name", "photo_ids",
+)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------- loading
+def _days(listings: pa.Table) -> np.ndarray:
+    """Event date (days since 1970-01-01), falling back to the posting date; NaN when neither is known."""
+    n = listings.num_rows
+    out = np.full(n, np.nan)
+    if "event_date" in listings.column_names:
+        ev = listings["event_date"].cast(pa.int32()).to_numpy(zero_copy_only=False)
+        out = np.where(pc.is_valid(listings["event_date"]).to_numpy(zero_copy_only=False), ev, out).astype(float)
+    if "posted_at" in listings.column_names:
+        posted = listings["posted_at"].cast(pa.int64()).to_numpy(zero_copy_only=False)
+        valid = pc.is_valid(listings["posted_at"]).to_numpy(zero_copy_only=False)
+        out = np.where(np.isnan(out) & valid, np.floor(posted / 86_400e6), out)
+    return out
+
+
+def _floats(table: pa.Table, name: str) -> np.ndarray:
+    return np.asarray(pc.fill_null(table[name].cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False), float)
+
+
+def _vectors(column: pa.ChunkedArray) -> np.ndarray:
+    arr = column.combine_chunks()
+    dim = arr.type.list_size
+    flat = np.asarray(arr.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+    vecs = flat.reshape(-1, dim)
+    norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+    return vecs / np.where(norms > 0, norms, 1.0)
+
+
+def configured_embed_model(settings: Settings) -> str | None:
+    """The embedder id of the configured enrich profile, when ``engine.models`` can tell it without loading weights."""
+    try:
+        from engine import models  # written by the enrichment stage
+    except ImportError:
+        return None
+    for name in ("embed_model_id", "embedder_id", "profile_embed_model_id"):
+        fn = getattr(models, name, None)
+        if callable(fn):
+            try:
+                value = fn(settings)
+            except Exception as exc:  # a broken profile must not hide behind a model-mismatch message
+                log.warning("cannot tell the configured embedder id (%s); using the table's majority model", exc)
+                return None
+            return str(value) if value else None
+    return None
+
+
+def _check_models(det: pa.Table, column: str, wanted: str | None, what: str) -> str | None:
+    """The run's model id for ``column``; any other model in use raises, naming both."""
+    if det.num_rows == 0:
+        return wanted
+    counts = Counter(v for v in det[column].to_pylist() if v is not None)
+    if not counts:
+        return wanted
+    run_model = wanted or counts.most_common(1)[0][0]
+    others = {m: c for m, c in counts.items() if m != run_model}
+    if others:
+        other, n = max(others.items(), key=lambda kv: kv[1])
+        source = "the configured profile's" if wanted else "the table's majority"
+        raise HomewardError(
+            f"detections hold {what} vectors of {column} {other!r} ({n} rows) but this run matches with "
+            f"{run_model!r} ({source} model, {counts.get(run_model, 0)} rows); vectors of different models cannot be "
+            "compared: re-run `homeward enrich` with one profile (or point data_dir elsewhere) before matching"
+        )
+    return run_model
+
+
+def _dim(det: pa.Table, column: str) -> int:
+    typ = det.schema.field(column).type if column in det.column_names else None
+    return int(typ.list_size) if isinstance(typ, pa.FixedSizeListType) else 1
+
+
+def build_side(listings: pa.Table, det: pa.Table) -> Side:
+    """Tensors of one side from its listings and their usable detection rows (``det``: detections schema)."""
+    n = listings.num_rows
+    ids = np.asarray(listings["listing_id"].to_pylist(), dtype=object)
+    index = {lid: i for i, lid in enumerate(ids)}
+    species_raw = [(s or "unknown").lower() for s in listings["species"].to_pylist()]
+    species = np.array([SPECIES_CODES.get(s, 0) for s in species_raw], dtype=np.int64)
+
+    owners = np.array([index[x] for x in det["listing_id"].to_pylist()], dtype=np.int64)
+    has_emb = pc.is_valid(det["embedding"]).to_numpy(zero_copy_only=False) if det.num_rows else np.zeros(0, bool)
+    emb_rows = det.filter(pa.array(has_emb)) if det.num_rows else det
+    emb_owner = owners[has_emb]
+    order = np.argsort(emb_owner, kind="stable")
+    if emb_rows.num_rows:
+        emb = _vectors(emb_rows["embedding"])[order]
+        photos = np.asarray(emb_rows["photo_id"].to_pylist(), dtype=object)[order]
+        # Listing species unknown → the animals its photos show (majority of dog/cat detections).
+        det_species = [str(s or "").lower() for s in emb_rows["species"].to_pylist()]
+        votes: dict[int, Counter] = {}
+        for o, s in zip(emb_owner, det_species, strict=True):
+            if s in ("dog", "cat"):
+                votes.setdefault(int(o), Counter())[s] += 1
+        for o, c in votes.items():
+            if species[o] == 0:
+                species[o] = SPECIES_CODES[c.most_common(1)[0][0]]
+    else:
+        emb, photos = np.zeros((0, _dim(det, "embedding")), np.float32), np.zeros(0, dtype=object)
+
+    text_dim = _dim(det, "text_embedding")
+    text = np.zeros((n, text_dim), np.float32)
+    has_text = np.zeros(n, dtype=bool)
+    if det.num_rows and "text_embedding" in det.column_names:
+        valid = pc.is_valid(det["text_embedding"]).to_numpy(zero_copy_only=False)
+        if valid.any():
+            vecs = _vectors(det.filter(pa.array(valid))["text_embedding"])
+            np.add.at(text, owners[valid], vecs)
+            norms = np.linalg.norm(text, axis=1, keepdims=True)
+            has_text = norms[:, 0] > 0
+            text = text / np.where(norms > 0, norms, 1.0)
+
+    attrs = attributes.encode(
+        listings["sex"].to_pylist(),
+        listings["size"].to_pylist(),
+        listings["colors"].to_pylist(),
+        listings["breed"].to_pylist(),
+    )
+    return Side(
+        listing_ids=ids,
+        species=torch.from_numpy(species),
+        lat=torch.from_numpy(_floats(listings, "lat").astype(np.float32)),
+        lon=torch.from_numpy(_floats(listings, "lon").astype(np.float32)),
+        day=torch.from_numpy(_days(listings).astype(np.float32)),
+        attrs=attrs,
+        det_emb=torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32)),
+        det_owner=torch.from_numpy(emb_owner[order]),
+        det_photo=photos,
+        text=torch.from_numpy(text),
+        has_text=torch.from_numpy(has_text),
+    )
+
+
+def _active(listings: pa.Table, kinds: tuple[str, ...]) -> pa.Table:
+    if listings.num_rows == 0:
+        return listings
+    status = pc.fill_null(listings["status"], "active")
+    mask = pc.and_(pc.is_in(listings["kind"], pa.array(kinds)), pc.equal(status, "active"))
+    return listings.filter(pc.fill_null(mask, False))
+
+
+# ----------------------------------------------------------------------------------------------------------- scoring
+def score_blocks(
+    lost: Side, found: Side, params: ScoreParams, blocks: list[Block], k: int, tile_size: int, device: str
+) -> tuple[np.ndarray, ...]:
+    """Top-k per lost and per found listing (within these blocks), as global-index arrays
+    (lost, found, fused, rank) for rows and for columns."""
+    dev = resolve_device(device)
+    rows: list[tuple[np.ndarray, ...]] = []
+    cols: list[tuple[np.ndarray, ...]] = []
+    for block in blocks:
+        sub_l, sub_f = lost.take(block.lost), found.take(block.found)
+        scorer = Scorer(sub_l, sub_f, params, dev)
+        top = blocked_topk(
+            sub_l.n,
+            sub_f.n,
+            k,
+            scorer.tile,
+            tile_bounds(sub_l.det_counts.numpy(), tile_size),
+            tile_bounds(sub_f.det_counts.numpy(), tile_size),
+            device=dev,
+        )
+        r, c, s, rank = top.row_pairs()
+        rows.append((block.lost[r], block.found[c], s, rank))
+        r, c, s, _ = top.col_pairs()
+        cols.append((block.lost[r], block.found[c], s))
+    cat = [np.concatenate(p) if p else np.zeros(0) for p in zip(*rows, strict=True)] if rows else [np.zeros(0)] * 4
+    catc = [np.concatenate(p) if p else np.zeros(0) for p in zip(*cols, strict=True)] if cols else [np.zeros(0)] * 3
+    return (*cat, *catc)
+
+
+def _score_all(lost, found, params, blocks, k, tile_size, device, use_ray, settings) -> tuple[np.ndarray, ...]:
+    total = sum(b.pairs for b in blocks)
+    fan_out = use_ray if use_ray is not None else (total >= RAY_MIN_PAIRS and len(blocks) > 1)
+    if not fan_out or len(blocks) <= 1:
+        return score_blocks(lost, found, params, blocks, k, tile_size, device)
+    import ray
+
+    from engine.runtime import ray_session
+
+    with ray_session(settings):
+        n_tasks = max(1, min(len(blocks), int(ray.cluster_resources().get("CPU", 1))))
+        shards: list[list[Block]] = [[] for _ in range(n_tasks)]
+        load = [0] * n_tasks
+        for b in blocks:  # largest first onto the least loaded shard
+            i = int(np.argmin(load))
+            shards[i].append(b)
+            load[i] += b.pairs
+        remote = ray.remote(num_cpus=1)(score_blocks)
+        lost_ref, found_ref = ray.put(lost), ray.put(found)
+        parts = ray.get([remote.remote(lost_ref, found_ref, params, s, k, tile_size, device) for s in shards if s])
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(7))
+
+
+def _merge_found_topk(lost_g: np.ndarray, found_g: np.ndarray, fused: np.ndarray, k: int):
+    """A found listing is scored in several blocks: keep its best k over all of them, ranked."""
+    if len(found_g) == 0:
+        return lost_g.astype(np.int64), found_g.astype(np.int64), np.zeros(0, np.int64)
+    order = np.lexsort((lost_g, -fused, found_g))
+    lost_g, found_g = lost_g[order], found_g[order]
+    start = np.r_[0, np.flatnonzero(np.diff(found_g)) + 1]
+    counts = np.diff(np.r_[start, len(found_g)])
+    rank = np.arange(len(found_g)) - np.repeat(start, counts) + 1
+    keep = rank <= k
+    return lost_g[keep].astype(np.int64), found_g[keep].astype(np.int64), rank[keep]
+
+
+# -------------------------------------------------------------------------------------------------------- publishing
+def _refresh_listings_snapshot(con: Any, listings: pa.Table) -> None:
+    cols = [c for c in SNAPSHOT_COLUMNS if c in listings.column_names]
+    snap = listings.select(cols)
+    photo_ids = listings["photo_ids"] if "photo_ids" in listings.column_names else None
+    n_photos = pc.fill_null(pc.list_value_length(photo_ids), 0) if photo_ids is not None else pa.nulls(0)
+    snap = snap.append_column("n_photos", n_photos.cast(pa.int32()))
+    con.register("_snapshot", snap)
+    con.execute("DELETE FROM listings")
+    names = ", ".join([*cols, "n_photos"])
+    con.execute(f"INSERT INTO listings ({names}) SELECT {names} FROM _snapshot")
+    con.unregister("_snapshot")
+
+
+def _publish(runs: RunsDB, run_id: str, matches: pa.Table, listings: pa.Table, summary: dict[str, Any]) -> None:
+    """Everything a reader sees of this run, in one transaction."""
+    with runs.write() as con:
+        con.register("_new_matches", matches)
+        names = ", ".join(MATCH_COLUMNS)
+        con.execute(f"INSERT INTO matches ({names}) SELECT {names} FROM _new_matches")
+        con.unregister("_new_matches")
+        _refresh_listings_snapshot(con, listings)
+        con.execute(
+            "CREATE OR REPLACE VIEW current_matches AS SELECT * FROM matches WHERE run_id = ("
+            "SELECT run_id FROM match_runs WHERE status = 'published' ORDER BY finished DESC, started DESC LIMIT 1)"
+        )
+        con.execute(
+            "UPDATE match_runs SET status = 'published', finished = ?, lost_listings = ?, found_listings = ?, "
+            "candidate_pairs = ?, matches = ?, duration_s = ?, message = ?, embed_model = ? WHERE run_id = ?",
+            [
+                datetime.now(UTC),
+                summary["lost_listings"],
+                summary["found_listings"],
+                summary["candidate_pairs"],
+                summary["matches"],
+                summary["duration_s"],
+                summary.get("message"),
+                summary.get("embed_model"),
+                run_id,
+            ],
+        )
+
+
+def match(
+    settings: Settings, *, top_k: int | None = None, device: str | None = None, use_ray: bool | None = None
+) -> dict:
+    """Score every plausible lost x found pair and publish the top-k per listing to DuckDB.
+
+    Args:
+        top_k: matches kept per lost and per found listing (default: match.top_k)
+        device: auto, cpu or cuda (default: match.device)
+        use_ray: fan blocks out as Ray tasks (default: only when there are more than 2e9 candidate pairs)
+    """
+    started = datetime.now(UTC)
+    t0 = time.perf_counter()
+    cfg = settings.match
+    k = int(top_k or cfg.top_k)
+    dev = str(resolve_device(device or cfg.device))
+    params = ScoreParams.from_settings(cfg)
+    store = LanceStore(settings.lance)
+    runs = RunsDB(settings.duckdb)
+    run_id = f"match-{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    versions = {t: store.version(t) for t in ("listings", "photos", "detections")}
+    parameters = {"top_k": k, "device": dev, "tile_size": cfg.tile_size, "weights": params.weights,
+                  "calibration": {"slope": params.slope, "offset": params.offset},
+                  "base_radius_km": cfg.base_radius_km, "max_speed_km_per_day": cfg.max_speed_km_per_day,
+                  "max_days": cfg.max_days, "grace_days": cfg.found_before_lost_grace_days}  # fmt: skip
+    with runs.write() as con:
+        con.execute(
+            "INSERT INTO match_runs (run_id, started, status, parameters, lance_versions) VALUES (?, ?, ?, ?, ?)",
+            [run_id, started, "running", json.dumps(parameters), json.dumps(versions)],
+        )
+    try:
+        summary = _run(settings, store, runs, run_id, versions, params, k, dev, use_ray, t0)
+    except BaseException as exc:
+        with runs.write() as con:
+            con.execute(
+                "UPDATE match_runs SET status = 'failed', finished = ?, duration_s = ?, message = ? WHERE run_id = ?",
+                [datetime.now(UTC), time.perf_counter() - t0, f"{type(exc).__name__}: {exc}"[:2000], run_id],
+            )
+        raise
+    return summary
+
+
+def _run(settings, store, runs, run_id, versions, params, k, dev, use_ray, t0) -> dict[str, Any]:
+    cfg = settings.match
+    listings = store.read("listings", version=versions["listings"]) if versions["listings"] is not None else None
+    if listings is None or listings.num_rows == 0:
+        listings = pa.Table.from_pylist([], schema=schema.LISTINGS)
+    lost_l = _active(listings, schema.LOST_KINDS)
+    found_l = _active(listings, schema.FOUND_KINDS)
+    det = store.read("detections", version=versions["detections"]) if versions["detections"] is not None else None
+    if det is None or det.num_rows == 0:
+        det = pa.Table.from_pylist([], schema=schema.detections_schema(1, 1))
+    if det.num_rows:
+        status = pc.fill_null(det["status"], "ok")
+        det = det.filter(pc.invert(pc.is_in(status, pa.array(_SKIP_DETECTION_STATUS))))
+    det_lost = det.filter(pc.is_in(det["listing_id"], lost_l["listing_id"])) if det.num_rows else det
+    det_found = det.filter(pc.is_in(det["listing_id"], found_l["listing_id"])) if det.num_rows else det
+    used = pa.concat_tables([det_lost, det_found])
+    with_emb = used.filter(pc.is_valid(used["embedding"])) if used.num_rows else used
+    embed_model = _check_models(with_emb, "embed_model", configured_embed_model(settings), "image")
+    with_txt = used.filter(pc.is_valid(used["text_embedding"])) if used.num_rows else used
+    text_model = _check_models(with_txt, "text_model", None, "text")
+
+    lost, found = build_side(lost_l, det_lost), build_side(found_l, det_found)
+    params = background_stats(lost, found, params)
+    key_args = dict(
+        base_radius_km=cfg.base_radius_km,
+        max_speed_km_per_day=cfg.max_speed_km_per_day,
+        max_days=cfg.max_days,
+        grace_days=cfg.found_before_lost_grace_days,
+    )
+    lost_keys = listing_keys(lost.species.numpy(), lost.lat.numpy(), lost.lon.numpy(), lost.day.numpy(), **key_args)
+    found_keys = listing_keys(
+        found.species.numpy(), found.lat.numpy(), found.lon.numpy(), found.day.numpy(), **key_args
+    )
+    blocks = make_blocks(lost_keys, found_keys) if lost.n and found.n else []
+    candidate_pairs = sum(b.pairs for b in blocks)
+    log.info("match %s: %d lost × %d found listings, %d blocks, %d candidate pairs on %s",
+             run_id, lost.n, found.n, len(blocks), candidate_pairs, dev)  # fmt: skip
+    t_score = time.perf_counter()
+    rl, rf, _rs, rrank, cl, cf, cs = _score_all(lost, found, params, blocks, k, cfg.tile_size, dev, use_ray, settings)
+    score_s = time.perf_counter() - t_score
+    cl, cf, crank = _merge_found_topk(cl.astype(np.int64), cf.astype(np.int64), cs, k)
+
+    pairs: dict[tuple[int, int], list[Any]] = {}
+    for a, b, r in zip(rl.astype(np.int64).tolist(), rf.astype(np.int64).tolist(), rrank.tolist(), strict=True):
+        pairs[(a, b)] = [r, None]
+    for a, b, r in zip(cl.tolist(), cf.tolist(), crank.tolist(), strict=True):
+        pairs.setdefault((a, b), [None, None])[1] = r
+    keys = sorted(pairs)
+    li = np.array([p[0] for p in keys], dtype=np.int64)
+    fi = np.array([p[1] for p in keys], dtype=np.int64)
+    terms = Scorer(lost, found, params, "cpu").pairs(li, fi)
+    n = len(keys)
+    matches = pa.table(
+        {
+            "run_id": pa.array([run_id] * n, pa.string()),
+            "lost_listing_id": pa.array(lost.listing_ids[li].tolist() if n else [], pa.string()),
+            "found_listing_id": pa.array(found.listing_ids[fi].tolist() if n else [], pa.string()),
+            "score": pa.array(terms["score"], pa.float64()),
+            "image_sim": _nullable(terms["image_sim"]),
+            "text_sim": _nullable(terms["text_sim"]),
+            "attribute_score": _nullable(terms["attribute_score"]),
+            "geo_score": _nullable(terms["geo_score"]),
+            "time_score": _nullable(terms["time_score"]),
+            "distance_km": _nullable(terms["distance_km"]),
+            "days_apart": _nullable(terms["days_apart"]),
+            "photos_agreeing": pa.array(terms["photos_agreeing"], pa.int32()),
+            "rank_for_lost": pa.array([pairs[p][0] for p in keys], pa.int32()),
+            "rank_for_found": pa.array([pairs[p][1] for p in keys], pa.int32()),
+            "no_photo": pa.array(terms["no_photo"], pa.bool_()),
+            "lost_photo_id": pa.array(terms["lost_photo_id"].tolist(), pa.string()),
+            "found_photo_id": pa.array(terms["found_photo_id"].tolist(), pa.string()),
+            "explanation": pa.array(terms["explanation"].tolist(), pa.string()),
+        }
+    )
+    summary: dict[str, Any] = {
+        "run_id": run_id,
+        "status": "published",
+        "lost_listings": lost.n,
+        "found_listings": found.n,
+        "blocks": len(blocks),
+        "candidate_pairs": candidate_pairs,
+        "matches": n,
+        "embed_model": embed_model,
+        "text_model": text_model,
+        "lance_versions": versions,
+        "device": dev,
+        "pairs_per_s": round(candidate_pairs / score_s, 1) if score_s > 0 else None,
+        "no_photo_matches": int(terms["no_photo"].sum()),
+    }
+    summary["duration_s"] = round(time.perf_counter() - t0, 3)
+    _publish(runs, run_id, matches, listings, summary)
+    return summary
+
+
+def _nullable(values: np.ndarray) -> pa.Array:
+    v = np.asarray(values, dtype=np.float64)
+    return pa.array(v, pa.float64(), mask=~np.isfinite(v))

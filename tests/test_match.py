@@ -1,0 +1,285 @@
+"""``homeward match`` end to end on LanceDB rows written directly: planted pairs, hard rules, missing data, model
+checks, atomic publication, tiling invariance, Ray fan-out."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from engine import ids, schema
+from engine.config import Settings
+from engine.errors import HomewardError
+from engine.storage import LanceStore, RunsDB, upsert_listings
+from ray_jobs import match as match_job
+from ray_jobs.match import match
+
+DIM, TEXT_DIM = 48, 12
+BASE = dt.date(2026, 5, 1)
+SEATTLE = (47.6062, -122.3321)
+
+
+@dataclass
+class World:
+    """Synthetic listings with known structure: each planted animal has an identity vector; its photos are that
+    vector plus noise, so a lost post and a found post of one animal are far more similar than two animals."""
+
+    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+    listings: list[dict] = field(default_factory=list)
+    detections: list[dict] = field(default_factory=list)
+    model: str = "test-embedder/1"
+
+    def vec(self, v: np.ndarray, noise: float) -> list[float]:
+        w = v + self.rng.normal(0, noise, v.shape)
+        return (w / np.linalg.norm(w)).astype(np.float32).tolist()
+
+    def identity(self) -> np.ndarray:
+        return self.rng.normal(0, 1, DIM)
+
+    def add(self, kind: str, sid: str, animal: np.ndarray | None, *, day: int | None = 0, lat: float | None = None,
+            lon: float | None = None, species: str = "dog", photos: int = 1, model: str | None = None,
+            status: str = "active", text: bool = True, **attrs) -> str:  # fmt: skip
+        lid = ids.listing_id("synthetic", sid)
+        lat = SEATTLE[0] + self.rng.normal(0, 0.03) if lat is None else lat
+        lon = SEATTLE[1] + self.rng.normal(0, 0.03) if lon is None else lon
+        row = dict(listing_id=lid, source="synthetic", source_id=sid, url=f"https://example.org/{sid}", kind=kind,
+                   status=status, species=species, lat=None if np.isnan(lat) else lat,
+                   lon=None if np.isnan(lon) else lon,
+                   event_date=None if day is None else BASE + dt.timedelta(days=day),
+                   photo_ids=[f"photo-{sid}-{i}" for i in range(photos)])  # fmt: skip
+        row.update(attrs)
+        self.listings.append(row)
+        for i in range(photos if animal is not None else 0):
+            self.detections.append(
+                dict(
+                    detection_id=f"det-{sid}-{i}",
+                    photo_id=f"photo-{sid}-{i}",
+                    listing_id=lid,
+                    species=species,
+                    confidence=0.9,
+                    embedding=self.vec(animal, 0.35),
+                    embed_model=model or self.model,
+                    text_embedding=self.vec(self.rng.normal(0, 1, TEXT_DIM), 0.0) if text else None,
+                    text_model="test-text/1",
+                    status="ok",
+                )
+            )
+        return lid
+
+    def plant(self, n: int, distractors: int) -> list[tuple[str, str]]:
+        pairs = []
+        for i in range(n):
+            animal = self.identity()
+            lat, lon = SEATTLE[0] + self.rng.normal(0, 0.03), SEATTLE[1] + self.rng.normal(0, 0.03)
+            lost = self.add("lost", f"lost-{i}", animal, day=i % 9, lat=lat, lon=lon, photos=1 + i % 2)
+            found = self.add(["found", "shelter", "sighting", "adoptable"][i % 4], f"found-{i}", animal,
+                             day=i % 9 + 2, lat=lat + 0.02, lon=lon, photos=1 + i % 3)  # fmt: skip
+            pairs.append((lost, found))
+        for i in range(distractors):
+            self.add(["lost", "found"][i % 2], f"other-{i}", self.identity(), day=i % 9)
+        return pairs
+
+    def write(self, settings: Settings) -> LanceStore:
+        store = LanceStore(settings.lance)
+        upsert_listings(store, self.listings)
+        store.upsert("detections", self.detections, key="detection_id",
+                     table_schema=schema.detections_schema(DIM, TEXT_DIM))  # fmt: skip
+        return store
+
+
+def current(settings: Settings, lost: str, found: str):
+    rows = RunsDB(settings.duckdb).query(
+        "SELECT rank_for_lost, rank_for_found, score, no_photo, distance_km, days_apart, explanation "
+        "FROM current_matches WHERE lost_listing_id = ? AND found_listing_id = ?",
+        [lost, found],
+    )
+    return rows[0] if rows else None
+
+
+def test_planted_pairs_rank_first_with_every_term(settings: Settings) -> None:
+    world = World()
+    pairs = world.plant(12, distractors=40)
+    store = world.write(settings)
+    out = match(settings, top_k=5)
+    assert out["status"] == "published" and out["embed_model"] == world.model
+    assert out["lost_listings"] == 32 and out["found_listings"] == 32
+    for lost, found in pairs:
+        rank_lost, rank_found, score, no_photo, dist, days, expl = current(settings, lost, found)
+        assert rank_lost == 1 and rank_found == 1, (lost, found)
+        assert score > 0.9 and not no_photo and 1.0 < dist < 4.0 and days == 2
+        assert "image" in expl and "km apart" in expl
+    db = RunsDB(settings.duckdb)
+    # top-k per lost and per found listing, every column filled
+    per_lost = db.query(
+        "SELECT max(c) FROM (SELECT count(rank_for_lost) c FROM current_matches GROUP BY lost_listing_id)"
+    )
+    per_found = db.query(
+        "SELECT max(c) FROM (SELECT count(rank_for_found) c FROM current_matches GROUP BY found_listing_id)"
+    )
+    assert per_lost[0][0] == 5 and per_found[0][0] == 5
+    nulls = db.query(
+        "SELECT count(*) FILTER (image_sim IS NULL), count(*) FILTER (geo_score IS NULL), "
+        "count(*) FILTER (lost_photo_id IS NULL), count(*) FILTER (explanation IS NULL) FROM current_matches"
+    )
+    assert nulls == [(0, 0, 0, 0)]
+    # multi-photo planted pairs report agreeing photo pairs
+    assert db.query("SELECT max(photos_agreeing) FROM current_matches")[0][0] >= 2
+    # the run is recorded with the LanceDB versions it read, and a listing snapshot for joins
+    run = db.query("SELECT status, lance_versions, embed_model, matches, candidate_pairs FROM match_runs")
+    assert run[0][0] == "published" and run[0][2] == world.model and run[0][3] == out["matches"]
+    versions = json.loads(run[0][1])
+    assert versions["listings"] == store.version("listings") and versions["detections"] == store.version("detections")
+    assert db.query("SELECT count(*) FROM listings")[0][0] == len(world.listings)
+    joined = db.query(
+        "SELECT l.url FROM current_matches m JOIN listings l ON l.listing_id = m.found_listing_id "
+        "WHERE m.lost_listing_id = ? AND m.rank_for_lost = 1",
+        [pairs[0][0]],
+    )
+    assert joined == [("https://example.org/found-0",)]
+
+
+def test_hard_rules_and_missing_data(settings: Settings) -> None:
+    world = World()
+    animal = world.identity()
+    lost = world.add("lost", "lost", animal, day=10, colors=["black"], sex="male")
+    too_early = world.add("found", "too-early", animal, day=2)  # 8 days before the loss, beyond 3 days of grace
+    in_grace = world.add("found", "in-grace", animal, day=8)
+    too_far = world.add("found", "too-far", animal, day=11, lat=55.75, lon=37.6)  # Moscow, a day later
+    cat = world.add("found", "cat", animal, day=11, species="cat")
+    unknown_species = world.add("found", "unknown-species", animal, day=11, species="unknown")
+    no_coords = world.add("found", "no-coords", animal, day=12, lat=float("nan"), lon=float("nan"))
+    no_date = world.add("found", "no-date", animal, day=None)
+    no_photo = world.add("found", "no-photo", None, day=12, colors=["black"], sex="male")
+    resolved = world.add("found", "resolved", animal, day=12, status="resolved")
+    for i in range(20):
+        world.add("found", f"other-{i}", world.identity(), day=12)
+    world.write(settings)
+    match(settings, top_k=30)
+    for ruled_out in (too_early, too_far, cat, resolved):
+        assert current(settings, lost, ruled_out) is None
+    for kept in (in_grace, unknown_species, no_coords, no_date, no_photo):
+        assert current(settings, lost, kept) is not None
+    assert current(settings, lost, no_coords)[4] is None  # no distance, no geo prior
+    assert current(settings, lost, no_date)[5] is None
+    row = current(settings, lost, no_photo)
+    assert row[3] is True and "no photo on the found side" in row[6]
+    # photo evidence of the same animal outranks a photo-less post with agreeing attributes
+    assert current(settings, lost, in_grace)[0] < row[0]
+
+
+def test_lost_listing_without_photo_matched_on_text_and_attributes(settings: Settings) -> None:
+    world = World()
+    lost = world.add("lost", "lost", None, day=0, colors=["red"], sex="female", size="small", breed="corgi")
+    twin = world.add("found", "twin", world.identity(), day=1, colors=["ginger"], sex="female", size="small",
+                     breed="Pembroke Welsh Corgi")  # fmt: skip
+    for i in range(10):
+        world.add("found", f"other-{i}", world.identity(), day=1, colors=["black"], sex="male", size="large",
+                  breed="rottweiler")  # fmt: skip
+    world.write(settings)
+    out = match(settings, top_k=3)
+    assert out["no_photo_matches"] >= 3
+    assert current(settings, lost, twin)[0] == 1
+    assert current(settings, lost, twin)[3] is True
+
+
+def test_vectors_of_another_model_are_refused(settings: Settings) -> None:
+    world = World()
+    world.plant(3, distractors=2)
+    world.add("found", "odd", world.identity(), model="other-embedder/7")
+    world.write(settings)
+    with pytest.raises(HomewardError, match=r"'other-embedder/7'.*'test-embedder/1'"):
+        match(settings)
+    db = RunsDB(settings.duckdb)
+    assert db.query("SELECT status FROM match_runs") == [("failed",)]
+    assert db.query("SELECT count(*) FROM matches") == [(0,)]
+
+
+def test_configured_model_wins_over_majority(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    world = World()
+    world.plant(3, distractors=2)
+    world.write(settings)
+    monkeypatch.setattr(match_job, "configured_embed_model", lambda s: "profile-embedder/2")
+    with pytest.raises(HomewardError, match=r"'test-embedder/1'.*'profile-embedder/2'.*configured profile"):
+        match(settings)
+
+
+def test_publication_is_atomic(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    world = World()
+    pairs = world.plant(5, distractors=6)
+    world.write(settings)
+    first = match(settings, top_k=3)
+    db = RunsDB(settings.duckdb)
+    before = db.query("SELECT * FROM current_matches ORDER BY lost_listing_id, found_listing_id")
+    snapshot_before = db.query("SELECT count(*) FROM listings")
+
+    # more listings arrive, then the publication fails after the matches were inserted
+    world.listings.clear()
+    world.detections.clear()
+    world.plant(3, distractors=0)
+    for row in world.listings:
+        row["source_id"] += "-new"
+        row["listing_id"] = ids.listing_id("synthetic", row["source_id"])
+    for d in world.detections:
+        d["detection_id"] += "-new"
+    world.detections.clear()
+    world.write(settings)
+
+    def boom(con, listings):
+        assert con.execute("SELECT count(*) FROM matches WHERE run_id <> ?", [first["run_id"]]).fetchone()[0] > 0
+        raise RuntimeError("disk full while publishing")
+
+    monkeypatch.setattr(match_job, "_refresh_listings_snapshot", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        match(settings, top_k=3)
+    assert db.query("SELECT * FROM current_matches ORDER BY lost_listing_id, found_listing_id") == before
+    assert db.query("SELECT count(*) FROM matches WHERE run_id <> ?", [first["run_id"]]) == [(0,)]
+    assert db.query("SELECT count(*) FROM listings") == snapshot_before
+    runs = db.query("SELECT run_id, status, message FROM match_runs ORDER BY started")
+    assert [r[1] for r in runs] == ["published", "failed"] and "disk full" in runs[1][2]
+    assert current(settings, *pairs[0])[0] == 1
+
+    monkeypatch.undo()
+    second = match(settings, top_k=3)
+    assert db.query("SELECT DISTINCT run_id FROM current_matches") == [(second["run_id"],)]
+    assert db.query("SELECT count(*) FROM listings")[0][0] > snapshot_before[0][0]
+
+
+def test_small_tiles_give_identical_results(settings: Settings) -> None:
+    world = World()
+    world.plant(15, distractors=30)
+    world.write(settings)
+    big = match(settings, top_k=4)
+    small = match(settings.with_overrides({"match": {"tile_size": 7}}), top_k=4)
+    db = RunsDB(settings.duckdb)
+    cols = "lost_listing_id, found_listing_id, rank_for_lost, rank_for_found, round(score, 5), photos_agreeing"
+    q = f"SELECT {cols} FROM matches WHERE run_id = ? ORDER BY 1, 2"
+    assert db.query(q, [big["run_id"]]) == db.query(q, [small["run_id"]])
+    assert big["matches"] == small["matches"] > 0
+
+
+@pytest.mark.slow
+def test_ray_fan_out_gives_the_same_matches(settings: Settings, ray_local: None) -> None:
+    world = World()
+    world.plant(8, distractors=20)
+    # cats far away make a second block
+    for i in range(6):
+        world.add(["lost", "found"][i % 2], f"moscow-{i}", world.identity(), lat=55.75, lon=37.6, species="cat")
+    world.write(settings)
+    local = match(settings, top_k=3, use_ray=False)
+    fanned = match(settings, top_k=3, use_ray=True)
+    assert local["blocks"] >= 2
+    db = RunsDB(settings.duckdb)
+    q = (
+        "SELECT lost_listing_id, found_listing_id, rank_for_lost, rank_for_found FROM matches "
+        "WHERE run_id = ? ORDER BY 1, 2"
+    )
+    assert db.query(q, [local["run_id"]]) == db.query(q, [fanned["run_id"]])
+
+
+def test_empty_inputs_publish_an_empty_run(settings: Settings) -> None:
+    out = match(settings)
+    assert out["status"] == "published" and out["matches"] == 0
+    assert RunsDB(settings.duckdb).query("SELECT status FROM match_runs") == [("published",)]

@@ -1,0 +1,46 @@
+"""Blocking never loses a pair the hard rules keep, and does prune pairs they would rule out anyway."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from engine.scoring.blocking import listing_keys, make_blocks
+from engine.scoring.geo import geo_time_terms, haversine_km
+
+RULES = dict(base_radius_km=15.0, max_speed_km_per_day=5.0, max_days=30.0, grace_days=3.0)
+
+
+def _random_side(n: int, rng: np.random.Generator):
+    species = rng.choice([0, 1, 1, 2], n)
+    # clustered cities across the globe incl. the poles and the date line, some coordinates and dates missing
+    centres = np.array([[47.6, -122.3], [55.75, 37.6], [-33.9, 151.2], [89.9, 0.0], [0.0, 179.99], [0.0, -179.99]])
+    c = centres[rng.integers(0, len(centres), n)]
+    lat = np.clip(c[:, 0] + rng.normal(0, 1.0, n), -90, 90)
+    lon = (c[:, 1] + rng.normal(0, 1.5, n) + 180) % 360 - 180
+    lat[rng.random(n) < 0.1] = np.nan
+    day = rng.integers(0, 200, n).astype(float)
+    day[rng.random(n) < 0.1] = np.nan
+    return species, lat, lon, day
+
+
+def test_blocks_cover_every_allowed_pair() -> None:
+    rng = np.random.default_rng(0)
+    ls, llat, llon, lday = _random_side(400, rng)
+    fs, flat, flon, fday = _random_side(500, rng)
+    blocks = make_blocks(listing_keys(ls, llat, llon, lday, **RULES), listing_keys(fs, flat, flon, fday, **RULES))
+    covered = np.zeros((400, 500), dtype=bool)
+    for b in blocks:
+        covered[np.ix_(b.lost, b.found)] = True
+    t = lambda x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
+    dist = haversine_km(t(llat)[:, None], t(llon)[:, None], t(flat)[None, :], t(flon)[None, :])
+    days = t(fday)[None, :] - t(lday)[:, None]
+    _, _, allowed = geo_time_terms(dist, days, **RULES)
+    species_ok = (ls[:, None] == fs[None, :]) | (ls[:, None] == 0) | (fs[None, :] == 0)
+    allowed = allowed.numpy() & species_ok
+    assert allowed.any()
+    assert not (allowed & ~covered).any(), "a pair the rules allow was never scored"
+    assert covered.sum() < 0.5 * covered.size, "blocking pruned nothing"
+    # every lost listing lies in exactly one block
+    owners = np.concatenate([b.lost for b in blocks])
+    assert len(owners) == len(set(owners.tolist()))
