@@ -1,0 +1,231 @@
+"""``homeward enrich`` on Ray: bad photos are recorded with a reason while the job goes on, reruns skip finished photos
+and retry failed ones, and the real cpu profile finds the dog."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import test_images as make
+from PIL import Image
+
+from engine import ids
+from engine.config import Settings
+from engine.storage import LanceStore, RunsDB, open_stores, upsert_listings, upsert_photos
+from ray_jobs.enrich import enrich
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def _seed(settings: Settings, photos: dict[str, bytes | None], descriptions: dict[str, str] | None = None) -> dict:
+    """One listing per photo name (``photos[name]`` = bytes, or None for a photo whose file is missing)."""
+    lance, _, store = open_stores(settings)
+    listings, rows, keys = [], [], {}
+    for name, data in photos.items():
+        lid = ids.listing_id("test", name)
+        listings.append(
+            {"listing_id": lid, "source": "test", "source_id": name, "description": (descriptions or {}).get(name)}
+        )
+        if data is None:
+            pid, uri = "0" * 64, store.uri_for("0" * 64, "jpg")
+        else:
+            pid, uri = store.put(data, "img")
+        key = ids.content_hash(lid, name)
+        keys[name] = key
+        rows.append(
+            {
+                "photo_key": key,
+                "photo_id": pid,
+                "listing_id": lid,
+                "source_url": f"http://test/{name}",
+                "uri": uri,
+                "status": "ok",
+            }
+        )
+    upsert_listings(lance, listings)
+    upsert_photos(lance, rows)
+    return keys
+
+
+def _photos(settings: Settings) -> dict[str, dict]:
+    return {r["photo_key"]: r for r in LanceStore(settings.lance).read("photos").to_pylist()}
+
+
+def _detections(settings: Settings) -> list[dict]:
+    return LanceStore(settings.lance).read("detections").to_pylist()
+
+
+@pytest.fixture()
+def tiny(settings: Settings) -> Settings:
+    return settings.with_overrides({"enrich": {"profile": "tiny", "batch_size": 4}})
+
+
+def test_bad_inputs_each_get_a_reason_and_the_job_goes_on(tiny: Settings, ray_local: None) -> None:
+    good = Image.effect_noise((160, 120), 50).convert("RGB")
+    photos = {
+        "good": make.jpeg(good),
+        "rotated": make.exif_rotated(),
+        "cmyk": make.cmyk(),
+        "sixteen_bit": make.sixteen_bit(),
+        "palette": make.palette_transparent(),
+        "animated": make.animated_gif(),
+        "huge_jpeg": make.jpeg_claiming(),
+        "bomb_png": make.png_bomb(),
+        "truncated": make.truncated(),
+        "corrupt": make.corrupt(),
+        "html": make.html(),
+        "missing_file": None,
+        "no_animal": make.jpeg(make.scene_without_animals()),
+    }
+    keys = _seed(tiny, photos, {"good": "Lost brown dog, very friendly"})
+    result = enrich(tiny)
+    expected_failed = {
+        "bomb_png": "too_large",
+        "truncated": "truncated",
+        "corrupt": "corrupt_image",
+        "html": "not_an_image",
+        "missing_file": "fetch_failed",
+    }
+    assert result["status"] == "ok"
+    assert result["photos"] == len(photos)
+    assert result["failed"] == len(expected_failed)
+    assert result["ok"] + result["no_animal"] == len(photos) - len(expected_failed)
+    assert result["errors_by_reason"] == {reason: 1 for reason in expected_failed.values()}
+    rows = _photos(tiny)
+    for name, key in keys.items():
+        row = rows[key]
+        if name in expected_failed:
+            assert row["enrich_status"] == "failed", name
+            assert row["enrich_error"].split(":")[0] == expected_failed[name], (name, row["enrich_error"])
+        else:
+            assert row["enrich_status"] in ("ok", "no_animal"), (name, row["enrich_error"])
+            assert row["enrich_error"] is None
+        assert row["enriched_at"] is not None
+        assert row["source_url"] == f"http://test/{name}"  # crawl columns untouched by the partial update
+    dets = _detections(tiny)
+    by_key: dict[str, list[dict]] = {}
+    for d in dets:
+        by_key.setdefault(d["photo_key"], []).append(d)
+    assert set(by_key) == {keys[n] for n in photos if n not in expected_failed}  # every decodable photo has a vector
+    assert len(dets) == result["detections"]
+    for key, ds in by_key.items():
+        if rows[key]["enrich_status"] == "no_animal":
+            [d] = ds
+            assert d["full_frame"] and d["species"] == "unknown"
+        for d in ds:
+            assert len(d["embedding"]) == result["models"]["embed_dim"]
+            assert abs(np.linalg.norm(d["embedding"]) - 1) < 1e-4
+            assert abs(np.linalg.norm(d["text_embedding"]) - 1) < 1e-4
+            assert d["embed_model"] == "timm:test_efficientnet:random-seed0"
+            assert d["text_model"].startswith("sentence:") and d["detector_model"].startswith("yolo:")
+            assert json.loads(d["attributes"])["captioner"].startswith("attributes:")
+    # full-frame boxes are in the photo's own (upright, full-resolution) pixels
+    rotated = by_key[keys["rotated"]][0]
+    if rotated["full_frame"]:
+        assert list(rotated["bbox"]) == [0.0, 0.0, 40.0, 80.0]
+    huge = by_key[keys["huge_jpeg"]][0]
+    if huge["full_frame"]:
+        assert list(huge["bbox"]) == [0.0, 0.0, 20000.0, 20000.0]
+    # the run is recorded
+    [(status, ok, no_animal, failed, n_det, errors, models)] = RunsDB(tiny.duckdb).query(
+        "SELECT status, ok, no_animal, failed, detections, errors_by_reason::VARCHAR, models::VARCHAR FROM enrich_runs"
+    )
+    assert (status, ok, no_animal, failed, n_det) == ("ok", result["ok"], result["no_animal"], 5, len(dets))
+    assert json.loads(errors) == result["errors_by_reason"]
+    assert json.loads(models)["embed_dim"] == result["models"]["embed_dim"]
+
+    # rerun: finished photos are skipped, failed ones retried (and fail again with the same reasons)
+    again = enrich(tiny)
+    assert again["photos"] == len(expected_failed) and again["failed"] == len(expected_failed)
+    assert len(_detections(tiny)) == len(dets)
+    assert enrich(tiny, retry_failed=False)["photos"] == 0
+
+
+def test_failed_photo_is_retried_and_succeeds(tiny: Settings, ray_local: None) -> None:
+    data = make.jpeg(make.scene_without_animals())
+    keys = _seed(tiny, {"later": None})
+    first = enrich(tiny)
+    assert first["failed"] == 1 and first["errors_by_reason"] == {"fetch_failed": 1}
+    # the file arrives at the URI the photo row points at
+    row = _photos(tiny)[keys["later"]]
+    Path(row["uri"]).parent.mkdir(parents=True, exist_ok=True)
+    Path(row["uri"]).write_bytes(data)
+    second = enrich(tiny)
+    assert second["photos"] == 1 and second["failed"] == 0
+    assert _photos(tiny)[keys["later"]]["enrich_status"] in ("ok", "no_animal")
+    assert len(_detections(tiny)) >= 1
+    assert enrich(tiny)["photos"] == 0  # nothing new
+
+
+def test_same_image_in_two_listings_and_profile_switch(tiny: Settings, ray_local: None, tmp_path: Path) -> None:
+    data = make.jpeg(Image.effect_noise((100, 100), 40).convert("RGB"))
+    keys = _seed(tiny, {"a": data, "b": data}, {"a": "black cat lost", "b": "found a small dog"})
+    result = enrich(tiny)
+    assert result["photos"] == 2
+    dets = _detections(tiny)
+    assert {d["photo_key"] for d in dets} == set(keys.values())
+    da = next(d for d in dets if d["photo_key"] == keys["a"])
+    db = next(d for d in dets if d["photo_key"] == keys["b"])
+    assert da["detection_id"] != db["detection_id"]
+    np.testing.assert_allclose(da["embedding"], db["embedding"], atol=1e-6)  # one image, one vector
+    assert not np.allclose(da["text_embedding"], db["text_embedding"])  # different listing text
+    # another embedder (same dimension, other weights): every photo is enriched again, old vectors stay apart
+    other = tmp_path / "other.yaml"
+    other.write_text("base: tiny\nembedder: {seed: 1}\n")
+    switched = enrich(tiny, profile=str(other))
+    assert switched["photos"] == 2 and switched["models"]["embed_model"] == "timm:test_efficientnet:random-seed1"
+    models = sorted(d["embed_model"] for d in _detections(tiny))
+    assert models == ["timm:test_efficientnet:random-seed0"] * 2 + ["timm:test_efficientnet:random-seed1"] * 2
+    assert enrich(tiny, profile=str(other))["photos"] == 0
+
+
+def test_nothing_to_do_needs_no_ray(tiny: Settings) -> None:
+    import ray
+
+    was_running = ray.is_initialized()
+    result = enrich(tiny)  # no photos table yet
+    assert (result["status"], result["photos"], result["detections"]) == ("ok", 0, 0)
+    assert ray.is_initialized() == was_running  # no Ray started for nothing
+    assert RunsDB(tiny.duckdb).query("SELECT status, photos FROM enrich_runs") == [("ok", 0)]
+
+
+@pytest.mark.shared
+def test_cpu_profile_real_photos(settings: Settings, models_dir: Path, shared_dir: Path, ray_local: None) -> None:
+    if not (models_dir / "yolo11n_coco_recon_from_int8.pt").is_file():
+        pytest.skip("needs ../shared/models")
+    s = settings.with_overrides({"models_dir": str(models_dir), "enrich": {"profile": "cpu"}})
+    dog = (shared_dir / "data/images/dog_bicycle_truck.jpg").read_bytes()
+    src = Image.open(shared_dir / "data/images/dog_bicycle_truck.jpg").convert("RGB").crop((125, 210, 320, 550))
+    five = Image.new("RGB", (1300, 420), (235, 235, 225))
+    for i in range(5):
+        five.paste(src, (20 + i * 255, 40))
+    keys = _seed(
+        s,
+        {
+            "dog": dog,
+            "five": make.jpeg(five),
+            "empty": make.jpeg(make.scene_without_animals()),
+            "bad": make.truncated(),
+        },
+        {"dog": "Found a black and tan dog near the bicycle shop"},
+    )
+    result = enrich(s)
+    assert (result["ok"], result["no_animal"], result["failed"]) == (2, 1, 1)
+    rows = _photos(s)
+    assert rows[keys["dog"]]["enrich_status"] == "ok" and rows[keys["five"]]["enrich_status"] == "ok"
+    assert rows[keys["empty"]]["enrich_status"] == "no_animal"
+    assert rows[keys["bad"]]["enrich_error"].startswith("truncated")
+    dets = _detections(s)
+    [the_dog] = [d for d in dets if d["photo_key"] == keys["dog"]]
+    assert the_dog["species"] == "dog" and the_dog["confidence"] > 0.8 and not the_dog["full_frame"]
+    x1, y1, x2, y2 = the_dog["bbox"]
+    assert abs(x1 - 132) < 15 and abs(y1 - 218) < 15 and abs(x2 - 311) < 15 and abs(y2 - 541) < 15
+    attrs = json.loads(the_dog["attributes"])
+    assert attrs["species"] == "dog" and attrs.get("breed") and "black" in attrs["colors"]
+    assert len(the_dog["embedding"]) == 1280 and len(the_dog["text_embedding"]) == 384
+    assert sum(d["photo_key"] == keys["five"] for d in dets) == 5
+    [empty] = [d for d in dets if d["photo_key"] == keys["empty"]]
+    assert empty["full_frame"] and empty["species"] == "unknown"
+    assert enrich(s, retry_failed=False)["photos"] == 0
