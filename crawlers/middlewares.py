@@ -3,6 +3,7 @@
 * :class:`HttpOnlyMiddleware` — only ``http``/``https`` requests reach a download handler. Scrapy would happily
   fetch ``file://``, ``ftp://``, ``s3://`` or ``data:`` URLs, and a hostile page could point a card link or a photo
   at ``file:///etc/passwd``; this refuses them with reason ``scheme_not_allowed``.
+* :class:`RedirectLoops` — a redirect back to an already requested URL is recorded as ``redirect_loop``.
 * :class:`ErrorLog` — appends one JSON line ``{url, reason, detail, at}`` per failed page or photo to the run's
   error file (``HOMEWARD_ERROR_LOG``), so every failure keeps its URL and reason, not only a count.
 """
@@ -37,6 +38,30 @@ class HttpOnlyMiddleware:
         if scheme not in ALLOWED_SCHEMES:
             self.stats.inc_value("homeward/filtered/scheme")
             raise IgnoreRequest(f"scheme not allowed: {scheme!r} ({request.url[:200]})")
+
+
+class RedirectLoops:
+    """Extension: a redirect that leads back to a URL already requested is dropped by Scrapy's duplicate filter
+    without a word; this records it as ``redirect_loop`` (a loop of new URLs ends at ``REDIRECT_MAX_TIMES`` and
+    reaches the errback as ``redirect_loop`` anyway)."""
+
+    def __init__(self, crawler: Any) -> None:
+        self.crawler = crawler
+
+    @classmethod
+    def from_crawler(cls, crawler: Any) -> RedirectLoops:
+        ext = cls(crawler)
+        crawler.signals.connect(ext.request_dropped, signal=signals.request_dropped)
+        return ext
+
+    def request_dropped(self, request: Any, spider: Any = None) -> None:
+        chain = request.meta.get("redirect_urls") or []
+        if request.url in chain:
+            from crawlers.spiders.base import record_error
+
+            record_error(self.crawler, "redirect_loop", chain[0], f"redirects back to {request.url}")
+        elif chain:  # a redirect to a page this crawl already has: a duplicate, not an error
+            self.crawler.stats.inc_value("homeward/duplicates/redirect")
 
 
 class ErrorLog:

@@ -24,6 +24,7 @@ import argparse
 import json
 import logging
 import os
+import socket
 import sys
 import time
 import uuid
@@ -115,11 +116,16 @@ def run_crawl(
     if entry["spider"] == "configurable":
         kwargs["config"] = json.dumps(entry)
 
+    pid_file = logs / f"{run_id}.pid"  # lets `homeward crawl/schedule` see this crawl is alive (never two at once)
+    pid_file.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
     process = CrawlerProcess(settings, install_root_handler=True)
     crawler = process.create_crawler(entry["spider"])
     started = time.monotonic()
-    process.crawl(crawler, **kwargs)
-    process.start()
+    try:
+        process.crawl(crawler, **kwargs)
+        process.start()
+    finally:
+        pid_file.unlink(missing_ok=True)
     elapsed = time.monotonic() - started
     result = summarize(crawler.stats.get_stats(), run_id=run_id, source=source_name, duration_s=elapsed)
     result["error_log"] = error_log

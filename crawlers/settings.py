@@ -86,7 +86,7 @@ def scrapy_settings(
         "LOG_LEVEL": "INFO",
         "FEED_EXPORT_ENCODING": "utf-8",
         "DOWNLOADER_MIDDLEWARES": {"crawlers.middlewares.HttpOnlyMiddleware": 40},
-        "EXTENSIONS": {"crawlers.middlewares.ErrorLog": 100},
+        "EXTENSIONS": {"crawlers.middlewares.ErrorLog": 100, "crawlers.middlewares.RedirectLoops": 110},
         "ITEM_PIPELINES": dict(PIPELINES_FULL if write else PIPELINES_READ_ONLY),
         "HOMEWARD_SETTINGS": hw.to_dict(),
         "HOMEWARD_INCREMENTAL": write,

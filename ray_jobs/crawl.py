@@ -28,6 +28,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import warnings
@@ -86,19 +87,34 @@ def _owner() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
-def _row_alive(parameters: Any, started: datetime) -> bool:
+def _alive(owner: dict[str, Any]) -> bool | None:
+    """Whether the process ``{host, pid}`` runs; ``None`` when it is on another machine (cannot tell)."""
+    if not owner.get("pid"):
+        return False
+    if owner.get("host") != socket.gethostname():
+        return None
+    return _pid_alive(int(owner["pid"]))
+
+
+def _row_alive(run_id: str, parameters: Any, started: datetime, data_dir: str) -> bool:
+    """A ``running`` row is alive while its driver (crawl/schedule) or its crawl process still runs."""
     try:
         params = json.loads(parameters) if isinstance(parameters, str) else dict(parameters or {})
     except ValueError:
         params = {}
-    owner = params.get("owner") or {}
-    if owner.get("host") == socket.gethostname() and owner.get("pid"):
-        return _pid_alive(int(owner["pid"]))
+    owners = [params.get("owner") or {}]
+    with contextlib.suppress(OSError, ValueError):
+        owners.append(json.loads((Path(data_dir) / "crawl_logs" / f"{run_id}.pid").read_text()))
+    verdicts = [_alive(o) for o in owners]
+    if any(v is True for v in verdicts):
+        return True
+    if all(v is False for v in verdicts):
+        return False
     started = started if started.tzinfo else started.replace(tzinfo=UTC)
     return datetime.now(UTC) - started < STALE_AFTER
 
 
-def begin_run(runs: RunsDB, source: str, parameters: dict[str, Any]) -> str:
+def begin_run(runs: RunsDB, source: str, parameters: dict[str, Any], data_dir: str = ".") -> str:
     """Insert the ``running`` row of a new crawl, unless ``source`` is being crawled now (:class:`CrawlBusyError`).
 
     Rows left ``running`` by a process that is gone are closed as ``interrupted`` first.
@@ -110,7 +126,7 @@ def begin_run(runs: RunsDB, source: str, parameters: dict[str, Any]) -> str:
             "SELECT run_id, parameters, started FROM crawl_runs WHERE source = ? AND status = 'running'", [source]
         ).fetchall()
         for other_id, params, started in rows:
-            if _row_alive(params, started):
+            if _row_alive(other_id, params, started, data_dir):
                 raise CrawlBusyError(f"source {source!r} is already being crawled (run {other_id}, since {started})")
             con.execute(
                 "UPDATE crawl_runs SET status = 'interrupted', finished = ?, "
@@ -151,8 +167,13 @@ def run_subprocess(
     base_url: str | None = None,
     max_pages: int | None = None,
     timeout_s: float | None = None,
+    stop: threading.Event | None = None,
 ) -> dict[str, Any]:
-    """Run ``python -m crawlers.run`` for one source and return its result dict (never raises for a failed crawl)."""
+    """Run ``python -m crawlers.run`` for one source and return its result dict (never raises for a failed crawl).
+
+    ``timeout_s`` or a set ``stop`` event ends the crawl gracefully (SIGTERM: Scrapy flushes what it has and the
+    run is recorded ``interrupted``); SIGKILL follows if it does not exit within a minute.
+    """
     data_dir = Path(settings_dict["data_dir"])
     logs = data_dir / "crawl_logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -172,16 +193,23 @@ def run_subprocess(
         # fork+exec of a fresh interpreter: lancedb's warning about its runtime in a forked child does not apply
         warnings.filterwarnings("ignore", message="lancedb fork support")
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=str(Path(__file__).resolve().parents[1]))
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         try:
-            code = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.terminate()  # Scrapy shuts down gracefully on SIGTERM and flushes what it has
-            try:
-                code = proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                code = proc.wait()
-            message = f"stopped after the {timeout_s:.0f}s time limit"
+            while True:
+                try:
+                    code = proc.wait(timeout=0.5)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                if (stop is not None and stop.is_set()) or (deadline is not None and time.monotonic() > deadline):
+                    proc.terminate()  # Scrapy shuts down gracefully on SIGTERM and flushes what it has
+                    try:
+                        code = proc.wait(timeout=60)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        code = proc.wait()
+                    message = "stopped" if stop is not None and stop.is_set() else f"time limit {timeout_s:.0f}s"
+                    break
         except BaseException:
             proc.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -226,6 +254,7 @@ def run_sources(
     max_pages: int | None = None,
     timeout_s: float | None = None,
     skip_busy: bool = False,
+    stop: threading.Event | None = None,
 ) -> list[dict[str, Any]]:
     """Crawl ``names`` (recorded in ``crawl_runs``); several fan out as Ray tasks. Returns one result per source."""
     settings = absolute_settings(settings)
@@ -236,7 +265,7 @@ def run_sources(
     results: list[dict[str, Any]] = []
     for name in names:
         try:
-            started.append((name, begin_run(runs, name, params)))
+            started.append((name, begin_run(runs, name, params, settings.data_dir)))
         except CrawlBusyError as exc:
             if not skip_busy and len(names) == 1:
                 raise
@@ -246,7 +275,9 @@ def run_sources(
         if len(started) == 1:
             name, run_id = started[0]
             outcome = [
-                run_subprocess(settings_dict, name, run_id, base_url=base_url, max_pages=max_pages, timeout_s=timeout_s)
+                run_subprocess(
+                    settings_dict, name, run_id, base_url=base_url, max_pages=max_pages, timeout_s=timeout_s, stop=stop
+                )
             ]
         elif started:
             import ray

@@ -374,3 +374,55 @@ class ListingSite:
         self.site.page(self.card_path(sid), jsonld_card_html(self.posts[sid]))
         if tile:
             self.render(cards=False)
+
+
+# -- helpers for crawl tests -------------------------------------------------------------------------------------
+
+
+def crawl_settings(tmp_path: Path, sources: list[dict[str, Any]], data: str = "data", **crawl: Any) -> Any:
+    """Settings for a test crawl: a temp data dir, ``sources`` as the sources file, politeness delays off."""
+    import yaml
+
+    from engine.config import load_settings
+
+    sources_file = tmp_path / "sources.yaml"
+    sources_file.write_text(yaml.safe_dump({"sources": sources}))
+    return load_settings(
+        overrides={
+            "data_dir": str(tmp_path / data),
+            "ray": {"num_cpus": 2, "object_store_mb": 256},
+            "crawl": {
+                "sources_file": str(sources_file),
+                "download_delay_s": 0,
+                "autothrottle": False,
+                "timeout_s": 3,
+                "retry_times": 0,
+                **crawl,
+            },
+        },
+        environ={},
+    )
+
+
+def site_source(url: str, name: str = "mock", **extra: Any) -> dict[str, Any]:
+    """A configurable-spider source entry for a ListingSite at ``url``."""
+    return {
+        "name": name,
+        "spider": "configurable",
+        "base_url": url,
+        "start_paths": ["/catalog/1.html"],
+        "cadence_minutes": 60,
+        **extra,
+    }
+
+
+def listings(settings: Any) -> dict[str, dict[str, Any]]:
+    from engine.storage import LanceStore
+
+    return {r["source_id"]: r for r in LanceStore(settings.lance).read("listings").to_pylist()}
+
+
+def photos(settings: Any) -> list[dict[str, Any]]:
+    from engine.storage import LanceStore
+
+    return LanceStore(settings.lance).read("photos").to_pylist()

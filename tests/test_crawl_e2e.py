@@ -7,57 +7,15 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 from PIL import Image
 
-from engine.config import Settings, load_settings
-from engine.storage import LanceStore, RunsDB
+from engine.storage import RunsDB
 from ray_jobs.crawl import crawl
-from tests.mock_site import ListingSite, MockSite
+from tests.mock_site import ListingSite, MockSite, crawl_settings, listings, photos, site_source
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def crawl_settings(tmp_path: Path, sources: list[dict[str, Any]], **crawl: Any) -> Settings:
-    sources_file = tmp_path / "sources.yaml"
-    sources_file.write_text(yaml.safe_dump({"sources": sources}))
-    return load_settings(
-        overrides={
-            "data_dir": str(tmp_path / "data"),
-            "ray": {"num_cpus": 2, "object_store_mb": 256},
-            "crawl": {
-                "sources_file": str(sources_file),
-                "download_delay_s": 0,
-                "autothrottle": False,
-                "timeout_s": 3,
-                "retry_times": 0,
-                **crawl,
-            },
-        },
-        environ={},
-    )
-
-
-def site_source(url: str, name: str = "mock", **extra: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "spider": "configurable",
-        "base_url": url,
-        "start_paths": ["/catalog/1.html"],
-        "cadence_minutes": 60,
-        **extra,
-    }
-
-
-def listings(settings: Settings) -> dict[str, dict[str, Any]]:
-    return {r["source_id"]: r for r in LanceStore(settings.lance).read("listings").to_pylist()}
-
-
-def photos(settings: Settings) -> list[dict[str, Any]]:
-    return LanceStore(settings.lance).read("photos").to_pylist()
 
 
 @pytest.mark.slow

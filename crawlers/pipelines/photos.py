@@ -36,7 +36,6 @@ from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 from scrapy import Request
-from scrapy.exceptions import IgnoreRequest
 from scrapy.utils.defer import maybe_deferred_to_future
 from scrapy.utils.reactor import is_asyncio_reactor_installed
 from twisted.internet import threads
@@ -259,10 +258,8 @@ class PhotosPipeline(Stage):
         )
         try:
             response = await self.crawler.engine.download_async(request)
-        except IgnoreRequest as exc:
-            raise PhotoError(failure_reason(exc), str(exc)[:200]) from exc
         except Exception as exc:
-            raise PhotoError(failure_reason(exc), str(exc)[:200]) from exc
+            raise PhotoError(failure_reason(exc, self.crawler), str(exc)[:200]) from exc
         if response.status != 200:
             raise PhotoError(f"http_{response.status}")
         return response.body

@@ -71,10 +71,15 @@ def record_error(crawler: Any, reason: str, url: str | None = None, detail: str 
     log.warning("crawl error %s: %s%s", reason, url or "-", f" ({detail})" if detail else "")
 
 
-def failure_reason(failure: Any) -> str:
-    """A short, stable reason for a failed request (the key of ``errors_by_reason``)."""
+def failure_reason(failure: Any, crawler: Any = None) -> str:
+    """A short, stable reason for a failed request (the key of ``errors_by_reason``).
+
+    A download Scrapy cancelled while the crawl is running is one that outgrew its size limit (the handler cancels
+    a body once it streams past ``download_maxsize``; only a shutdown cancels otherwise), hence ``too_large``.
+    """
     from scrapy import exceptions as sx
     from scrapy.spidermiddlewares.httperror import HttpError
+    from twisted.internet import defer
     from twisted.internet import error as terr
 
     exc = getattr(failure, "value", failure)
@@ -97,8 +102,10 @@ def failure_reason(failure: Any) -> str:
         return "dns_error"
     if isinstance(exc, (sx.DownloadConnectionRefusedError, terr.ConnectionRefusedError)):
         return "connection_refused"
-    if isinstance(exc, sx.DownloadCancelledError):
-        return "too_large" if "size" in str(exc).lower() else "cancelled"
+    if isinstance(exc, (sx.DownloadCancelledError, defer.CancelledError)):
+        if "size" in str(exc).lower() or (crawler is not None and getattr(crawler, "crawling", False)):
+            return "too_large"
+        return "cancelled"
     if isinstance(exc, sx.ResponseDataLossError):
         return "data_loss"
     if isinstance(exc, sx.UnsupportedURLSchemeError):
@@ -339,5 +346,5 @@ class ListingSpider(scrapy.Spider):
         """Errback of every request: record the reason and go on."""
         request = getattr(failure, "request", None)
         url = request.url if request is not None else None
-        reason = failure_reason(failure)
+        reason = failure_reason(failure, self.crawler)
         record_error(self.crawler, reason, url, str(getattr(failure, "value", failure))[:300])
