@@ -302,3 +302,37 @@ def test_email_refused_recipient_is_reported_and_others_still_delivered(settings
     finally:
         server.stop()
     assert [rcpt for rcpt, _ in inbox.messages] == [["astn@astn.test"]]
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+def test_email_logs_in_when_a_user_is_configured(settings, populated):
+    controller_mod = pytest.importorskip("aiosmtpd.controller", reason="aiosmtpd is a dev dependency")
+    from aiosmtpd.smtp import AuthResult
+
+    seen: list[tuple[str, str]] = []
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        seen.append((auth_data.login.decode(), auth_data.password.decode()))
+        return AuthResult(success=auth_data.password == b"s3cret", handled=False)  # the server answers 535 itself
+
+    inbox = Inbox()
+    port = free_port()
+    server = controller_mod.Controller(
+        inbox,
+        hostname="127.0.0.1",
+        port=port,
+        authenticator=authenticator,
+        auth_require_tls=False,
+        auth_required=True,
+    )
+    server.start()
+    try:
+        base = {"smtp_host": "127.0.0.1", "smtp_port": port, "smtp_user": "homeward"}
+        base["recipients"] = {"ASTN": "a@b.test"}
+        report(settings.with_overrides({"report": {**base, "smtp_password": "s3cret"}}), shelter="ASTN", email=True)
+        with pytest.raises(HomewardError, match="ASTN"):
+            report(settings.with_overrides({"report": {**base, "smtp_password": "wrong"}}), shelter="ASTN", email=True)
+    finally:
+        server.stop()
+    assert seen[0] == ("homeward", "s3cret") and set(seen[1:]) == {("homeward", "wrong")}  # smtplib tries 2 ways
+    assert [rcpt for rcpt, _ in inbox.messages] == [["a@b.test"]]
