@@ -111,3 +111,52 @@ def test_operator_and_analyst_pages_render(served, browser, tmp_path):
     bars = page.locator("#score-distribution .bar")
     assert bars.count() == 5
     page.screenshot(path=str(tmp_path / "analysts.png"), full_page=True)
+
+
+def test_search_by_photo_upload(settings, browser, tmp_path):
+    """The upload form in the browser: a file chosen, place and radius typed, results shown with stored photos.
+    The search engine is handed in through make_server (engine.search is tested on its own)."""
+    info = sample.populate(settings)
+    received: list[dict] = []
+
+    def search(cfg, *, photo, species=None, near=None, radius_km=None, k=10):
+        received.append({"size": Path(photo).stat().st_size, "species": species, "near": near, "radius_km": radius_km})
+        return {
+            "results": [
+                {
+                    "listing_id": info["listings"][name],
+                    "score": score,
+                    "kind": kind,
+                    "species": "dog",
+                    "source": "petango",
+                    "photo_id": info["photos"][name],
+                    "url": "https://www.petango.com/x",
+                }
+                for name, score, kind in (("shelter_a101", 0.91, "shelter"), ("shelter_a102", 0.44, "shelter"))
+            ]
+        }
+
+    server = make_server(settings, port=0, search_fn=search)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    upload = tmp_path / "my-dog.jpg"
+    upload.write_bytes(sample.make_photo((20, 20, 24), (120, 170, 90), size=(640, 480), exif=False))
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(f"{server.url}/search")
+        page.set_input_files("input[name=photo]", str(upload))
+        page.select_option("select[name=species]", "dog")
+        page.fill("input[name=near]", "47.61,-122.33")
+        page.fill("input[name=radius_km]", "20")
+        page.get_by_role("button", name="Search").click()
+        cards = page.locator("#search-results .card")
+        expect(cards).to_have_count(2)
+        for img in cards.locator("img").all():
+            img.wait_for()
+            assert img.evaluate("el => el.complete && el.naturalWidth") > 0
+        page.screenshot(path=str(tmp_path / "search.png"), full_page=True)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert received == [{"size": upload.stat().st_size, "species": "dog", "near": "47.61,-122.33", "radius_km": 20.0}]
