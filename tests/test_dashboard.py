@@ -411,3 +411,12 @@ def test_cli_dashboard_flags(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "--host" in out and "--port" in out and "--token" in out
+
+
+def test_every_page_renders_on_an_empty_data_dir(settings):
+    app = Dashboard(settings, host="127.0.0.1")  # no job has run: the file, schema and views are created
+    for path in ("/", "/operators", "/analysts", "/search", "/shelters"):
+        resp = app.handle(Request("GET", path, {}, {}, b""))
+        assert resp.status == 200, (path, resp.body[:300])
+    assert b"No published match run yet" in app.handle(Request("GET", "/", {}, {}, b"")).body
+    assert app.handle(Request("GET", "/shelter/SEAS", {}, {}, b"")).status == 404

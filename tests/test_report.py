@@ -336,3 +336,12 @@ def test_email_logs_in_when_a_user_is_configured(settings, populated):
         server.stop()
     assert seen[0] == ("homeward", "s3cret") and set(seen[1:]) == {("homeward", "wrong")}  # smtplib tries 2 ways
     assert [rcpt for rcpt, _ in inbox.messages] == [["a@b.test"]]
+
+
+def test_a_missing_photo_file_shows_as_no_photo(settings, populated, caplog):
+    gone = populated["photos"]["shelter_k9"]
+    next(Path(settings.photos).rglob(f"{gone}.jpg")).unlink()
+    entry = by_shelter(report(settings, shelter="ASTN"))["ASTN"]
+    html = Path(entry["html"]).read_text()
+    assert len(embedded_jpegs(html)) == 1 and "no photo" in html
+    assert any(gone in rec.getMessage() for rec in caplog.records)  # logged with the photo id, not silent
