@@ -30,6 +30,7 @@ __all__ = [
     "iso_date",
     "iso_datetime",
     "node_text",
+    "tile_fingerprint",
     "unique",
 ]
 
@@ -94,6 +95,24 @@ def node_text(nodes: Selector | Iterable[Selector] | None, sep: str = " ") -> st
         parts.extend(node.xpath(".//text()[not(ancestor::script) and not(ancestor::style)]").getall())
     joined = sep.join(p.strip() for p in parts if p.strip()) if sep != "\n" else "\n".join(p.strip() for p in parts)
     return clean_text(joined)
+
+
+_VOLATILE_CLASSES = ("hits", "pet-icons", "views", "catalog-item__status", "counter")
+_VOLATILE_TEXT_RE = re.compile(
+    r"\(?\b\d+\s+(?:минут\w*|час\w*|дн\w*|день|недел\w*)\s+назад\)?|\b\d+(?:[.,]\d+)?\s*км\b", re.I
+)
+
+
+def tile_fingerprint(tile: Selector) -> str:
+    """What a catalog tile shows of a card, minus what changes by itself (view counters, "2 дня назад",
+    distances from the viewer): the text an incremental crawl compares to decide whether to re-fetch the card."""
+    cond = " or ".join(f"contains(@class,'{c}')" for c in _VOLATILE_CLASSES)
+    texts = tile.xpath(f".//text()[not(ancestor::script) and not(ancestor::*[{cond}])]").getall()
+    shown = _VOLATILE_TEXT_RE.sub(" ", " ".join(texts))
+    images = [
+        i for i in tile.css("img::attr(src), img::attr(data-src)").getall() if not re.search(r"/icons/|progress", i)
+    ]
+    return " ".join(shown.split() + images)
 
 
 def absolute_url(base: str, href: str | None) -> str | None:

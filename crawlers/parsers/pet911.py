@@ -38,6 +38,7 @@ from crawlers.parsers import (
     iso_date,
     iso_datetime,
     node_text,
+    tile_fingerprint,
     unique,
 )
 
@@ -261,6 +262,21 @@ def parse_catalog(text: str, url: str = f"{SITE}/catalog") -> tuple[list[str], l
     if not cards and not pages and not sel.css(".catalog__items, #listViewPets, .pagination"):
         raise ParseError("no pet911 catalog found (no card links and no pagination)")
     return cards, pages
+
+
+def catalog_tiles(text: str, url: str = f"{SITE}/catalog") -> dict[str, str]:
+    """{card URL: what its catalog tile shows} — title, excerpt, date, status badge ("Хозяин найден") and thumbnail.
+
+    An incremental crawl re-fetches a stored card when its tile changes (a lost pet marked found, a new photo).
+    """
+    sel = html_selector(fix_mojibake(str(text)), "pet911 catalog page")
+    tiles: dict[str, str] = {}
+    for tile in sel.css(".catalog-item, .pet[data-art]"):
+        hrefs = [absolute_url(url, h) for h in tile.css("a::attr(href)").getall()]
+        card = next((h for h in hrefs if h and is_card_url(h)), None)
+        if card and card not in tiles:
+            tiles[card] = tile_fingerprint(tile)
+    return tiles
 
 
 def _next_page(sel: Selector, url: str) -> list[str]:

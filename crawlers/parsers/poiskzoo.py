@@ -18,7 +18,16 @@ from urllib.parse import urlsplit
 
 from parsel import Selector
 
-from crawlers.parsers import ParseError, absolute_url, clean_text, html_selector, iso_datetime, node_text, unique
+from crawlers.parsers import (
+    ParseError,
+    absolute_url,
+    clean_text,
+    html_selector,
+    iso_datetime,
+    node_text,
+    tile_fingerprint,
+    unique,
+)
 
 SITE = "https://poiskzoo.ru"
 _CARD_PATH_RE = re.compile(r"^/[\w-]+/[\w-]+/(\d+)/?$")
@@ -146,6 +155,18 @@ def parse_card(text: str, url: str = SITE) -> dict[str, Any]:
     if warnings:
         raw["parse_warnings"] = warnings
     return raw
+
+
+def catalog_tiles(text: str, url: str = f"{SITE}/poteryashka") -> dict[str, str]:
+    """{card URL: the tile's text and thumbnail} for incremental re-crawls."""
+    sel = html_selector(text, "poiskzoo catalog page")
+    tiles: dict[str, str] = {}
+    for tile in sel.xpath("//div[contains(@class,'pzplitkadiv')]"):
+        href = tile.xpath(".//div[contains(@class,'pzplitkalink')]/a/@href").get()
+        card = absolute_url(url, href)
+        if card and card not in tiles:
+            tiles[card] = tile_fingerprint(tile)
+    return tiles
 
 
 def parse_catalog(text: str, url: str = f"{SITE}/poteryashka") -> tuple[list[str], list[str]]:

@@ -1,0 +1,57 @@
+"""PetHarbor spider: stray-intake search results (``/results.asp?searchtype=LOST…``) → animal pages
+(``/pet.asp?uaid=<SHELTER>.<ID>``, kind ``shelter``). Parsing lives in :mod:`crawlers.parsers.petharbor`.
+
+The default start page lists the Austin Animal Center's strays; ``-a shelters=ASTN,XXXX`` picks other shelters,
+``-a start_paths=`` any results pages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+from scrapy.http import Response
+
+from crawlers.parsers import petharbor
+from crawlers.spiders.base import ListingSpider
+
+RESULTS = (
+    "/results.asp?searchtype=LOST&friends=1&samaritans=1&nosuccess=0&rows=100&imght=120&imgres=thumb"
+    "&view=sysadm.v_animal&fontface=arial&fontsize=10&miles=20&atype=&where=type_ALL&shelterlist={shelters}"
+)
+
+
+class PetharborSpider(ListingSpider):
+    name = "petharbor"
+    default_base_url = "https://www.petharbor.com"
+    start_paths = [RESULTS.format(shelters=quote("'ASTN'"))]  # noqa: RUF012
+
+    def __init__(
+        self,
+        *args: Any,
+        start_paths: str | list[str] | None = None,
+        shelters: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if start_paths:
+            self.start_paths = [
+                p for p in (start_paths.split(",") if isinstance(start_paths, str) else start_paths) if p
+            ]
+        elif shelters:
+            codes = ",".join(f"'{c.strip().upper()}'" for c in shelters.split(",") if c.strip())
+            self.start_paths = [RESULTS.format(shelters=quote(codes))]
+        super().__init__(*args, **kwargs)
+
+    def is_card(self, url: str) -> bool:
+        return petharbor.is_card_url(url)
+
+    def parse_card(self, response: Response) -> Iterator[Any]:
+        yield self.listing_item(petharbor.parse_card(response.text, response.url), response)
+
+    def parse_listing_page(self, response: Response) -> Iterator[Any]:
+        cards, pages = petharbor.parse_catalog(response.text, response.url)
+        for url in cards:
+            yield self.card_request(response, url)
+        for url in pages:
+            yield self.page_request(response, url)
