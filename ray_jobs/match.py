@@ -88,21 +88,16 @@ def _vectors(column: pa.ChunkedArray) -> np.ndarray:
 
 
 def configured_embed_model(settings: Settings) -> str | None:
-    """The embedder id of the configured enrich profile, when ``engine.models`` can tell it without loading weights."""
+    """The embedder id of the configured enrich profile (hashes the weight file, loads nothing); None when it cannot
+    be told (weights not on this machine, models package unavailable), and the table's majority model is used."""
     try:
-        from engine import models  # written by the enrichment stage
-    except ImportError:
+        from engine.models import profile
+        from engine.models.embedder import embedder_id
+
+        return embedder_id(profile(settings)["embedder"], settings)
+    except Exception as exc:  # any failure here only means "fall back to the majority model"
+        log.info("configured embedder id unavailable (%s); using the detections' majority model", exc)
         return None
-    for name in ("embed_model_id", "embedder_id", "profile_embed_model_id"):
-        fn = getattr(models, name, None)
-        if callable(fn):
-            try:
-                value = fn(settings)
-            except Exception as exc:  # a broken profile must not hide behind a model-mismatch message
-                log.warning("cannot tell the configured embedder id (%s); using the table's majority model", exc)
-                return None
-            return str(value) if value else None
-    return None
 
 
 def _check_models(det: pa.Table, column: str, wanted: str | None, what: str) -> str | None:

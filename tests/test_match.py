@@ -90,6 +90,12 @@ class World:
         return store
 
 
+@pytest.fixture(autouse=True)
+def _majority_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The synthetic vectors come from no configured profile: the run takes the table's majority model."""
+    monkeypatch.setattr(match_job, "configured_embed_model", lambda settings: None)
+
+
 def current(settings: Settings, lost: str, found: str):
     rows = RunsDB(settings.duckdb).query(
         "SELECT rank_for_lost, rank_for_found, score, no_photo, distance_km, days_apart, explanation "
