@@ -132,11 +132,27 @@ def build_demo_site(
     today = date(2026, 11, 1)
     posts: list[dict[str, object]] = []
 
+    traits: dict[str, dict[str, str]] = {}
+
     def add_post(kind: str, identity: str, photo: Image.Image, where: tuple[float, float], when: date) -> str:
         source_id = f"{kind[0]}{len(posts) + 1000}"
         photo_path = root / "photos" / f"{source_id}.jpg"
         photo.save(photo_path, "JPEG", quality=90)
-        words = {"colour": rng.choice(COLOURS), "breed": rng.choice(BREEDS), "name": rng.choice(NAMES)}
+        # One animal, one set of traits; a finder sometimes can't tell the sex or guesses another breed.
+        words = dict(
+            traits.setdefault(
+                identity,
+                {
+                    "colour": rng.choice(COLOURS),
+                    "breed": rng.choice(BREEDS),
+                    "name": rng.choice(NAMES),
+                    "sex": rng.choice(("male", "female")),
+                },
+            )
+        )
+        if kind == "found":
+            words["sex"] = words["sex"] if rng.random() < 0.7 else "unknown"
+            words["breed"] = words["breed"] if rng.random() < 0.5 else rng.choice(BREEDS)
         template = rng.choice(LOST_TEMPLATES if kind == "lost" else FOUND_TEMPLATES)
         posts.append(
             {
@@ -147,6 +163,7 @@ def build_demo_site(
                 "name": words["name"] if kind == "lost" else "Found dog",
                 "species": "dog",
                 "breed": words["breed"],
+                "gender": words["sex"],
                 "color": [words["colour"]],
                 "description": template.format(**words),
                 "image": [f"/photos/{source_id}.jpg"],
