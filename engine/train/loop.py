@@ -1,0 +1,477 @@
+"""The fine-tuning loop: cache the frozen trunk, train the top on P×K batches, validate on held-out identities each
+epoch (clean and degraded queries, the ``homeward eval`` protocol), stop early on validation EER, keep the best.
+
+The same :func:`run` is the body of a Ray Train worker (``distributed=True``): Ray gives it a rank, a device and a
+process group, :func:`ray.train.torch.prepare_model` wraps the trainable module for DDP, and only rank 0 writes the
+checkpoint. On one CPU it runs as a plain function.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch import nn
+from tqdm import tqdm
+
+from engine.degrade import degrade
+from engine.errors import HomewardError
+from engine.scoring.metrics import reid_metrics
+from engine.train.data import PKSampler, Split, data_fingerprint, list_identities, split_identities
+from engine.train.model import Criterion, ReIDNet, pca_head, random_head
+from engine.train.recipes import Recipe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class World:
+    rank: int = 0
+    size: int = 1
+    device: str = "cpu"
+    report: Callable[[dict[str, Any]], None] | None = None
+    prepare: Callable[[nn.Module], nn.Module] | None = None
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+# ------------------------------------------------------------------------------------------------ views & metrics
+
+
+def view_image(path: Path, view: str, seed: int) -> Image.Image:
+    """One training/validation view of an image: ``clean``, ``flip``, ``degrade`` (:func:`engine.degrade.degrade`,
+    the lost/found degradations of ``homeward eval --degrade``) or ``degrade_flip``."""
+    with Image.open(path) as im:
+        img = im.convert("RGB")
+    if view in ("degrade", "degrade_flip"):
+        img = degrade(img, seed)
+    if view in ("flip", "degrade_flip"):
+        img = ImageOps.mirror(img)
+    return img
+
+
+PROTOCOL_KEYS = ("top1", "top5", "map", "eer", "auc")
+
+
+def protocol_metrics(query: np.ndarray, gallery: np.ndarray, labels: Sequence[int]) -> dict[str, float]:
+    """``homeward eval``'s leave-one-out protocol (:func:`engine.scoring.metrics.reid_metrics`), its five figures."""
+    m = reid_metrics(query, gallery, np.asarray(labels))
+    return {k: float(m[k]) for k in PROTOCOL_KEYS}
+
+
+# ------------------------------------------------------------------------------------------------ encoding
+
+
+class Encoder:
+    """Pixels of image views → what the trainable top consumes (trunk activations, cached in fp16)."""
+
+    def __init__(
+        self,
+        net: ReIDNet,
+        prep: Callable[[list[Image.Image]], torch.Tensor],
+        device: str,
+        seed: int,
+        cache_dir: Path | None = None,
+        model_key: str = "",
+    ):
+        self.net, self.prep, self.device, self.seed = net, prep, device, seed
+        self.cache_dir, self.model_key = cache_dir, model_key
+
+    def pixels(self, paths: Sequence[Path], views: Sequence[str], idx: Sequence[int]) -> torch.Tensor:
+        imgs = [view_image(paths[i], v, self.seed * 100_003 + i) for i, v in zip(idx, views, strict=True)]
+        return self.prep(imgs)
+
+    def trunk(self, paths: Sequence[Path], views: Sequence[str], idx: Sequence[int]) -> torch.Tensor:
+        x = self.pixels(paths, views, idx).to(self.device)
+        return self.net.trunk(x)
+
+    def cache(self, paths: Sequence[Path], view: str, desc: str, batch: int = 32) -> torch.Tensor:
+        """Trunk activations of every image's ``view`` (fp16), kept on disk under ``cache_dir`` keyed by model,
+        cut, view, seed and the exact image list, so later runs of any recipe with the same cut reuse them."""
+        file = None
+        if self.cache_dir is not None:
+            h = hashlib.sha256(f"{self.model_key}|cut={self.net.cut}|{view}|seed={self.seed}".encode())
+            for p in paths:
+                h.update(str(p).encode())
+            file = self.cache_dir / f"{h.hexdigest()[:24]}.pt"
+            if file.is_file():
+                return torch.load(file, weights_only=True)
+        out = []
+        was_training = self.net.training
+        self.net.eval()
+        for start in tqdm(range(0, len(paths), batch), desc=desc, unit="batch", leave=False):
+            idx = list(range(start, min(start + batch, len(paths))))
+            out.append(self.trunk(paths, [view] * len(idx), idx).to("cpu", torch.float16))
+        self.net.train(was_training)
+        acts = torch.cat(out)
+        if file is not None:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = file.with_suffix(f".{os.getpid()}.tmp")
+            torch.save(acts, tmp)
+            tmp.replace(file)
+        return acts
+
+
+@torch.no_grad()
+def embed_cached(
+    net: nn.Module, cache: torch.Tensor, device: str, pooled: bool = False, batch: int = 128
+) -> np.ndarray:
+    was_training = net.training
+    net.eval()
+    out = []
+    for start in range(0, len(cache), batch):
+        h = cache[start : start + batch].to(device, torch.float32)
+        f = net.pooled(h) if pooled else net.top(h)
+        out.append(torch.nn.functional.normalize(f.float(), dim=-1).cpu())
+    net.train(was_training)
+    return torch.cat(out).numpy()
+
+
+def validate(
+    net: ReIDNet,
+    val: dict[str, torch.Tensor],
+    labels: Sequence[int],
+    device: str,
+    *,
+    pooled: bool = False,
+    tta: bool = False,
+) -> dict[str, float]:
+    """Clean and (when cached) degraded-query metrics on the validation identities; ``tta_*`` with flip averaging."""
+
+    def emb(view: str) -> np.ndarray:
+        return embed_cached(net, val[view], device, pooled=pooled)
+
+    clean = emb("clean")
+    out = protocol_metrics(clean, clean, labels)
+    if "degrade" in val:
+        out.update({f"degraded_{k}": v for k, v in protocol_metrics(emb("degrade"), clean, labels).items()})
+    if tta and "flip" in val:
+
+        def avg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            s = a + b
+            return s / np.linalg.norm(s, axis=1, keepdims=True)
+
+        clean_t = avg(clean, emb("flip"))
+        out.update({f"tta_{k}": v for k, v in protocol_metrics(clean_t, clean_t, labels).items()})
+        if "degrade_flip" in val:
+            deg_t = avg(emb("degrade"), emb("degrade_flip"))
+            out.update({f"tta_degraded_{k}": v for k, v in protocol_metrics(deg_t, clean_t, labels).items()})
+    return out
+
+
+def _score(metrics: dict[str, float], recipe: Recipe) -> float:
+    if recipe.select_on == "eer_mean" and "degraded_eer" in metrics:
+        return (metrics["eer"] + metrics["degraded_eer"]) / 2
+    return metrics["eer"]
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+
+
+def _agree(flag: bool) -> bool:
+    """Rank 0's decision, on every worker (so workers never disagree about stopping and deadlock)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        t = torch.tensor([1.0 if flag else 0.0])
+        torch.distributed.broadcast(t, src=0)
+        return bool(t.item())
+    return flag
+
+
+class TrainStep(nn.Module):
+    """Network + loss as one module, so DDP synchronises the ArcFace centres with the network."""
+
+    def __init__(self, net: ReIDNet, criterion: Criterion) -> None:
+        super().__init__()
+        self.net, self.criterion = net, criterion
+
+    def forward(self, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.criterion(self.net(h, cached=True), labels)
+
+
+def run(
+    settings: Any,
+    images_dir: str,
+    recipe: Recipe,
+    *,
+    out: str | None,
+    epochs: int,
+    val_fraction: float,
+    seed: int,
+    max_minutes: float,
+    batch_identities: int,
+    images_per_identity: int,
+    world: World | None = None,
+) -> dict[str, Any]:
+    from engine.models.embedder import TimmEmbedder, prepare
+    from engine.models.registry import stage_spec
+    from engine.train.checkpoint import save_reid_checkpoint
+
+    world = world or World()
+    started = time.monotonic()
+    random.seed(seed)
+    torch.manual_seed(seed)
+    device = world.device
+
+    spec = stage_spec(settings, "embedder")
+    if spec.get("kind") != "timm":
+        raise HomewardError(f"homeward train fine-tunes timm embedders; profile embedder is {spec.get('kind')!r}")
+    spec["device"] = device
+    base = TimmEmbedder(spec, settings)
+    backbone = base.model.float().to(memory_format=torch.contiguous_format)
+    net = ReIDNet(
+        backbone,
+        recipe.trainable_from if recipe.train else 10**6,
+        cache_at=recipe.cache_at if recipe.cache_frozen else None,
+    ).to(device)
+
+    def prep(imgs: list[Image.Image]) -> torch.Tensor:
+        return torch.from_numpy(prepare(imgs, base.img_size, base.mean, base.std, base.resize))
+
+    identities = list_identities(images_dir)
+    split: Split = split_identities(identities, val_fraction, seed)
+    train_paths, train_labels, train_names = split.items("train")
+    val_paths, val_labels, val_names = split.items("val")
+    log.info(
+        "train: %d identities / %d images; val: %d identities / %d images",
+        len(train_names),
+        len(train_paths),
+        len(val_names),
+        len(val_paths),
+    )
+
+    cache_dir = Path(settings.data_dir) / "cache" / "reid-trunk"
+    enc = Encoder(net, prep, device, seed, cache_dir, base.model_id)
+    val_views = ["clean", "degrade"] + (["flip", "degrade_flip"] if recipe.tta_flip else [])
+    # Degraded validation queries are seeded differently from any training view.
+    val_enc = Encoder(net, prep, device, seed + 7_919, cache_dir, base.model_id)
+    val_cache = {v: val_enc.cache(val_paths, v, f"cache val/{v}") for v in val_views}
+
+    baseline = validate(net, val_cache, val_labels, device, pooled=True, tta=recipe.tta_flip)
+    log.info("baseline (pretrained, no head): %s", _fmt(baseline))
+
+    train_views = list(recipe.views) if recipe.train else []
+    train_cache: dict[str, torch.Tensor] = {}
+    if recipe.train and recipe.cache_frozen:
+        train_cache = {v: enc.cache(train_paths, v, f"cache train/{v}") for v in train_views}
+
+    history: list[dict[str, Any]] = []
+    best_metrics, best_state, best_epoch = baseline, None, 0
+    if recipe.train:
+        pooled_train = _pooled_features(net, enc, train_paths, train_cache.get("clean"), device)
+        if recipe.head == "pca":
+            net.head = pca_head(pooled_train, recipe.head_dim).to(device)
+        elif recipe.head == "random":
+            net.head = random_head(net.num_features, recipe.head_dim, seed).to(device)
+        with torch.no_grad():
+            projected = net.head(pooled_train.to(device)) if net.head is not None else pooled_train
+            emb_train = torch.nn.functional.normalize(projected, dim=-1).cpu()
+        del pooled_train
+        dim = int(net.head.out_features) if net.head is not None else net.num_features
+        criterion = Criterion(recipe.loss, dim, len(train_names), recipe).to(device)
+        if criterion.arcface is not None and recipe.proxy_init == "class_mean":
+            criterion.arcface.init_from_means(emb_train, torch.tensor(train_labels), seed)
+
+        epoch0 = validate(net, val_cache, val_labels, device, tta=recipe.tta_flip)
+        history.append({"epoch": 0, "minutes": _minutes(started), **epoch0})
+        best_metrics, best_epoch = epoch0, 0
+        best_state = copy.deepcopy(_trainable_state(net))
+        log.info("epoch 0 (initialised, not trained): %s", _fmt(epoch0))
+
+        step_module: nn.Module = TrainStep(net, criterion)
+        if world.prepare is not None:
+            step_module = world.prepare(step_module)
+        groups = [
+            {"params": [p for p in net.backbone.parameters() if p.requires_grad], "lr": recipe.lr},
+            {"params": list(net.head.parameters()) if net.head is not None else [], "lr": recipe.head_lr},
+            {"params": list(criterion.parameters()), "lr": recipe.proxy_lr, "weight_decay": 0.0},
+        ]
+        groups = [g for g in groups if g["params"]]
+        opt = torch.optim.AdamW(groups, weight_decay=recipe.weight_decay)
+        base_lrs = [g["lr"] for g in groups]
+        sampler = PKSampler(
+            train_labels,
+            batch_identities,
+            images_per_identity,
+            seed=seed,
+            rank=world.rank,
+            batches=max(1, len(train_paths) // (batch_identities * images_per_identity * world.size)),
+        )
+        total_steps = max(1, epochs * len(sampler))
+        warmup = max(1, int(recipe.warmup_epochs * len(sampler)))
+        labels_t = torch.tensor(train_labels)
+        rng = random.Random(seed * 31 + world.rank)
+        step, bad, epoch_s = 0, 0, 0.0
+        best_score = _score(epoch0, recipe)
+        for epoch in range(1, epochs + 1):
+            t_epoch = time.monotonic()
+            if _agree(time.monotonic() - started + epoch_s > max_minutes * 60):
+                log.info("stopping before epoch %d: the next epoch would pass max_minutes=%s", epoch, max_minutes)
+                break
+            net.train()
+            if recipe.freeze_bn:
+                net.freeze_bn_stats()
+            sampler.set_epoch(epoch)
+            bar = tqdm(sampler, desc=f"epoch {epoch}/{epochs}", unit="step", leave=False, disable=not world.main)
+            losses = []
+            for batch in bar:
+                views = [rng.choice(train_views) for _ in batch]
+                if recipe.cache_frozen:
+                    h = torch.stack([train_cache[v][i] for v, i in zip(views, batch, strict=True)])
+                    h = h.to(device, torch.float32)
+                    if recipe.feature_flip:
+                        flip = torch.rand(len(batch)) < 0.5
+                        h[flip] = h[flip].flip(-1)
+                else:
+                    h = enc.trunk(train_paths, views, batch)
+                lr_scale = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total_steps)))
+                for g, lr in zip(opt.param_groups, base_lrs, strict=True):
+                    g["lr"] = lr * lr_scale
+                loss = step_module(h, labels_t[batch].to(device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                losses.append(float(loss.detach()))
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            metrics = validate(net, val_cache, val_labels, device, tta=recipe.tta_flip)
+            epoch_s = time.monotonic() - t_epoch
+            row = {"epoch": epoch, "minutes": _minutes(started), "loss": float(np.mean(losses)), **metrics}
+            history.append(row)
+            score = _score(metrics, recipe)
+            improved = score < best_score - 1e-6
+            if improved:
+                best_score, best_metrics, best_epoch, bad = score, metrics, epoch, 0
+                best_state = copy.deepcopy(_trainable_state(net))
+            else:
+                bad += 1
+            log.info(
+                "epoch %d (%.1f min, loss %.3f)%s: %s",
+                epoch,
+                row["minutes"],
+                row["loss"],
+                " *" if improved else "",
+                _fmt(metrics),
+            )
+            if world.report is not None:
+                world.report({k: v for k, v in row.items() if isinstance(v, (int, float))})
+            if _agree(bad >= recipe.patience):
+                log.info("early stop: no better validation score in %d epochs (best epoch %d)", bad, best_epoch)
+                break
+        if not recipe.keep_best:
+            best_metrics, best_epoch = history[-1], history[-1]["epoch"]
+            best_metrics = {k: v for k, v in best_metrics.items() if k not in ("epoch", "minutes", "loss")}
+        elif best_state is not None:
+            net.load_state_dict(best_state, strict=False)
+
+    minutes = _minutes(started)
+    metadata = {
+        "recipe": recipe.to_dict(),
+        "data": {
+            "path": str(Path(images_dir).resolve()),
+            "fingerprint": data_fingerprint(images_dir, identities),
+            "identities": len(identities),
+            "images": sum(len(v) for v in identities.values()),
+            "split_seed": seed,
+            "val_fraction": val_fraction,
+            "train_identities": train_names,
+            "val_identities": val_names,
+            "train_images": len(train_paths),
+            "val_images": len(val_paths),
+        },
+        "metrics": {
+            "baseline": baseline,
+            "finetuned": best_metrics,
+            "best_epoch": best_epoch,
+            "history": history,
+        },
+        "training": {
+            "epochs_requested": epochs,
+            "epochs_run": max(0, len(history) - 1),
+            "minutes": round(minutes, 2),
+            "batch_identities": batch_identities,
+            "images_per_identity": images_per_identity,
+            "world_size": world.size,
+            "device": device,
+            "base_model_id": base.model_id,
+        },
+    }
+    result = summarize(metadata)
+    if world.main:
+        path = out or str(Path(settings.data_dir) / "models" / f"reid-{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        saved = save_reid_checkpoint(
+            path,
+            net,
+            arch=base.arch,
+            mean=base.mean,
+            std=base.std,
+            img_size=base.img_size,
+            resize=base.resize,
+            metadata=metadata,
+        )
+        result["checkpoint"] = str(saved)
+    return result
+
+
+def summarize(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The verb's result from a checkpoint's metadata: counts, timings, baseline and fine-tuned metrics (nested,
+    and flat: ``eer``, ``top1`` … of the kept model, ``baseline_eer`` … of the pretrained one)."""
+    data, metrics, training = metadata["data"], metadata["metrics"], metadata["training"]
+    result: dict[str, Any] = {
+        "recipe": metadata["recipe"]["name"],
+        "train_identities": len(data["train_identities"]),
+        "train_images": data["train_images"],
+        "val_identities": len(data["val_identities"]),
+        "val_images": data["val_images"],
+        "best_epoch": metrics["best_epoch"],
+        "epochs_run": training["epochs_run"],
+        "minutes": training["minutes"],
+        "baseline": metrics["baseline"],
+        "finetuned": metrics["finetuned"],
+    }
+    result.update({f"baseline_{k}": v for k, v in metrics["baseline"].items()})
+    result.update(metrics["finetuned"])
+    return result
+
+
+def _pooled_features(
+    net: ReIDNet, enc: Encoder, paths: Sequence[Path], cache: torch.Tensor | None, device: str, batch: int = 64
+) -> torch.Tensor:
+    """Pretrained pooled features of the clean training images (for the PCA head and the ArcFace centres)."""
+    net.eval()
+    out = []
+    for start in range(0, len(paths), batch):
+        idx = list(range(start, min(start + batch, len(paths))))
+        h = (
+            cache[start : start + len(idx)].to(device, torch.float32)
+            if cache is not None
+            else enc.trunk(paths, ["clean"] * len(idx), idx)
+        )
+        out.append(net.pooled(h).float().cpu())
+    return torch.cat(out)
+
+
+def _trainable_state(net: ReIDNet) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def _minutes(started: float) -> float:
+    return (time.monotonic() - started) / 60
+
+
+def _fmt(m: dict[str, float]) -> str:
+    keys = [k for k in ("top1", "eer", "degraded_top1", "degraded_eer", "tta_eer", "tta_degraded_eer") if k in m]
+    return " ".join(f"{k}={m[k]:.4f}" for k in keys)
