@@ -35,6 +35,13 @@ ARGS = [
 ]
 
 
+def decoded_width(page, img) -> int:
+    """The natural width of an <img> once the browser has loaded and decoded it (lazy images are scrolled to)."""
+    img.scroll_into_view_if_needed()
+    page.wait_for_function("el => el.complete && el.naturalWidth > 0", arg=img.element_handle(), timeout=20_000)
+    return img.evaluate("el => el.naturalWidth")
+
+
 @pytest.fixture()
 def served(settings):
     info = sample.populate(settings)
@@ -77,7 +84,7 @@ def test_confirm_a_match_by_clicking(served, browser, settings, tmp_path):
     # Both photos of the pair come from the photo store and really decode in the browser.
     for img in card.locator("img").all():
         assert img.get_attribute("src").startswith("/photo/")
-        assert img.evaluate("el => el.complete && el.naturalWidth") > 0
+        assert decoded_width(page, img) > 0
 
     page.fill("#who", "Dana at intake")
     card.get_by_role("button", name="✓ Confirm").click()
@@ -152,8 +159,7 @@ def test_search_by_photo_upload(settings, browser, tmp_path):
         cards = page.locator("#search-results .card")
         expect(cards).to_have_count(2)
         for img in cards.locator("img").all():
-            img.wait_for()
-            assert img.evaluate("el => el.complete && el.naturalWidth") > 0
+            assert decoded_width(page, img) > 0
         page.screenshot(path=str(tmp_path / "search.png"), full_page=True)
     finally:
         server.shutdown()
