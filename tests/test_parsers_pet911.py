@@ -319,3 +319,17 @@ def test_truncated_right_after_the_card_id_warns(root: Path, rel: str, card_id: 
     raw = pet911.parse_card(cut, "https://pet911.ru/x")
     assert raw["source_id"] == card_id
     assert any(w.startswith("event_date") for w in raw["parse_warnings"])
+
+
+def test_catalog_tile_fingerprints_ignore_what_changes_by_itself(root: Path) -> None:
+    html = read(root / "data/2021/catalog.html.dump")
+    tiles = pet911.catalog_tiles(html, "https://pet911.ru/catalog")
+    cards, _ = pet911.parse_catalog(html, "https://pet911.ru/catalog")
+    assert set(tiles) == set(cards)
+    for text in tiles.values():
+        assert "назад" not in text and " км" not in text  # "(2 дня назад)", "3062.4 км" change by themselves
+    # a status badge appearing on a tile (the owner was found) changes that tile's fingerprint, and only that one
+    marked = html.replace("3062.4 км </span>\n</div>", "3062.4 км </span>\n</div><span>Хозяин найден</span>", 1)
+    changed = pet911.catalog_tiles(marked, "https://pet911.ru/catalog")
+    assert sum(changed[u] != tiles[u] for u in tiles) == 1
+    assert "Хозяин найден" in tiles[next(u for u in tiles if "rf494610" in u)]  # already marked on the saved page

@@ -99,7 +99,9 @@ def node_text(nodes: Selector | Iterable[Selector] | None, sep: str = " ") -> st
 
 _VOLATILE_CLASSES = ("hits", "pet-icons", "views", "catalog-item__status", "counter")
 _VOLATILE_TEXT_RE = re.compile(
-    r"\(?\b\d+\s+(?:минут\w*|час\w*|дн\w*|день|недел\w*)\s+назад\)?|\b\d+(?:[.,]\d+)?\s*км\b", re.I
+    r"\(?(?:\b\d+\s+)?(?:минут\w*|час\w*|дн\w*|день|недел\w*|месяц\w*)\s+назад\)?"
+    r"|\b(?:сегодня|вчера|позавчера)(?:\s+в\s+\d{1,2}:\d{2})?|\b\d+(?:[.,]\d+)?\s*км\b",
+    re.I,
 )
 
 
