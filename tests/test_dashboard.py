@@ -226,7 +226,7 @@ def test_jobs_can_write_while_the_dashboard_serves_and_it_waits_for_a_writer(sit
             con.execute("INSERT INTO crawl_runs (run_id, source, started, status, items) "
                         "VALUES (?, 'newsource', ?, 'ok', 7)", [{run_id!r}, dt.datetime.now(dt.timezone.utc)])
             print("holding", flush=True)
-            time.sleep(1.5)
+            time.sleep(3.0)
         print("done", flush=True)
         """
     )
