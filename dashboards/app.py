@@ -50,6 +50,7 @@ from dashboards.access import DEFAULT_SALT, check_token, is_loopback, shelter_to
 from dashboards.photos import PHOTO_ID, PhotoLookup
 from engine.config import Settings
 from engine.errors import HomewardError
+from engine.redact import redact_text
 from engine.storage import RunsDB, StorageError
 
 log = logging.getLogger(__name__)
@@ -405,7 +406,8 @@ class Dashboard:
         if verdict not in VERDICTS:
             raise HTTPError(400, f"verdict must be one of {', '.join(VERDICTS)}")
         who = (form.get("who") or "").strip()[:80] or f"dashboard:{key}"
-        note = (form.get("note") or "").strip()[:500] or None
+        # Notes are free text typed by staff: the same redaction as stored posts (no phone, e-mail, chip number).
+        note = redact_text((form.get("note") or "").strip()[:500]) or None
         known = self.q(
             "SELECT 1 FROM latest_matches WHERE lost_listing_id = $1 AND found_listing_id = $2 AND shelter_key = $3",
             [lost, found, key],

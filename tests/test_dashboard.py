@@ -174,15 +174,18 @@ def test_feedback_form_post_writes_duckdb_and_the_pair_leaves_reports(site):
     # a pair of another shelter cannot be decided from this shelter's page
     other = {"lost_listing_id": info["listings"]["lost_misha"], "found_listing_id": info["listings"]["found_cat"]}
     assert c.post_form("/shelter/SEAS/feedback", {**other, "verdict": "rejected", "form_key": key})[0] == 404
+    note = "not him; owner says call +1 (206) 555-0142, chip 985112003456789"
     status, headers, _ = c.post_form(
-        "/shelter/SEAS/feedback", {**pair, "verdict": "rejected", "form_key": key, "who": "Dana", "note": "no"}
+        "/shelter/SEAS/feedback", {**pair, "verdict": "rejected", "form_key": key, "who": "Dana", "note": note}
     )
     assert status == 303 and headers["Location"] == "/shelter/SEAS"
     rows = RunsDB(settings.duckdb).query(
         "SELECT verdict, who, note FROM feedback WHERE lost_listing_id = ? AND found_listing_id = ?",
         [pair["lost_listing_id"], pair["found_listing_id"]],
     )
-    assert rows == [("rejected", "Dana", "no")]
+    assert [r[:2] for r in rows] == [("rejected", "Dana")]
+    stored_note = rows[0][2]
+    assert stored_note.startswith("not him") and "555-0142" not in stored_note and "985112003456789" not in stored_note
     page = c.page("/shelter/SEAS")
     assert info["listings"]["shelter_a102"] not in page and page.count('class="candidate') == 1
     seas = next(e for e in report(settings, shelter="SEAS")["reports"])

@@ -87,13 +87,14 @@ def test_confirm_a_match_by_clicking(served, browser, settings, tmp_path):
         assert decoded_width(page, img) > 0
 
     page.fill("#who", "Dana at intake")
+    card.get_by_label("note").fill("owner brought vet papers")
     card.get_by_role("button", name="✓ Confirm").click()
     expect(card.locator(".status-line")).to_have_text("confirmed ✓ saved", timeout=15_000)
 
     rows = RunsDB(settings.duckdb).query(
-        "SELECT verdict, who FROM feedback WHERE lost_listing_id = ? AND found_listing_id = ?", [lost, found]
+        "SELECT verdict, who, note FROM feedback WHERE lost_listing_id = ? AND found_listing_id = ?", [lost, found]
     )
-    assert rows == [("confirmed", "Dana at intake")]
+    assert rows == [("confirmed", "Dana at intake", "owner brought vet papers")]
     shot = tmp_path / "shelter-confirmed.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
