@@ -521,8 +521,10 @@ class Dashboard:
             url = it.get("url")
             it["url"] = url if isinstance(url, str) and url.lower().startswith(("http://", "https://")) else None
             it["_score"] = next((it[k] for k in ("score", "similarity", "image_sim") if it.get(k) is not None), None)
+        message = result.get("message") if isinstance(result, dict) else None
         return self.search_page(
             req,
+            message=message if isinstance(message, str) else None,
             form=form,
             results=items,
             searched=True,
