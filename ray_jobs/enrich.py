@@ -90,18 +90,18 @@ def _set_threads(actor_cpus: float) -> None:
 # ------------------------------------------------------------------------------------------------ decode (tasks)
 
 
-def decode_batch(batch: dict[str, Any], max_side: int, max_pixels: int) -> dict[str, Any]:
+def decode_batch(
+    batch: dict[str, Any], max_side: int, max_pixels: int, storage_options: dict[str, str] | None = None
+) -> dict[str, Any]:
     """CPU task: fetch bytes from the photo store, decode safely (:func:`engine.images.decode_image`)."""
-    import fsspec
-
     from engine.images import ImageError, decode_image, to_array
+    from engine.storage import read_uri
 
     out = []
     for pid, uri, targets in zip(batch["photo_id"], batch["uri"], batch["targets"], strict=True):
         row: dict[str, Any] = {"photo_id": str(pid), "targets": json.loads(targets), "status": "ok", "error": None}
         try:
-            with fsspec.open(str(uri), "rb") as fh:
-                data = fh.read()
+            data = read_uri(str(uri), storage_options)
         except Exception as exc:
             _fail(row, "fetch_failed", f"{type(exc).__name__}: {exc}")
             out.append(row)
@@ -488,6 +488,9 @@ def enrich(
     models: dict[str, Any] = {"profile": prof["name"], "embed_model": embed_model}
     writer = _Writer(lance, started)
     n_dets = 0
+    first_row_s: float | None = None
+    t_first = t_last = 0.0
+    rows_after_first = 0
     message = None
     status = "ok"
     try:
@@ -515,18 +518,24 @@ def enrich(
                 prof["name"],
             )
             with ray_session(settings):
-                for row in _run_pipeline(settings, prof, items, cluster_gpus(), ray):
-                    st, n = writer.add(row)
-                    counts[st] += len(row["targets"])
-                    n_dets += n
-                    if st == "failed":
-                        errors[str(row.get("error") or "unknown").split(":", 1)[0]] += len(row["targets"])
-                    for key in ("detector_model", "embed_model", "caption_model", "text_model"):
-                        if row.get(key):
-                            models[key] = row[key]
-                    if row.get("embed_dim"):
-                        models["embed_dim"], models["text_dim"] = int(row["embed_dim"]), int(row["text_dim"])
-                    _tick()
+                for rows in _run_pipeline(settings, prof, items, cluster_gpus(), ray):
+                    now = time.perf_counter()
+                    if first_row_s is None:  # steady-state rate: batches after the first one
+                        first_row_s, t_first = now - t0, now
+                    else:
+                        rows_after_first, t_last = rows_after_first + len(rows), now
+                    for row in rows:
+                        st, n = writer.add(row)
+                        counts[st] += len(row["targets"])
+                        n_dets += n
+                        if st == "failed":
+                            errors[str(row.get("error") or "unknown").split(":", 1)[0]] += len(row["targets"])
+                        for key in ("detector_model", "embed_model", "caption_model", "text_model"):
+                            if row.get(key):
+                                models[key] = row[key]
+                        if row.get("embed_dim"):
+                            models["embed_dim"], models["text_dim"] = int(row["embed_dim"]), int(row["text_dim"])
+                        _tick()
             writer.flush()
     except BaseException as exc:
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
@@ -562,6 +571,9 @@ def enrich(
         "models": models,
         "duration_s": run["duration_s"],
         "images_per_s": round(run["photos"] / run["duration_s"], 3) if run["duration_s"] else None,
+        # steady state: images after the first result over the time they took (excludes actor start-up)
+        "first_result_s": round(first_row_s, 3) if first_row_s is not None else None,
+        "steady_images_per_s": round(rows_after_first / (t_last - t_first), 3) if t_last > t_first else None,
     }
 
 
@@ -574,7 +586,7 @@ def _tick() -> None:
 
 
 def _run_pipeline(settings: Settings, prof: dict[str, Any], items: list[dict[str, Any]], gpus: float, ray: Any) -> Any:
-    """Build and stream the Ray Data pipeline; yields finished rows (dicts) in completion order."""
+    """Build and stream the Ray Data pipeline; yields lists of finished rows (dicts) as batches complete."""
     from ray.data import ActorPoolStrategy, DataContext
 
     cfg = settings.enrich
@@ -586,23 +598,26 @@ def _run_pipeline(settings: Settings, prof: dict[str, Any], items: list[dict[str
     cpus = float(cfg.actor_cpus)
     pool = ActorPoolStrategy(min_size=1, max_size=max(1, int(cfg.actors)))
 
-    def bs(stage: str) -> int:
-        return int(prof[stage].get("batch_size") or cfg.batch_size)
-
-    decode_bs = max(1, min(cfg.batch_size, bs("detector")))
-    n_blocks = max(1, min(len(items), math.ceil(len(items) / decode_bs)))
+    # One row batch (photos) for every stage: a later stage with a bigger batch would wait for rows to pile up and
+    # the pipeline would stop streaming. Each model still batches its own inputs (crops, texts) internally.
+    rows = max(1, int(prof["detector"].get("batch_size") or cfg.batch_size))
+    n_blocks = max(1, min(len(items), math.ceil(len(items) / rows)))
     ds = ray.data.from_items(items, override_num_blocks=n_blocks)
     ds = ds.map_batches(
         decode_batch,
-        fn_kwargs={"max_side": cfg.max_side, "max_pixels": settings.crawl.max_image_pixels},
-        batch_size=decode_bs,
+        fn_kwargs={
+            "max_side": cfg.max_side,
+            "max_pixels": settings.crawl.max_image_pixels,
+            "storage_options": settings.storage_options,
+        },
+        batch_size=rows,
         batch_format="numpy",
         num_cpus=0.25,
     )
     ds = ds.map_batches(
         DetectStage,
         fn_constructor_kwargs={"settings": settings, "actor_cpus": cpus},
-        batch_size=bs("detector"),
+        batch_size=rows,
         batch_format="numpy",
         num_cpus=cpus,
         num_gpus=actor_gpus,
@@ -612,7 +627,7 @@ def _run_pipeline(settings: Settings, prof: dict[str, Any], items: list[dict[str
     ds = ds.map_batches(
         EmbedStage,
         fn_constructor_kwargs={"settings": settings, "actor_cpus": cpus, "with_captions": not vlm},
-        batch_size=bs("embedder"),
+        batch_size=rows,
         batch_format="numpy",
         num_cpus=cpus,
         num_gpus=actor_gpus,
@@ -622,7 +637,7 @@ def _run_pipeline(settings: Settings, prof: dict[str, Any], items: list[dict[str
         ds = ds.map_batches(
             CaptionStage,
             fn_constructor_kwargs={"settings": settings, "actor_cpus": cpus},
-            batch_size=bs("captioner"),
+            batch_size=rows,
             batch_format="numpy",
             num_cpus=cpus,
             num_gpus=actor_gpus,
@@ -631,7 +646,7 @@ def _run_pipeline(settings: Settings, prof: dict[str, Any], items: list[dict[str
     ds = ds.map_batches(
         TextStage,
         fn_constructor_kwargs={"settings": settings, "actor_cpus": cpus},
-        batch_size=bs("text"),
+        batch_size=rows,
         batch_format="numpy",
         num_cpus=cpus,
         num_gpus=actor_gpus,
@@ -641,7 +656,7 @@ def _run_pipeline(settings: Settings, prof: dict[str, Any], items: list[dict[str
     _BAR[:] = [bar]
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
-            yield from _unpack(batch)
+            yield _unpack(batch)
     finally:
         if bar is not None:
             bar.close()

@@ -229,3 +229,42 @@ def test_cpu_profile_real_photos(settings: Settings, models_dir: Path, shared_di
     [empty] = [d for d in dets if d["photo_key"] == keys["empty"]]
     assert empty["full_frame"] and empty["species"] == "unknown"
     assert enrich(s, retry_failed=False)["photos"] == 0
+
+
+def test_bench_enrich_prints_its_figures_as_json(
+    settings: Settings, ray_local: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engine.cli import main
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(10):
+        (folder / f"p{i}.jpg").write_bytes(make.jpeg(Image.effect_noise((200 + i, 150), 30 + i).convert("RGB")))
+    code = main(
+        [
+            "bench",
+            "enrich",
+            "--images",
+            "10",
+            "--images-dir",
+            str(folder),
+            "--profile",
+            "tiny",
+            "--data-dir",
+            settings.data_dir,
+            "--set",
+            "ray.num_cpus=2",
+        ]
+    )
+    assert code == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["bench"] == "enrich" and out["profile"] == "tiny" and out["images"] == 10 and out["device"] == "cpu"
+    stages = out["pipeline_stages_images_per_s"]
+    assert set(stages) == {"decode", "detect", "embed+caption", "text"}
+    assert out["slowest_stage"] == min(stages, key=stages.get)
+    assert out["efficiency"] == pytest.approx(
+        out["end_to_end_images_per_s"] / stages[out["slowest_stage"]], rel=0.05, abs=2e-3
+    )
+    assert sum(out["enrich_counts"].values()) == 10 and out["enrich_counts"]["failed"] == 0
+    assert out["pipeline_peak_rss_mb"] > 100 and out["standalone_peak_rss_mb"] > 100
+    assert out["passes_bar"] == (out["efficiency"] >= 0.8)
