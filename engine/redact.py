@@ -44,10 +44,10 @@ _STREET_TYPES_EN = (
     r"street|st|avenue|ave|road|rd|boulevard|blvd|drive|dr|lane|ln|way|court|ct|place|pl|terrace|ter|"
     r"parkway|pkwy|highway|hwy|circle|cir|trail|trl|square|sq"
 )
+# House number, optional direction, 1-4 capitalised name words, a street type ("2024 near the park" is no address).
 _ADDRESS_EN = re.compile(
     rf"\b\d{{1,6}}[A-Za-z]?\s+(?:[NSEW]\.?\s+|North\s+|South\s+|East\s+|West\s+)?(?:[A-Z0-9][\w'.-]*\s+){{1,4}}"
-    rf"(?:{_STREET_TYPES_EN})\b\.?(?:\s*(?:#|apt\.?|unit|suite)\s*\w+)?",
-    re.IGNORECASE,
+    rf"(?i:{_STREET_TYPES_EN})\b\.?(?:\s*(?i:#|apt\.?|unit|suite)\s*\w+)?"
 )
 _STREET_RU = (
     r"(?:ул\.|улица|ул\b|пр-т|пр-кт|просп\.|проспект|пр\.|пер\.|переулок|бульвар|б-р|бул\.|шоссе|ш\.|наб\.|"
@@ -136,7 +136,7 @@ def redact(text: str | None) -> Redaction:
 
     def chip_sub(m: re.Match[str]) -> str:
         number = m.group(1)
-        if sum(ch.isdigit() for ch in number) < 4:
+        if sum(ch.isdigit() for ch in number) < 3:
             return m.group(0)
         out.chips.append(number.strip())
         return m.group(0)[: m.start(1) - m.start(0)] + "[chip]"

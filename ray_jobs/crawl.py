@@ -56,6 +56,17 @@ COUNT_COLUMNS = {
 }
 
 
+#: DuckDB refuses a read-only and a read-write connection to one file inside one process ("unique file handle
+#: conflict"), and the scheduler's threads read and write crawl_runs concurrently: all access here is serialised.
+DB_LOCK = threading.RLock()
+
+
+def query_runs(runs: RunsDB, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+    """``runs.query`` under :data:`DB_LOCK`."""
+    with DB_LOCK:
+        return runs.query(sql, params)
+
+
 class CrawlBusyError(HomewardError):
     """The source is being crawled right now by another process."""
 
@@ -96,7 +107,7 @@ def _alive(owner: dict[str, Any]) -> bool | None:
     return _pid_alive(int(owner["pid"]))
 
 
-def _row_alive(run_id: str, parameters: Any, started: datetime, data_dir: str) -> bool:
+def row_alive(run_id: str, parameters: Any, started: float | datetime, data_dir: str) -> bool:
     """A ``running`` row is alive while its driver (crawl/schedule) or its crawl process still runs."""
     try:
         params = json.loads(parameters) if isinstance(parameters, str) else dict(parameters or {})
@@ -110,6 +121,8 @@ def _row_alive(run_id: str, parameters: Any, started: datetime, data_dir: str) -
         return True
     if all(v is False for v in verdicts):
         return False
+    if not isinstance(started, datetime):  # DuckDB epoch seconds
+        started = datetime.fromtimestamp(float(started), UTC)
     started = started if started.tzinfo else started.replace(tzinfo=UTC)
     return datetime.now(UTC) - started < STALE_AFTER
 
@@ -121,13 +134,15 @@ def begin_run(runs: RunsDB, source: str, parameters: dict[str, Any], data_dir: s
     """
     run_id = uuid.uuid4().hex[:16]
     now = datetime.now(UTC)
-    with runs.write() as con:
+    with DB_LOCK, runs.write() as con:
         rows = con.execute(
-            "SELECT run_id, parameters, started FROM crawl_runs WHERE source = ? AND status = 'running'", [source]
+            "SELECT run_id, parameters, epoch(started) FROM crawl_runs WHERE source = ? AND status = 'running'",
+            [source],
         ).fetchall()
         for other_id, params, started in rows:
-            if _row_alive(other_id, params, started, data_dir):
-                raise CrawlBusyError(f"source {source!r} is already being crawled (run {other_id}, since {started})")
+            if row_alive(other_id, params, started, data_dir):
+                since = datetime.fromtimestamp(float(started), UTC).isoformat(timespec="seconds")
+                raise CrawlBusyError(f"source {source!r} is already being crawled (run {other_id}, since {since})")
             con.execute(
                 "UPDATE crawl_runs SET status = 'interrupted', finished = ?, "
                 "message = 'the process running it is gone' WHERE run_id = ?",
@@ -143,7 +158,7 @@ def begin_run(runs: RunsDB, source: str, parameters: dict[str, Any], data_dir: s
 def finish_run(runs: RunsDB, result: dict[str, Any]) -> None:
     """Record a crawl's outcome in its ``crawl_runs`` row."""
     counts = {col: int(result.get(key) or 0) for key, col in COUNT_COLUMNS.items()}
-    with runs.write() as con:
+    with DB_LOCK, runs.write() as con:
         con.execute(
             f"UPDATE crawl_runs SET finished = ?, status = ?, {', '.join(f'{c} = ?' for c in counts)}, "
             "errors_by_reason = ?, duration_s = ?, message = ? WHERE run_id = ?",
@@ -255,11 +270,14 @@ def run_sources(
     timeout_s: float | None = None,
     skip_busy: bool = False,
     stop: threading.Event | None = None,
+    check_writable: bool = True,
 ) -> list[dict[str, Any]]:
     """Crawl ``names`` (recorded in ``crawl_runs``); several fan out as Ray tasks. Returns one result per source."""
     settings = absolute_settings(settings)
-    settings.ensure_writable()
-    runs = RunsDB(settings.duckdb)
+    if check_writable:  # the scheduler checks once: Settings.ensure_writable's probe file is not thread-safe
+        settings.ensure_writable()
+    with DB_LOCK:
+        runs = RunsDB(settings.duckdb)
     params = {"base_url": base_url, "max_pages": max_pages}
     started: list[tuple[str, str]] = []
     results: list[dict[str, Any]] = []

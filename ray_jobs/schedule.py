@@ -4,11 +4,12 @@
 run and its status, the last success, the lag since it (and whether the source is overdue: lag > cadence), the
 share of failed runs and the error rate (errors ÷ (items + errors)) over its last ``window`` runs.
 
-``schedule`` runs every enabled source at its ``cadence_minutes``: a source is due when its last run *started*
-more than one cadence ago (or it never ran). All state is in ``crawl_runs``, so a restarted scheduler picks up
-exactly where the previous one was — a source crawled ten minutes before the restart is not crawled again, one
-that was due during the downtime is crawled at once, and a run left ``running`` by a killed scheduler is closed
-as ``interrupted`` (unless its crawl process is still alive, in which case the source counts as running). Two
+``schedule`` runs every enabled source at its ``cadence_minutes``: a source is due when its last finished run
+*started* more than one cadence ago (or it never finished one). All state is in ``crawl_runs``, so a restarted
+scheduler picks up exactly where the previous one was — a source crawled ten minutes before the restart is not
+crawled again, one that was due during the downtime is crawled at once, and a run left ``running`` by a killed
+scheduler is closed as ``interrupted`` and its source crawled again at once, resuming from the stored card state
+(unless its crawl process is still alive: then the source counts as in flight). Two
 crawls of one source never overlap: the scheduler does not start a source whose run is in flight, and
 :func:`ray_jobs.crawl.begin_run` refuses a second one even from another ``homeward crawl``.
 
@@ -32,15 +33,18 @@ from typing import Any
 from crawlers.sources import SourceError, load_sources
 from engine.config import Settings
 from engine.storage import RunsDB
-from ray_jobs.crawl import CrawlBusyError, absolute_settings, run_sources
+from ray_jobs.crawl import DB_LOCK, CrawlBusyError, absolute_settings, query_runs, row_alive, run_sources
 
 log = logging.getLogger(__name__)
 
 
-def _aware(ts: datetime | None) -> datetime | None:
+def _aware(ts: float | datetime | None) -> datetime | None:
+    """A UTC datetime from DuckDB's ``epoch(ts)`` (TIMESTAMPTZ values themselves would need pytz to fetch)."""
     if ts is None:
         return None
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+    if isinstance(ts, datetime):
+        return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+    return datetime.fromtimestamp(float(ts), UTC)
 
 
 def _minutes(delta: timedelta | None) -> float | None:
@@ -50,13 +54,15 @@ def _minutes(delta: timedelta | None) -> float | None:
 def source_status(settings: Settings, window: int = 10) -> list[dict[str, Any]]:
     """One dict per source: config, last run, last success, lag, overdue, failure share and error rate."""
     sources = load_sources(settings)
-    runs = RunsDB(settings.duckdb)
-    rows = runs.query(
+    with DB_LOCK:
+        runs = RunsDB(settings.duckdb)
+    rows = query_runs(
+        runs,
         """
-        SELECT source, run_id, started, finished, status, items, errors, errors_by_reason,
+        SELECT source, run_id, epoch(started), epoch(finished), status, items, errors, errors_by_reason,
                row_number() OVER (PARTITION BY source ORDER BY started DESC) AS n
         FROM crawl_runs WHERE status <> 'skipped'
-        """
+        """,
     )
     by_source: dict[str, list[tuple[Any, ...]]] = {}
     for row in rows:
@@ -124,20 +130,33 @@ def sources(settings: Settings, *, window: int = 10) -> dict[str, Any]:
 
 
 def due_sources(settings: Settings, names: list[str] | None = None, now: datetime | None = None) -> list[str]:
-    """Enabled sources (or ``names``) whose last run started a cadence ago or never ran, and none in flight."""
+    """Enabled sources (or ``names``) not in flight whose last finished run (ok or failed) started at least one
+    cadence ago, or that never finished one. An interrupted run does not count: its source is due at once, so a
+    crawl cut short by a restart is resumed by the next round (the card state makes it skip what it stored)."""
     now = now or datetime.now(UTC)
     config = load_sources(settings)
     wanted = names or [n for n, s in config.items() if s.get("enabled", True)]
     unknown = [n for n in wanted if n not in config]
     if unknown:
         raise SourceError(f"unknown source(s) {', '.join(unknown)}; known sources: {', '.join(sorted(config))}")
+    with DB_LOCK:
+        runs = RunsDB(settings.duckdb)
     last = dict(
-        RunsDB(settings.duckdb).query(
-            "SELECT source, max(started) FROM crawl_runs WHERE status NOT IN ('skipped') GROUP BY source"
+        query_runs(
+            runs, "SELECT source, epoch(max(started)) FROM crawl_runs WHERE status IN ('ok', 'failed') GROUP BY source"
         )
     )
+    in_flight = {
+        source
+        for run_id, source, params, started in query_runs(
+            runs, "SELECT run_id, source, parameters, epoch(started) FROM crawl_runs WHERE status = 'running'"
+        )
+        if row_alive(run_id, params, started, settings.data_dir)
+    }
     due = []
     for name in wanted:
+        if name in in_flight:
+            continue
         started = _aware(last.get(name))
         if started is None or now - started >= timedelta(minutes=float(config[name]["cadence_minutes"])):
             due.append(name)
@@ -196,7 +215,7 @@ def schedule(
                 log.info("schedule: crawling %s", name)
                 launched.append(name)
                 running[name] = pool.submit(
-                    run_sources, settings, [name], timeout_s=timeout_s, skip_busy=True, stop=stop
+                    run_sources, settings, [name], timeout_s=timeout_s, skip_busy=True, stop=stop, check_writable=False
                 )
             if once:
                 collect(block=True)
