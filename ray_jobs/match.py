@@ -100,24 +100,60 @@ def configured_embed_model(settings: Settings) -> str | None:
         return None
 
 
-def _check_models(det: pa.Table, column: str, wanted: str | None, what: str) -> str | None:
-    """The run's model id for ``column``; any other model in use raises, naming both."""
+def select_model_vectors(det: pa.Table, wanted: str | None) -> tuple[pa.Table, str | None, int]:
+    """Keep the detection rows of one image model: ``wanted`` (the configured profile's embedder) or else the
+    table's majority model. Rows of another model are never compared. They may stay in the table once the same photo
+    has a vector of the run's model too (enrichment re-embeds every photo when the profile changes); a photo whose
+    only vectors come from another model means enrichment is unfinished or mixed, and is refused with an error naming
+    both models. Rows without an image vector (text only) are kept. → (rows, run model, superseded rows dropped)."""
     if det.num_rows == 0:
-        return wanted
-    counts = Counter(v for v in det[column].to_pylist() if v is not None)
+        return det, wanted, 0
+    has_emb = pc.is_valid(det["embedding"])
+    models = pc.fill_null(det["embed_model"], "")
+    counts = Counter(m for m, e in zip(models.to_pylist(), has_emb.to_pylist(), strict=True) if e)
     if not counts:
-        return wanted
+        return det, wanted, 0
     run_model = wanted or counts.most_common(1)[0][0]
-    others = {m: c for m, c in counts.items() if m != run_model}
-    if others:
-        other, n = max(others.items(), key=lambda kv: kv[1])
-        source = "the configured profile's" if wanted else "the table's majority"
+    mine = pc.and_(has_emb, pc.equal(models, run_model))
+    others = pc.and_(has_emb, pc.not_equal(models, run_model))
+    n_other = int(pc.sum(others).as_py() or 0)
+    if n_other:
+
+        def photos(mask: pa.ChunkedArray) -> list[tuple[Any, Any]]:
+            t = det.filter(mask)
+            return list(zip(t["listing_id"].to_pylist(), t["photo_id"].to_pylist(), strict=True))
+
+        covered = set(photos(mine))
+        stale = [p for p in photos(others) if p not in covered]
+        if stale:
+            other_counts = Counter(m for m, e in zip(models.to_pylist(), others.to_pylist(), strict=True) if e)
+            other = other_counts.most_common(1)[0][0]
+            source = "the configured profile's" if wanted else "the table's majority"
+            raise HomewardError(
+                f"detections hold image vectors of embed_model {other!r} for {len(set(stale))} photos that have no "
+                f"vector of {run_model!r} ({source} model, {counts.get(run_model, 0)} rows); vectors of different "
+                "models cannot be compared: run `homeward enrich` with one profile until every photo has a vector "
+                "of the run's model (or use another data_dir)"
+            )
+    keep = pc.or_(mine, pc.invert(has_emb))
+    return det.filter(keep), run_model, n_other
+
+
+def _text_model(det: pa.Table) -> str | None:
+    """Text vectors must come from one text model too; they are refused otherwise, naming both."""
+    if det.num_rows == 0:
+        return None
+    counts = Counter(
+        m for m, v in zip(det["text_model"].to_pylist(), pc.is_valid(det["text_embedding"]).to_pylist(), strict=True)
+        if v and m
+    )  # fmt: skip
+    if len(counts) > 1:
+        (a, na), (b, nb) = counts.most_common(2)
         raise HomewardError(
-            f"detections hold {what} vectors of {column} {other!r} ({n} rows) but this run matches with "
-            f"{run_model!r} ({source} model, {counts.get(run_model, 0)} rows); vectors of different models cannot be "
-            "compared: re-run `homeward enrich` with one profile (or point data_dir elsewhere) before matching"
+            f"detections hold text vectors of text_model {b!r} ({nb} rows) beside {a!r} ({na} rows); vectors of "
+            "different text models cannot be compared: re-run `homeward enrich` with one profile"
         )
-    return run_model
+    return next(iter(counts), None)
 
 
 def _dim(det: pa.Table, column: str) -> int:
@@ -319,7 +355,7 @@ def match(
     k = int(top_k or cfg.top_k)
     dev = str(resolve_device(device or cfg.device))
     params = ScoreParams.from_settings(cfg)
-    store = LanceStore(settings.lance)
+    store = LanceStore(settings.lance, settings.storage_options)
     runs = RunsDB(settings.duckdb)
     run_id = f"match-{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     versions = {t: store.version(t) for t in ("listings", "photos", "detections")}
@@ -359,11 +395,12 @@ def _run(settings, store, runs, run_id, versions, params, k, dev, use_ray, t0) -
         det = det.filter(pc.invert(pc.is_in(status, pa.array(_SKIP_DETECTION_STATUS))))
     det_lost = det.filter(pc.is_in(det["listing_id"], lost_l["listing_id"])) if det.num_rows else det
     det_found = det.filter(pc.is_in(det["listing_id"], found_l["listing_id"])) if det.num_rows else det
-    used = pa.concat_tables([det_lost, det_found])
-    with_emb = used.filter(pc.is_valid(used["embedding"])) if used.num_rows else used
-    embed_model = _check_models(with_emb, "embed_model", configured_embed_model(settings), "image")
-    with_txt = used.filter(pc.is_valid(used["text_embedding"])) if used.num_rows else used
-    text_model = _check_models(with_txt, "text_model", None, "text")
+    used, embed_model, superseded = select_model_vectors(
+        pa.concat_tables([det_lost, det_found]), configured_embed_model(settings)
+    )
+    text_model = _text_model(used)
+    det_lost = used.filter(pc.is_in(used["listing_id"], lost_l["listing_id"])) if used.num_rows else used
+    det_found = used.filter(pc.is_in(used["listing_id"], found_l["listing_id"])) if used.num_rows else used
 
     lost, found = build_side(lost_l, det_lost), build_side(found_l, det_found)
     params = background_stats(lost, found, params)
@@ -428,6 +465,7 @@ def _run(settings, store, runs, run_id, versions, params, k, dev, use_ray, t0) -
         "matches": n,
         "embed_model": embed_model,
         "text_model": text_model,
+        "superseded_vectors": superseded,
         "lance_versions": versions,
         "device": dev,
         "pairs_per_s": round(candidate_pairs / score_s, 1) if score_s > 0 else None,

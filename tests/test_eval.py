@@ -74,6 +74,7 @@ def test_degradations_are_seeded() -> None:
     assert np.asarray(a, dtype=float).mean() < np.asarray(im, dtype=float).mean()  # low light darkens
 
 
+@pytest.mark.slow
 def test_cli_eval_with_tiny_profile(tmp_path: Path, settings: Settings, capsys: pytest.CaptureFixture) -> None:
     root = make_identities(tmp_path / "ids", per_identity=2)
     code = main(["eval", str(root), "--data-dir", settings.data_dir, "--set", "enrich.profile=tiny",

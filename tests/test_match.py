@@ -196,11 +196,24 @@ def test_vectors_of_another_model_are_refused(settings: Settings) -> None:
     world.plant(3, distractors=2)
     world.add("found", "odd", world.identity(), model="other-embedder/7")
     world.write(settings)
-    with pytest.raises(HomewardError, match=r"'other-embedder/7'.*'test-embedder/1'"):
+    with pytest.raises(HomewardError, match=r"'other-embedder/7' for 1 photos .*'test-embedder/1'"):
         match(settings)
     db = RunsDB(settings.duckdb)
     assert db.query("SELECT status FROM match_runs") == [("failed",)]
     assert db.query("SELECT count(*) FROM matches") == [(0,)]
+
+
+def test_vectors_superseded_by_the_run_model_are_ignored(settings: Settings) -> None:
+    world = World()
+    pairs = world.plant(4, distractors=4)
+    # the profile changed earlier: every photo also carries a stale vector of the old model (same dimension)
+    for d in list(world.detections):
+        world.detections.append(dict(d, detection_id=d["detection_id"] + "-old", embed_model="old-embedder/0",
+                                     embedding=world.vec(world.identity(), 0.0)))  # fmt: skip
+    world.write(settings)
+    out = match(settings, top_k=3)
+    assert out["embed_model"] == world.model and out["superseded_vectors"] == len(world.detections) // 2
+    assert all(current(settings, *p)[0] == 1 for p in pairs)
 
 
 def test_configured_model_wins_over_majority(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -208,7 +221,7 @@ def test_configured_model_wins_over_majority(settings: Settings, monkeypatch: py
     world.plant(3, distractors=2)
     world.write(settings)
     monkeypatch.setattr(match_job, "configured_embed_model", lambda s: "profile-embedder/2")
-    with pytest.raises(HomewardError, match=r"'test-embedder/1'.*'profile-embedder/2'.*configured profile"):
+    with pytest.raises(HomewardError, match=r"'test-embedder/1' for \d+ photos .*'profile-embedder/2'.*configured"):
         match(settings)
 
 

@@ -230,6 +230,10 @@ class Scorer:
         self.w = {t: float(w.get(t, 0.0)) for t in TERMS}
         self._lost_dev = _to(lost, self.device)
         self._found_dev = _to(found, self.device)
+        # no text term when a side has no text vectors (e.g. a photo query) or the dimensions differ
+        self.use_text = (
+            lost.text.shape[1] == found.text.shape[1] and bool(lost.has_text.any()) and bool(found.has_text.any())
+        )
 
     # ---------------------------------------------------------------------------------------------------- shared
     def _fuse(self, best, agree, txt, has_txt, attr_ev, dist, days, sp_ok):
@@ -274,8 +278,12 @@ class Scorer:
         else:
             best = torch.full((nr, nc), NEG_INF, device=self.device)
             agree = torch.zeros((nr, nc), dtype=torch.int32, device=self.device)
-        txt = a.text[r0:r1] @ b.text[c0:c1].T
-        has_txt = a.has_text[r0:r1, None] & b.has_text[None, c0:c1]
+        if self.use_text:
+            txt = a.text[r0:r1] @ b.text[c0:c1].T
+            has_txt = a.has_text[r0:r1, None] & b.has_text[None, c0:c1]
+        else:
+            txt = torch.zeros((nr, nc), device=self.device)
+            has_txt = torch.zeros((nr, nc), dtype=torch.bool, device=self.device)
         attr = attribute_terms(_slice_attrs(a.attrs, r0, r1), _slice_attrs(b.attrs, c0, c1), outer=True)
         dist = haversine_km(a.lat[r0:r1, None], a.lon[r0:r1, None], b.lat[None, c0:c1], b.lon[None, c0:c1])
         days = b.day[None, c0:c1] - a.day[r0:r1, None]
@@ -306,8 +314,12 @@ class Scorer:
             best = torch.full((n,), NEG_INF)
             agree = torch.zeros(n, dtype=torch.int32)
             pa = pb = torch.zeros(n, dtype=torch.int64)
-        txt = (L.text[i] * F.text[j]).sum(-1)
-        has_txt = L.has_text[i] & F.has_text[j]
+        if self.use_text:
+            txt = (L.text[i] * F.text[j]).sum(-1)
+            has_txt = L.has_text[i] & F.has_text[j]
+        else:
+            txt = torch.zeros(n)
+            has_txt = torch.zeros(n, dtype=torch.bool)
         attr = attribute_terms(L.attrs.take(i), F.attrs.take(j), outer=False)
         dist = haversine_km(L.lat[i], L.lon[i], F.lat[j], F.lon[j])
         days = F.day[j] - L.day[i]
