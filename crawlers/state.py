@@ -92,7 +92,8 @@ class CrawlState:
     def from_crawler(cls, crawler: Any, source: str) -> CrawlState:
         hw = homeward_settings(crawler)
         recheck = crawler.settings.get("HOMEWARD_RECHECK_HOURS")
-        return cls(LanceStore(hw.lance), source, float(recheck) if recheck not in (None, "") else None)
+        store = LanceStore(hw.lance, hw.storage_options)
+        return cls(store, source, float(recheck) if recheck not in (None, "") else None)
 
     def filter_card(self, request: Any, response: Any = None) -> Any:
         """The request to send for a card linked from a catalog page, or ``None`` to skip it (already stored)."""

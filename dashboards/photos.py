@@ -17,10 +17,9 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
-import fsspec
 from PIL import Image, ImageOps
 
-from engine.storage import LanceStore
+from engine.storage import LanceStore, read_uri
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +50,9 @@ def thumbnail(data: bytes, max_side: int = 320, quality: int = 82) -> bytes:
     return out.getvalue()
 
 
-def read_stored(uri: str) -> bytes:
+def read_stored(uri: str, storage_options: dict[str, str] | None = None) -> bytes:
     """The bytes the PhotoStore holds at ``uri`` (local path or fsspec URI, as ``PhotoStore.get``)."""
-    with fsspec.open(uri, "rb") as fh:
-        return fh.read()
+    return read_uri(uri, storage_options)
 
 
 def data_uri(jpeg: bytes) -> str:
@@ -74,7 +72,7 @@ class PhotoLookup:
     @property
     def lance(self) -> LanceStore:
         if self._lance is None:
-            self._lance = LanceStore(self.settings.lance)
+            self._lance = LanceStore(self.settings.lance, self.settings.storage_options)
         return self._lance
 
     def uris(self, photo_ids: Iterable[str]) -> dict[str, str]:
@@ -110,7 +108,7 @@ class PhotoLookup:
         if uri is None:
             return None
         try:
-            thumb = thumbnail(read_stored(uri), max_side)
+            thumb = thumbnail(read_stored(uri, self.settings.storage_options), max_side)
         except Exception as exc:
             log.warning("photo %s (%s) cannot be shown: %s", photo_id, uri, exc)
             return None

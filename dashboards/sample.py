@@ -214,8 +214,8 @@ def populate(settings: Settings, now: dt.datetime | None = None) -> dict[str, An
     """Write the sample database under ``settings``; return listing ids, photo ids and run ids by name."""
     now = now or dt.datetime.now(UTC)
     runs = RunsDB(settings.duckdb)
-    lance = LanceStore(settings.lance)
-    store = PhotoStore(settings.photos)
+    lance = LanceStore(settings.lance, settings.storage_options)
+    store = PhotoStore(settings.photos, settings.storage_options)
 
     photo_ids: dict[str, str] = {}
     photo_rows = []

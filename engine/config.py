@@ -128,6 +128,13 @@ class Settings:
     """DuckDB file; default ``<data_dir>/homeward.duckdb``."""
     photo_store: str | None = None
     """Content-addressed photo store (path or fsspec URI); default ``<data_dir>/photos``."""
+    storage_options: dict[str, str] = field(default_factory=dict)
+    """Object-store options for ``lance_uri`` and ``photo_store`` when they are ``s3://`` (or ``gs://``, ``az://``)
+    URIs, in LanceDB's spelling: ``aws_access_key_id``, ``aws_secret_access_key``, ``aws_session_token``,
+    ``aws_region``, ``aws_endpoint`` (an S3-compatible server such as MinIO), ``allow_http`` (``"true"`` for a
+    plain-http endpoint). LanceDB gets them as they are; the photo store (s3fs) gets the same credentials, region and
+    endpoint. Values are strings (quote ``"true"`` in YAML). Empty: each library's own environment/instance-profile
+    lookup (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL`` ...)."""
     models_dir: str | None = None
     """Local weights folder searched before any model hub (``HOMEWARD_MODELS_DIR``)."""
     salt: str = "homeward-default-salt-change-me"

@@ -11,6 +11,10 @@ Trade-offs worth knowing:
   writer is in its transaction.
 * Photos are stored under their sha256 (``ab/cd/<sha256>.<ext>``): the same image posted twice is stored once, a
   rerun never rewrites a file, and any fsspec URI (``s3://bucket/photos``) works in place of a local path.
+* Object storage is configuration only: ``lance_uri``/``photo_store`` as ``s3://`` URIs plus
+  ``settings.storage_options`` (LanceDB's key names), which :func:`fsspec_options` translates for the photo store.
+  Lance commits on S3 are safe for concurrent writers only where the store offers conditional PUT (AWS S3 since
+  2024, MinIO, ...) or a commit lock / external manifest store is configured: see docs/SCALE_OUT.md.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ class LanceStore:
         self.uri = uri
         if "://" not in uri:
             Path(uri).mkdir(parents=True, exist_ok=True)
-        self.db = lancedb.connect(uri, storage_options=storage_options)
+        self.db = lancedb.connect(uri, storage_options=dict(storage_options) if storage_options else None)
 
     def table_names(self) -> list[str]:
         names: list[str] = []
@@ -162,24 +166,71 @@ class RunsDB:
             return con.execute(sql, params or []).fetchall()
 
 
-class PhotoStore:
-    """Content-addressed photo files under a local path or any fsspec URI."""
+#: LanceDB (object_store) option names → s3fs keyword arguments.
+_S3FS_KEYS = {
+    "aws_access_key_id": "key",
+    "access_key_id": "key",
+    "aws_secret_access_key": "secret",
+    "secret_access_key": "secret",
+    "aws_session_token": "token",
+    "session_token": "token",
+    "aws_endpoint": "endpoint_url",
+    "aws_endpoint_url": "endpoint_url",
+    "endpoint": "endpoint_url",
+    "endpoint_url": "endpoint_url",
+}
 
-    def __init__(self, root: str) -> None:
+
+def fsspec_options(uri: str, storage_options: dict[str, str] | None) -> dict[str, Any]:
+    """fsspec keyword arguments for ``uri`` from Homeward's ``storage_options`` (LanceDB's key names).
+
+    For ``s3://`` (s3fs): access key, secret, session token, endpoint and region. Other schemes get nothing (their
+    filesystems read credentials from their own environment); local paths never need any.
+    """
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else "file"
+    if scheme not in ("s3", "s3a") or not storage_options:
+        return {}
+    out: dict[str, Any] = {}
+    for name, value in storage_options.items():
+        key = _S3FS_KEYS.get(name.lower())
+        if key and value not in (None, ""):
+            out[key] = str(value)
+    region = storage_options.get("aws_region") or storage_options.get("region")
+    if region:
+        out["client_kwargs"] = {"region_name": str(region)}
+    return out
+
+
+def read_uri(uri: str, storage_options: dict[str, str] | None = None) -> bytes:
+    """The bytes at ``uri`` (local path or fsspec URI), with the object-store options of the deployment."""
+    with fsspec.open(uri, "rb", **fsspec_options(uri, storage_options)) as fh:
+        return fh.read()
+
+
+class PhotoStore:
+    """Content-addressed photo files under a local path or any fsspec URI (``storage_options``: see
+    :func:`fsspec_options`)."""
+
+    def __init__(self, root: str, storage_options: dict[str, str] | None = None) -> None:
         self.root = root.rstrip("/")
-        self.fs, self.base = fsspec.core.url_to_fs(self.root)
+        self.storage_options = dict(storage_options or {})
+        self.fs, self.base = fsspec.core.url_to_fs(self.root, **fsspec_options(self.root, self.storage_options))
+        self.local = "://" not in self.root or self.root.startswith("file://")
         self.fs.makedirs(self.base, exist_ok=True)
 
     def uri_for(self, photo_id: str, ext: str) -> str:
         return f"{self.root}/{photo_id[:2]}/{photo_id[2:4]}/{photo_id}.{ext}"
 
     def put(self, data: bytes, ext: str) -> tuple[str, str]:
-        """Store ``data`` once; return ``(photo_id, uri)``. Writing is temp-file + rename, so readers never see
-        half a photo."""
+        """Store ``data`` once; return ``(photo_id, uri)``. Readers never see half a photo: a local write is
+        temp-file + rename, an object-store write is one PUT (atomic by itself)."""
         pid = ids.photo_id(data)
         uri = self.uri_for(pid, ext)
-        _, path = fsspec.core.url_to_fs(uri)
+        path = f"{self.base}/{pid[:2]}/{pid[2:4]}/{pid}.{ext}"
         if not self.fs.exists(path):
+            if not self.local:
+                self.fs.pipe_file(path, data)
+                return pid, uri
             self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
             tmp = f"{path}.tmp-{time.monotonic_ns()}"
             with self.fs.open(tmp, "wb") as fh:
@@ -188,15 +239,15 @@ class PhotoStore:
         return pid, uri
 
     def get(self, uri: str) -> bytes:
-        with fsspec.open(uri, "rb") as fh:
-            return fh.read()
+        return read_uri(uri, self.storage_options)
 
 
 def open_stores(settings: Any) -> tuple[LanceStore, RunsDB, PhotoStore]:
     """The three stores named by ``settings`` (an :class:`engine.config.Settings`)."""
     if "://" not in settings.data_dir:
         settings.ensure_writable()
-    return LanceStore(settings.lance), RunsDB(settings.duckdb), PhotoStore(settings.photos)
+    options = getattr(settings, "storage_options", None)
+    return LanceStore(settings.lance, options), RunsDB(settings.duckdb), PhotoStore(settings.photos, options)
 
 
 def upsert_listings(store: LanceStore, rows: Iterable[dict[str, Any]]) -> int:

@@ -118,7 +118,7 @@ def demo(
     _stage(5, 5, f"checking planted reunions [match took {time.monotonic() - t:.0f}s]")
 
     ranks = _planted_ranks(settings, site)
-    lance = LanceStore(settings.lance)
+    lance = LanceStore(settings.lance, settings.storage_options)
     summary = {
         "listings": lance.count("listings"),
         "photos": lance.count("photos"),

@@ -47,7 +47,7 @@ class DedupePipeline(Stage):
         if self.by_content is None:
             self.by_content = {}
             if self.crawler.settings.getbool("HOMEWARD_INCREMENTAL"):
-                store = LanceStore(self.hw.lance)
+                store = LanceStore(self.hw.lance, self.hw.storage_options)
                 if store.exists("listings"):
                     rows = store.read(
                         "listings", where=f"source = {sql_quote(source)}", columns=["listing_id", "content_hash"]

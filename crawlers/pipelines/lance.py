@@ -100,7 +100,7 @@ class LanceWriterPipeline(Stage):
     def __init__(self, crawler: Any) -> None:
         super().__init__(crawler)
         self.flush_every = max(1, crawler.settings.getint("HOMEWARD_FLUSH_ITEMS", 500))
-        self.store = LanceStore(self.hw.lance)
+        self.store = LanceStore(self.hw.lance, self.hw.storage_options)
         self.existing: dict[str, tuple[str | None, list[str]]] | None = None
         self.listings: dict[str, dict[str, Any]] = {}
         self.photos: dict[str, dict[str, Any]] = {}

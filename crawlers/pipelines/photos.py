@@ -170,14 +170,14 @@ class PhotosPipeline(Stage):
         super().__init__(crawler)
         self.max_bytes = int(crawler.settings.getint("HOMEWARD_MAX_IMAGE_BYTES", 15 * 1024 * 1024))
         self.max_pixels = int(crawler.settings.getint("HOMEWARD_MAX_IMAGE_PIXELS", 80_000_000))
-        self.store = PhotoStore(self.hw.photos)
+        self.store = PhotoStore(self.hw.photos, self.hw.storage_options)
         self.known: dict[str, dict[str, Any]] | None = None
 
     def _known(self) -> dict[str, dict[str, Any]]:
         """Photo rows already stored ``ok`` (by photo_key): a rerun reuses them instead of downloading again."""
         if self.known is None:
             self.known = {}
-            lance = LanceStore(self.hw.lance)
+            lance = LanceStore(self.hw.lance, self.hw.storage_options)
             if lance.exists("photos"):
                 cols = ["photo_key", "photo_id", "uri", "width", "height", "format", "status"]
                 for row in lance.read("photos", where="status = 'ok'", columns=cols).to_pylist():
