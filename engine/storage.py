@@ -20,6 +20,8 @@ Trade-offs worth knowing:
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from importlib import resources
@@ -118,15 +120,35 @@ class LanceStore:
         return self.open(name).version if self.exists(name) else None
 
 
+_FILE_LOCKS: dict[str, threading.RLock] = {}
+_FILE_LOCKS_GUARD = threading.Lock()
+_SCHEMA_READY: set[str] = set()
+
+
+def _file_lock(path: str) -> threading.RLock:
+    with _FILE_LOCKS_GUARD:
+        return _FILE_LOCKS.setdefault(os.path.realpath(path), threading.RLock())
+
+
 class RunsDB:
-    """The DuckDB file: run records, matches, feedback. Short-lived connections, one writer at a time."""
+    """The DuckDB file: run records, matches, feedback. Short-lived connections, one writer at a time.
+
+    Across processes DuckDB's file lock serialises access (``_connect`` waits for it). Inside one process,
+    connections to one file share a database instance, where two concurrent transactions can hit write-write
+    conflicts and a read-only connection cannot coexist with a read-write one, so every connection to a file is
+    taken under that file's process-wide lock.
+    """
 
     def __init__(self, path: str, busy_timeout_s: float = 30.0) -> None:
         self.path = path
         self.busy_timeout_s = busy_timeout_s
+        self._lock = _file_lock(path)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with self.write() as con:
-            con.execute(resources.files("engine.sql").joinpath("schema.sql").read_text())
+        with self._lock:
+            if os.path.realpath(path) not in _SCHEMA_READY or not Path(path).exists():
+                with self.write() as con:
+                    con.execute(resources.files("engine.sql").joinpath("schema.sql").read_text())
+                _SCHEMA_READY.add(os.path.realpath(path))
 
     def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
         deadline = time.monotonic() + self.busy_timeout_s
@@ -141,25 +163,27 @@ class RunsDB:
     @contextlib.contextmanager
     def write(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """One transaction: everything inside commits together or not at all, then the file is released."""
-        con = self._connect(read_only=False)
-        try:
-            con.execute("BEGIN TRANSACTION")
-            yield con
-            con.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(duckdb.Error):
-                con.execute("ROLLBACK")
-            raise
-        finally:
-            con.close()
+        with self._lock:
+            con = self._connect(read_only=False)
+            try:
+                con.execute("BEGIN TRANSACTION")
+                yield con
+                con.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(duckdb.Error):
+                    con.execute("ROLLBACK")
+                raise
+            finally:
+                con.close()
 
     @contextlib.contextmanager
     def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        con = self._connect(read_only=True)
-        try:
-            yield con
-        finally:
-            con.close()
+        with self._lock:
+            con = self._connect(read_only=True)
+            try:
+                yield con
+            finally:
+                con.close()
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         with self.read() as con:

@@ -72,3 +72,30 @@ def test_open_stores_creates_everything(tmp_path: Path) -> None:
     assert Path(lance.uri).is_dir() and Path(runs.path).is_file() and Path(photos.root).is_dir()
     tables = {r[0] for r in runs.query("SELECT table_name FROM information_schema.tables")}
     assert {"crawl_runs", "enrich_runs", "match_runs", "matches", "feedback", "listings"} <= tables
+
+
+def test_threads_share_one_duckdb_file_safely(tmp_path: Path) -> None:
+    """Many threads opening, creating and writing one file in one process: no write-write conflicts."""
+    import threading
+
+    path = str(tmp_path / "shared.duckdb")
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            db = RunsDB(path)
+            with db.write() as con:
+                con.execute(
+                    "INSERT INTO crawl_runs (run_id, source, started, status) VALUES (?, 's', now(), 'ok')", [str(i)]
+                )
+            assert db.query("SELECT count(*) FROM crawl_runs")[0][0] >= 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert RunsDB(path).query("SELECT count(*) FROM crawl_runs") == [(8,)]
