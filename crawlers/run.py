@@ -108,7 +108,7 @@ def run_crawl(
     kwargs: dict[str, Any] = {"source": source_name}
     if entry.get("base_url"):
         kwargs["base_url"] = entry["base_url"]
-    pages = max_pages if max_pages is not None else (entry.get("max_pages") or None)
+    pages = max_pages if max_pages is not None else (entry.get("max_pages") or hw.crawl.max_pages or None)
     if pages:
         kwargs["max_pages"] = int(pages)
     if start_urls:
@@ -118,7 +118,7 @@ def run_crawl(
 
     pid_file = logs / f"{run_id}.pid"  # lets `homeward crawl/schedule` see this crawl is alive (never two at once)
     pid_file.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
-    process = CrawlerProcess(settings, install_root_handler=True)
+    process = CrawlerProcess(settings)
     crawler = process.create_crawler(entry["spider"])
     started = time.monotonic()
     try:

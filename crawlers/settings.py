@@ -99,8 +99,6 @@ def scrapy_settings(
         out["HOMEWARD_RECHECK_HOURS"] = float(source["recheck_hours"])
     if error_log:
         out["HOMEWARD_ERROR_LOG"] = error_log
-    if c.max_pages:
-        out["CLOSESPIDER_PAGECOUNT"] = c.max_pages
     out.update(source.get("scrapy_settings") or {})
     return out
 

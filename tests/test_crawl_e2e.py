@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from engine.storage import RunsDB
+from engine.storage import LanceStore, RunsDB
 from ray_jobs.crawl import crawl
 from tests.mock_site import ListingSite, MockSite, crawl_settings, listings, photos, site_source
 
@@ -97,3 +97,20 @@ def test_scrapy_crawl_start_urls_outputs_parsed_listings(tmp_path: Path) -> None
             assert "contact" not in item and "[phone]" in item["description"]
         assert not (tmp_path / "unused").exists()  # nothing written, no photo downloaded
         assert site.hits(prefix="/photos/") == 0
+
+
+@pytest.mark.slow
+def test_several_sources_fan_out_as_ray_tasks(tmp_path: Path, ray_local: None) -> None:
+    with MockSite() as one, MockSite() as two:
+        ListingSite(one, n=3)
+        ListingSite(two, n=4)
+        settings = crawl_settings(tmp_path, [site_source(one.url, name="one"), site_source(two.url, name="two")])
+        result = crawl(settings, source=["one", "two"], max_pages=3)
+        assert result["status"] == "ok", result
+        assert {r["source"]: r["new"] for r in result["runs"]} == {"one": 2, "two": 2}  # 3 pages: catalog + 2 cards
+        rows = LanceStore(settings.lance).read("listings").to_pylist()
+        assert sorted((r["source"], r["source_id"]) for r in rows) == [
+            ("one", "f101"), ("one", "l100"), ("two", "f101"), ("two", "l100"),
+        ]  # fmt: skip
+        runs = RunsDB(settings.duckdb).query("SELECT source, status, pages FROM crawl_runs ORDER BY source")
+        assert runs == [("one", "ok", 3), ("two", "ok", 3)]
