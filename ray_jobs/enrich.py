@@ -352,7 +352,10 @@ class _Writer:
         n = 0
         if status != "failed":
             embed_model, text_model = row.get("embed_model"), row.get("text_model")
-            self.dims = self.dims or (int(row["embed_dim"]), int(row["text_dim"]))
+            if self.dims is None:
+                self.dims = (int(row["embed_dim"]), int(row["text_dim"]))
+                # an existing table of other dimensions: refuse now, not after a thousand photos of work
+                self.lance.ensure("detections", schema.detections_schema(*self.dims))
             for t in row["targets"]:
                 for i, d in enumerate(row["dets"]):
                     attrs = dict(d.get("attributes") or {})

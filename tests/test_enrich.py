@@ -268,3 +268,25 @@ def test_bench_enrich_prints_its_figures_as_json(
     assert sum(out["enrich_counts"].values()) == 10 and out["enrich_counts"]["failed"] == 0
     assert out["pipeline_peak_rss_mb"] > 100 and out["standalone_peak_rss_mb"] > 100
     assert out["passes_bar"] == (out["efficiency"] >= 0.8)
+
+
+def test_other_dimension_is_refused_before_any_write(tiny: Settings, ray_local: None, tmp_path: Path) -> None:
+    from engine.storage import StorageError
+
+    keys = _seed(tiny, {"x": make.jpeg(Image.effect_noise((90, 90), 40).convert("RGB"))})
+    assert enrich(tiny)["photos"] == 1
+    before = _photos(tiny)[keys["x"]]
+    clip = tmp_path / "clip.yaml"
+    clip.write_text(
+        "base: tiny\nembedder:\n  kind: open_clip\n  arch: tiny\n  config:\n    embed_dim: 32\n"
+        "    vision_cfg: {image_size: 32, layers: 1, width: 32, patch_size: 16, head_width: 16}\n"
+        "    text_cfg: {context_length: 16, vocab_size: 64, width: 32, heads: 2, layers: 1}\n"
+    )
+    with pytest.raises(StorageError, match="cannot share a table"):
+        enrich(tiny, profile=str(clip))
+    assert _photos(tiny)[keys["x"]]["enriched_at"] == before["enriched_at"]  # nothing marked done
+    assert len(_detections(tiny)) == 1
+    [(status, message)] = RunsDB(tiny.duckdb).query(
+        "SELECT status, message FROM enrich_runs WHERE parameters::VARCHAR LIKE '%clip.yaml%'"
+    )
+    assert status == "failed" and "StorageError" in message
