@@ -96,7 +96,9 @@ def source_status(settings: Settings, window: int = 10) -> list[dict[str, Any]]:
                 "last_status": last[4] if last else None,
                 "last_success": last_ok.isoformat() if last_ok else None,
                 "lag_minutes": _minutes(lag),
-                "overdue": bool(cfg) and (lag is None or (cadence is not None and lag > timedelta(minutes=cadence))),
+                "overdue": bool(cfg.get("enabled", True))
+                and bool(cfg)
+                and (lag is None or (cadence is not None and lag > timedelta(minutes=cadence))),
                 "runs": len(history),
                 "failed_share": round(sum(r[4] != "ok" for r in recent) / len(recent), 3) if recent else None,
                 "error_rate": round(errors / (items + errors), 4) if items + errors else None,
@@ -120,7 +122,7 @@ def sources(settings: Settings, *, window: int = 10) -> dict[str, Any]:
         last = (s["last_success"] or "never")[:19].replace("T", " ")
         rate = "-" if s["error_rate"] is None else f"{s['error_rate']:.2%}"
         lag = "-" if s["lag_minutes"] is None else f"{s['lag_minutes']:.0f}"
-        flag = " OVERDUE" if s["overdue"] and s["enabled"] else ""
+        flag = " OVERDUE" if s["overdue"] else ""
         lines.append(
             f"{s['source']:<14}{s['spider'] or '?':<14}{'y' if s['enabled'] else 'n':<4}"
             f"{s['cadence_minutes'] or '-':>8}  {last:<20}{lag:>9}  {s['last_status'] or '-':<12}{rate:>9}{flag}"

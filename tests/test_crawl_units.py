@@ -306,3 +306,41 @@ def test_http_only_middleware() -> None:
         with pytest.raises(IgnoreRequest, match="scheme not allowed"):
             mw.process_request(Request(url))
     assert crawler.stats.get_value("homeward/filtered/scheme") == 4
+
+
+# -- the mock site itself ----------------------------------------------------------------------------------------
+
+
+def test_mock_site_serves_a_tree_and_misbehaves_on_request(tmp_path: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    from tests.mock_site import MockSite
+
+    (tmp_path / "cards").mkdir()
+    (tmp_path / "cards" / "1.html").write_text("<h1>one</h1>")
+    with MockSite(root=tmp_path, robots="User-agent: *\nDisallow: /private/\n") as site:
+        site.page("/mem.html", "<p>in memory</p>")
+        site.misbehave("/gone", "404")
+        site.misbehave("/loop", "redirect_loop")
+        site.misbehave("/fake.jpg", "html_image")
+        with urllib.request.urlopen(f"{site.url}/cards/1.html") as r:
+            assert r.read() == b"<h1>one</h1>" and r.headers["Last-Modified"]
+            modified = r.headers["Last-Modified"]
+        with urllib.request.urlopen(f"{site.url}/mem.html") as r:
+            assert r.read() == b"<p>in memory</p>" and r.headers["Content-Type"].startswith("text/html")
+        with urllib.request.urlopen(f"{site.url}/robots.txt") as r:
+            assert b"Disallow: /private/" in r.read()
+        req = urllib.request.Request(f"{site.url}/cards/1.html", headers={"If-Modified-Since": modified})
+        with pytest.raises(urllib.error.HTTPError) as not_modified:
+            urllib.request.urlopen(req)
+        assert not_modified.value.code == 304
+        with pytest.raises(urllib.error.HTTPError) as gone:
+            urllib.request.urlopen(f"{site.url}/gone")
+        assert gone.value.code == 404
+        with pytest.raises(urllib.error.HTTPError) as loop:
+            urllib.request.urlopen(f"{site.url}/loop")
+        assert loop.value.code == 302  # urllib gives up on the endless redirects
+        with urllib.request.urlopen(f"{site.url}/fake.jpg") as r:
+            assert r.headers["Content-Type"] == "image/jpeg" and r.read().startswith(b"<!DOCTYPE html>")
+        assert site.hits("/loop") >= 2 and site.hits(prefix="/cards/") == 2
