@@ -28,12 +28,14 @@ class Stage:
     def from_crawler(cls, crawler: Any) -> Stage:
         return cls(crawler)
 
-    def warn(self, item: Any, reason: str) -> None:
+    def warn(self, item: Any, reason: str, stat: str | None = None) -> None:
+        """Add ``reason`` to the item's ``parse_warnings``; count it under ``stat`` (default: the reason itself —
+        pass a short key when the reason carries a value, so the run's counts keep few distinct keys)."""
         warnings = list(item.get("parse_warnings") or [])
         if reason not in warnings:
             warnings.append(reason)
         item["parse_warnings"] = warnings
-        self.stats.inc_value(WARNING_STAT_PREFIX + reason)
+        self.stats.inc_value(WARNING_STAT_PREFIX + (stat or reason))
 
     def error(self, reason: str, url: str | None = None, detail: str | None = None) -> None:
         record_error(self.crawler, reason, url, detail)

@@ -78,8 +78,9 @@ class NormalizePipeline(Stage):
             raise DropItem(f"normalise_error:{type(exc).__name__}") from exc
         for key, value in out.items():
             if key == "parse_warnings":
-                for w in value or []:
-                    self.warn(item, str(w))
+                for w in value or []:  # "kind: unrecognised value 'x'" is counted as "normalise:kind"
+                    text = str(w)
+                    self.warn(item, text, stat=f"normalise:{text.split(':', 1)[0].strip()[:40]}")
             elif key in RAW_KEYS and key != "source_id":
                 item[key] = value
         for key, (allowed, fallback) in VOCAB.items():

@@ -24,8 +24,10 @@ from engine import ids
 
 MAX_DESCRIPTION = 20_000
 MAX_TEXT = 1_000
+#: Tidied as text (whitespace collapsed, length capped). Dates are left as the parser gave them (an epoch number
+#: must reach the normaliser as a number).
 TEXT_FIELDS = ("kind", "status", "species", "breed", "sex", "age_text", "age_group", "size", "name",
-               "location_text", "shelter_id", "shelter_name", "event_date", "posted_at")  # fmt: skip
+               "location_text", "shelter_id", "shelter_name")  # fmt: skip
 
 
 def _as_list(value: Any) -> list[Any]:
