@@ -129,15 +129,19 @@ def test_pca_head_starts_as_the_centred_geometry() -> None:
     assert torch.allclose(out @ out.T, centred @ centred.T, atol=1e-3)
 
 
-def test_training_writes_a_checkpoint_with_provenance_that_reloads(tiny, identity_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("recipe", ["pca-head-frozen-bn", "pca-head-512", "top-only"])
+def test_training_writes_a_checkpoint_with_provenance_that_reloads(
+    tiny, identity_dir: Path, tmp_path: Path, recipe: str
+) -> None:
     from engine.models.embedder import TimmEmbedder
 
-    result = train(tiny, str(identity_dir), **_kwargs(tmp_path))
+    result = train(tiny, str(identity_dir), **_kwargs(tmp_path, recipe=recipe))
     ck = Path(result["checkpoint"])
     assert (ck / "model.safetensors").is_file() and (ck / "homeward.json").is_file()
     meta = json.loads((ck / "homeward.json").read_text())
     assert meta["arch"] == "test_efficientnet" and meta["image_size"] == 64 and meta["mean"] == [0.5, 0.5, 0.5]
-    assert meta["recipe"]["name"] == "pca-head-frozen-bn"
+    assert meta["recipe"]["name"] == recipe
+    assert (meta["head"] is not None) == (recipe == "pca-head-512")
     data = meta["data"]
     assert data["identities"] == IDENTITIES and data["images"] == IDENTITIES * PER_IDENTITY
     assert data["split_seed"] == 0 and data["fingerprint"].startswith(("manifest:", "listing:"))
@@ -159,6 +163,13 @@ def test_training_writes_a_checkpoint_with_provenance_that_reloads(tiny, identit
     assert mine.shape == theirs.shape == (len(images), meta["dim"])
     np.testing.assert_allclose(mine, theirs, atol=1e-4)
     np.testing.assert_allclose(np.linalg.norm(mine, axis=1), 1.0, atol=1e-5)
+
+    # `homeward eval` (and enrich/search) switch to the checkpoint by configuration alone
+    from engine.eval import evaluate
+
+    scored = evaluate(tiny.with_overrides({"enrich": {"profile": str(ck / "profile.yaml")}}), str(identity_dir))
+    assert scored["model"] == embedder.model_id and scored["dim"] == meta["dim"]
+    assert scored["n_identities"] == IDENTITIES + 1 and 0.0 <= scored["eer"] <= 1.0
 
 
 def _bn_stats(model: torch.nn.Module) -> dict[str, torch.Tensor]:

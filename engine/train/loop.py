@@ -222,6 +222,7 @@ def run(
 
     world = world or World()
     started = time.monotonic()
+    cpu_started = time.process_time()
     random.seed(seed)
     torch.manual_seed(seed)
     device = world.device
@@ -267,6 +268,7 @@ def run(
     train_cache: dict[str, torch.Tensor] = {}
     if recipe.train and recipe.cache_frozen:
         train_cache = {v: enc.cache(train_paths, v, f"cache train/{v}") for v in train_views}
+        _advance_cache(net, [train_cache, val_cache], device)
 
     history: list[dict[str, Any]] = []
     best_metrics, best_state, best_epoch = baseline, None, 0
@@ -349,7 +351,13 @@ def run(
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
             metrics = validate(net, val_cache, val_labels, device, tta=recipe.tta_flip)
             epoch_s = time.monotonic() - t_epoch
-            row = {"epoch": epoch, "minutes": _minutes(started), "loss": float(np.mean(losses)), **metrics}
+            row = {
+                "epoch": epoch,
+                "minutes": _minutes(started),
+                "cpu_minutes": (time.process_time() - cpu_started) / 60,
+                "loss": float(np.mean(losses)),
+                **metrics,
+            }
             history.append(row)
             score = _score(metrics, recipe)
             improved = score < best_score - 1e-6
@@ -402,6 +410,7 @@ def run(
             "epochs_requested": epochs,
             "epochs_run": max(0, len(history) - 1),
             "minutes": round(minutes, 2),
+            "cpu_minutes": round((time.process_time() - cpu_started) / 60, 2),
             "batch_identities": batch_identities,
             "images_per_identity": images_per_identity,
             "world_size": world.size,
@@ -421,6 +430,7 @@ def run(
             img_size=base.img_size,
             resize=base.resize,
             metadata=metadata,
+            base_profile=_base_profile(str(settings.enrich.profile)),
         )
         result["checkpoint"] = str(saved)
     return result
@@ -439,6 +449,7 @@ def summarize(metadata: dict[str, Any]) -> dict[str, Any]:
         "best_epoch": metrics["best_epoch"],
         "epochs_run": training["epochs_run"],
         "minutes": training["minutes"],
+        "cpu_minutes": training.get("cpu_minutes"),
         "baseline": metrics["baseline"],
         "finetuned": metrics["finetuned"],
     }
@@ -462,6 +473,38 @@ def _pooled_features(
         )
         out.append(net.pooled(h).float().cpu())
     return torch.cat(out)
+
+
+@torch.no_grad()
+def _advance_cache(net: ReIDNet, caches: Sequence[dict[str, torch.Tensor]], device: str, batch: int = 128) -> None:
+    """Run the frozen stages between the cache point and the first trainable stage once over the cached
+    activations (in memory), so epochs compute only what trains. The net's trunk then ends there too."""
+    if net.frozen <= net.cut:
+        return
+    was_training = net.training
+    net.eval()
+    middle = net._stages[net.cut : net.frozen]
+    for cache in caches:
+        for name, acts in cache.items():
+            out = []
+            for start in range(0, len(acts), batch):
+                h = acts[start : start + batch].to(device, torch.float32)
+                for stage in middle:
+                    h = stage(h)
+                out.append(h.to("cpu", torch.float16))
+            cache[name] = torch.cat(out)
+    net.cut = net.frozen
+    net.train(was_training)
+
+
+def _base_profile(profile: str) -> str:
+    """The named profile a checkpoint's ``profile.yaml`` builds on: the one trained from, or that file's base."""
+    path = Path(profile)
+    if profile.endswith((".yaml", ".yml")) and path.is_file():
+        import yaml
+
+        return str((yaml.safe_load(path.read_text()) or {}).get("base", "cpu"))
+    return profile
 
 
 def _trainable_state(net: ReIDNet) -> dict[str, torch.Tensor]:

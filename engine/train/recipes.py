@@ -53,7 +53,7 @@ class Recipe:
     lr: float = 1e-4
     """Backbone learning rate (AdamW)."""
     head_lr: float = 1e-3
-    proxy_lr: float = 1e-2
+    proxy_lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup_epochs: float = 0.5
     patience: int = 3
@@ -129,9 +129,28 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def get_recipe(name: str, **overrides: Any) -> Recipe:
+def get_recipe(ref: str, /, **overrides: Any) -> Recipe:
+    """A named recipe, or a YAML/JSON file of field overrides on one (``base: NAME``, default
+    ``pca-head-frozen-bn``), with ``overrides`` on top. Unknown fields are refused."""
+    from pathlib import Path
+
+    import yaml
+
     from engine.errors import HomewardError
 
-    if name not in RECIPES:
-        raise HomewardError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
-    return dataclasses.replace(RECIPES[name], **overrides) if overrides else RECIPES[name]
+    if ref not in RECIPES and ref.endswith((".yaml", ".yml", ".json")) and Path(ref).is_file():
+        spec = yaml.safe_load(Path(ref).read_text()) or {}
+        if not isinstance(spec, dict):
+            raise HomewardError(f"recipe file {ref} must hold a mapping of recipe fields")
+        base = spec.pop("base", "pca-head-frozen-bn")
+        spec.setdefault("name", Path(ref).stem)
+        return get_recipe(base, **{**spec, **overrides})
+    if ref not in RECIPES:
+        raise HomewardError(f"unknown recipe {ref!r}; known: {', '.join(RECIPES)} (or a recipe YAML file)")
+    fields = {f.name for f in dataclasses.fields(Recipe)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise HomewardError(f"unknown recipe field(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+    if "views" in overrides:
+        overrides["views"] = tuple(overrides["views"])
+    return dataclasses.replace(RECIPES[ref], **overrides) if overrides else RECIPES[ref]
