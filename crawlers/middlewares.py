@@ -4,6 +4,7 @@
   fetch ``file://``, ``ftp://``, ``s3://`` or ``data:`` URLs, and a hostile page could point a card link or a photo
   at ``file:///etc/passwd``; this refuses them with reason ``scheme_not_allowed``.
 * :class:`RedirectLoops` — a redirect back to an already requested URL is recorded as ``redirect_loop``.
+* :class:`Progress` — running counts in a small JSON file, for the live progress bar of ``homeward crawl``.
 * :class:`ErrorLog` — appends one JSON line ``{url, reason, detail, at}`` per failed page or photo to the run's
   error file (``HOMEWARD_ERROR_LOG``), so every failure keeps its URL and reason, not only a count.
 """
@@ -14,7 +15,7 @@ import json
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from scrapy import signals
@@ -62,6 +63,63 @@ class RedirectLoops:
             record_error(self.crawler, "redirect_loop", chain[0], f"redirects back to {request.url}")
         elif chain:  # a redirect to a page this crawl already has: a duplicate, not an error
             self.crawler.stats.inc_value("homeward/duplicates/redirect")
+
+
+class Progress:
+    """Extension: every ``HOMEWARD_PROGRESS_INTERVAL`` seconds (2), write the crawl's running counts to
+    ``HOMEWARD_PROGRESS_FILE`` (atomically), so ``homeward crawl`` / ``schedule`` can show a live progress bar for a
+    crawl that runs in another process (or on another Ray node, through a shared data dir)."""
+
+    KEYS: ClassVar[dict[str, str]] = {
+        "pages": "homeward/pages",
+        "items": "homeward/items",
+        "new": "homeward/new",
+        "updated": "homeward/updated",
+        "unchanged": "homeward/unchanged",
+        "skipped": "homeward/cards_skipped_unchanged",
+        "requests": "downloader/request_count",
+    }
+
+    def __init__(self, crawler: Any, path: str, interval: float) -> None:
+        self.crawler = crawler
+        self.path = Path(path)
+        self.interval = interval
+        self.task: Any = None
+
+    @classmethod
+    def from_crawler(cls, crawler: Any) -> Progress:
+        path = crawler.settings.get("HOMEWARD_PROGRESS_FILE")
+        if not path:
+            raise NotConfigured
+        ext = cls(crawler, path, crawler.settings.getfloat("HOMEWARD_PROGRESS_INTERVAL", 2.0))
+        crawler.signals.connect(ext.opened, signal=signals.spider_opened)
+        crawler.signals.connect(ext.closed, signal=signals.spider_closed)
+        return ext
+
+    def opened(self, spider: Any = None) -> None:
+        from twisted.internet import task
+
+        self.task = task.LoopingCall(self.write)
+        self.task.start(self.interval, now=True)
+
+    def closed(self, spider: Any = None, reason: str | None = None) -> None:
+        if self.task is not None and self.task.running:
+            self.task.stop()
+        self.write(done=True)
+
+    def write(self, done: bool = False) -> None:
+        stats = self.crawler.stats
+        data = {key: int(stats.get_value(stat, 0) or 0) for key, stat in self.KEYS.items()}
+        data["errors"] = sum(
+            int(v) for k, v in stats.get_stats().items() if k.startswith("homeward/errors/") and isinstance(v, int)
+        )
+        data["done"] = done
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        try:
+            tmp.write_text(json.dumps(data))
+            tmp.replace(self.path)
+        except OSError:
+            pass  # progress is a convenience; the crawl never fails for it
 
 
 class ErrorLog:

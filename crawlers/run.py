@@ -101,7 +101,8 @@ def run_crawl(
     logs = Path(hw.data_dir) / "crawl_logs"
     logs.mkdir(parents=True, exist_ok=True)
     error_log = str(logs / f"{run_id}.errors.jsonl")
-    settings = scrapy_settings(hw, write=True, error_log=error_log, source=entry)
+    progress = str(logs / f"{run_id}.progress.json")
+    settings = scrapy_settings(hw, write=True, error_log=error_log, progress_file=progress, source=entry)
     settings["SPIDER_LOADER_WARN_ONLY"] = True
     settings.update(scrapy_overrides or {})
 

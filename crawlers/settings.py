@@ -45,6 +45,7 @@ def scrapy_settings(
     *,
     write: bool = True,
     error_log: str | None = None,
+    progress_file: str | None = None,
     source: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The Scrapy settings dict for one crawl.
@@ -53,6 +54,7 @@ def scrapy_settings(
         hw: Homeward settings (``hw.crawl`` for politeness and limits, ``hw.data_dir`` … for the writer).
         write: run the photo and LanceDB stages and keep the incremental state (else stop after deduplication).
         error_log: JSON-lines file that receives one line per failed page or photo.
+        progress_file: JSON file the crawl's running counts are written to every 2 s (for progress bars).
         source: the source's config entry; its ``concurrency_per_domain``, ``download_delay_s``, ``recheck_hours``
             and ``scrapy_settings`` (a mapping of raw Scrapy settings) override the defaults for this crawl.
     """
@@ -86,7 +88,11 @@ def scrapy_settings(
         "LOG_LEVEL": "INFO",
         "FEED_EXPORT_ENCODING": "utf-8",
         "DOWNLOADER_MIDDLEWARES": {"crawlers.middlewares.HttpOnlyMiddleware": 40},
-        "EXTENSIONS": {"crawlers.middlewares.ErrorLog": 100, "crawlers.middlewares.RedirectLoops": 110},
+        "EXTENSIONS": {
+            "crawlers.middlewares.ErrorLog": 100,
+            "crawlers.middlewares.RedirectLoops": 110,
+            "crawlers.middlewares.Progress": 120,
+        },
         "ITEM_PIPELINES": dict(PIPELINES_FULL if write else PIPELINES_READ_ONLY),
         "HOMEWARD_SETTINGS": hw.to_dict(),
         "HOMEWARD_INCREMENTAL": write,
@@ -99,6 +105,8 @@ def scrapy_settings(
         out["HOMEWARD_RECHECK_HOURS"] = float(source["recheck_hours"])
     if error_log:
         out["HOMEWARD_ERROR_LOG"] = error_log
+    if progress_file:
+        out["HOMEWARD_PROGRESS_FILE"] = progress_file
     out.update(source.get("scrapy_settings") or {})
     return out
 

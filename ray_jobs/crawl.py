@@ -32,6 +32,7 @@ import threading
 import time
 import uuid
 import warnings
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,39 @@ def finish_run(runs: RunsDB, result: dict[str, Any]) -> None:
         )
 
 
+class ProgressBars:
+    """One live counter per crawl (pages, with items/new/errors beside it), fed from the progress file each crawl
+    process writes (``crawlers.middlewares.Progress``); no total, since a crawl discovers its pages as it goes.
+    Shown on a terminal only (tqdm's ``disable=None``)."""
+
+    def __init__(self, runs: list[tuple[str, str]], data_dir: str) -> None:
+        from tqdm import tqdm
+
+        logs = Path(data_dir) / "crawl_logs"
+        self.files = {run_id: logs / f"{run_id}.progress.json" for _, run_id in runs}
+        self.bars = {
+            run_id: tqdm(desc=f"crawl {name}", unit=" pages", position=i, disable=None, dynamic_ncols=True)
+            for i, (name, run_id) in enumerate(runs)
+        }
+
+    def update(self) -> None:
+        for run_id, bar in self.bars.items():
+            try:
+                data = json.loads(self.files[run_id].read_text())
+            except (OSError, ValueError):
+                continue
+            bar.n = int(data.get("pages", 0))
+            bar.set_postfix(
+                items=data.get("items", 0), new=data.get("new", 0), errors=data.get("errors", 0), refresh=False
+            )
+            bar.refresh()
+
+    def close(self) -> None:
+        self.update()
+        for bar in self.bars.values():
+            bar.close()
+
+
 def run_subprocess(
     settings_dict: dict[str, Any],
     source: str,
@@ -183,6 +217,7 @@ def run_subprocess(
     max_pages: int | None = None,
     timeout_s: float | None = None,
     stop: threading.Event | None = None,
+    on_tick: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``python -m crawlers.run`` for one source and return its result dict (never raises for a failed crawl).
 
@@ -216,6 +251,8 @@ def run_subprocess(
                     break
                 except subprocess.TimeoutExpired:
                     pass
+                if on_tick is not None:
+                    on_tick()
                 if (stop is not None and stop.is_set()) or (deadline is not None and time.monotonic() > deadline):
                     proc.terminate()  # Scrapy shuts down gracefully on SIGTERM and flushes what it has
                     try:
@@ -271,6 +308,7 @@ def run_sources(
     skip_busy: bool = False,
     stop: threading.Event | None = None,
     check_writable: bool = True,
+    progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Crawl ``names`` (recorded in ``crawl_runs``); several fan out as Ray tasks. Returns one result per source."""
     settings = absolute_settings(settings)
@@ -289,39 +327,66 @@ def run_sources(
                 raise
             results.append({"source": name, "status": "skipped", "message": str(exc)})
     settings_dict = settings.to_dict()
+    bars = ProgressBars(started, settings.data_dir) if progress and started else None
     try:
         if len(started) == 1:
             name, run_id = started[0]
             outcome = [
                 run_subprocess(
-                    settings_dict, name, run_id, base_url=base_url, max_pages=max_pages, timeout_s=timeout_s, stop=stop
+                    settings_dict,
+                    name,
+                    run_id,
+                    base_url=base_url,
+                    max_pages=max_pages,
+                    timeout_s=timeout_s,
+                    stop=stop,
+                    on_tick=bars.update if bars else None,
                 )
             ]
         elif started:
-            import ray
-
-            from engine.runtime import ray_session
-
-            with ray_session(settings):
-                task = _ray_task()
-                refs = [task.remote(settings_dict, name, run_id, max_pages) for name, run_id in started]
-                outcome = []
-                for (name, run_id), ref in zip(started, refs, strict=True):
-                    try:
-                        outcome.append(ray.get(ref))
-                    except Exception as exc:  # a lost worker: record it, keep the other sources' results
-                        outcome.append(
-                            {"run_id": run_id, "source": name, "status": "failed", "message": f"ray task: {exc}"}
-                        )
+            outcome = _fan_out(settings, settings_dict, started, max_pages, bars)
         else:
             outcome = []
     except BaseException as exc:
         for name, run_id in started:
             finish_run(runs, {"run_id": run_id, "source": name, "status": "interrupted", "message": repr(exc)})
         raise
+    finally:
+        if bars is not None:
+            bars.close()
     for result in outcome:
         finish_run(runs, result)
     return results + outcome
+
+
+def _fan_out(
+    settings: Settings,
+    settings_dict: dict[str, Any],
+    started: list[tuple[str, str]],
+    max_pages: int | None,
+    bars: ProgressBars | None,
+) -> list[dict[str, Any]]:
+    """One Ray task per source; results in ``started`` order, a lost task recorded as a failed run."""
+    import ray
+
+    from engine.runtime import ray_session
+
+    with ray_session(settings):
+        task = _ray_task()
+        refs = {task.remote(settings_dict, name, run_id, max_pages): (name, run_id) for name, run_id in started}
+        done: dict[str, dict[str, Any]] = {}
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+            if bars is not None:
+                bars.update()
+            for ref in ready:
+                name, run_id = refs[ref]
+                try:
+                    done[run_id] = ray.get(ref)
+                except Exception as exc:  # a lost worker: record it, keep the other sources' results
+                    done[run_id] = {"run_id": run_id, "source": name, "status": "failed", "message": f"ray task: {exc}"}
+    return [done[run_id] for _, run_id in started]
 
 
 def crawl(

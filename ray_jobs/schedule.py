@@ -217,7 +217,14 @@ def schedule(
                 log.info("schedule: crawling %s", name)
                 launched.append(name)
                 running[name] = pool.submit(
-                    run_sources, settings, [name], timeout_s=timeout_s, skip_busy=True, stop=stop, check_writable=False
+                    run_sources,
+                    settings,
+                    [name],
+                    timeout_s=timeout_s,
+                    skip_busy=True,
+                    stop=stop,
+                    check_writable=False,
+                    progress=False,
                 )
             if once:
                 collect(block=True)
