@@ -1,8 +1,9 @@
 """The configurable spider: a new site needs only an entry in the sources config, no code.
 
 Catalog pages: card links are the ``selectors.cards`` elements (default ``a.card``; the link is their ``href``, the
-catalog fingerprint of each card is the text and images of the link's parent element, so a changed tile makes an
-incremental crawl re-fetch that card); the next page is ``selectors.next_page`` (default
+catalog fingerprint of each card is what the link's parent element shows — text and images, minus view counters and
+relative dates (:func:`crawlers.parsers.tile_fingerprint`) — so a changed tile makes an incremental crawl re-fetch
+that card); the next page is ``selectors.next_page`` (default
 ``link[rel=next]::attr(href), a[rel=next]::attr(href)``). A page is a card when its URL matches
 ``card_url_pattern``, when it was reached through a card link, or when it has no card links but publishes a listing.
 
@@ -70,6 +71,7 @@ from parsel import Selector
 from scrapy.http import Response, TextResponse
 
 from crawlers.items import RAW_KEYS
+from crawlers.parsers import tile_fingerprint
 from crawlers.spiders.base import ListingSpider
 
 LISTING_TYPES = {"homeward:listing", "listing", "pet", "animal", "dog", "cat", "product", "thing", "event", "offer"}
@@ -290,10 +292,8 @@ class ConfigurableSpider(ListingSpider):
             href = node.attrib.get("href")
             if not href:
                 continue
-            tile = node.xpath("..") or node
-            text = " ".join(" ".join(tile.xpath(".//text()").getall()).split())
-            images = " ".join(tile.xpath(".//img/@src").getall())
-            yield href, f"{text} {images}".strip()
+            parent = node.xpath("..")
+            yield href, tile_fingerprint(parent[0] if parent else node)
 
     def _has_listing(self, response: TextResponse) -> bool:
         if self.use_jsonld and jsonld_objects(response.selector):
