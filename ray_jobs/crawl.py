@@ -2,7 +2,9 @@
 
 Each crawl runs ``python -m crawlers.run`` in its own process (Twisted's reactor cannot restart in a process). One
 source runs as a local subprocess; several fan out as Ray tasks (each task starts its subprocess, so sources crawl
-in parallel on a laptop's cores or across a cluster's nodes — there the data dir must be shared storage).
+in parallel on a laptop's cores or across a cluster's nodes — there LanceDB and the photo store must be shared,
+``lance_uri`` / ``photo_store`` on object storage; each node keeps crawl logs under its own local ``data_dir`` and the
+task hands the result back to the driver, which alone writes DuckDB).
 
 Every run is recorded in DuckDB ``crawl_runs``: a ``running`` row before the crawl starts (so no second crawl of the
 same source starts while it runs), then its outcome — ``ok`` | ``failed`` | ``interrupted`` — with pages, items,
@@ -38,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from crawlers.sources import SourceError, load_sources
-from engine.config import Settings
+from engine.config import ConfigError, Settings
 from engine.errors import HomewardError
 from engine.storage import RunsDB
 
@@ -311,6 +313,11 @@ def run_sources(
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Crawl ``names`` (recorded in ``crawl_runs``); several fan out as Ray tasks. Returns one result per source."""
+    if "://" in settings.data_dir:
+        raise ConfigError(
+            f"data_dir {settings.data_dir!r}: crawls keep their logs, state files and DuckDB under a local data_dir; "
+            "put LanceDB and photos on object storage with lance_uri / photo_store instead"
+        )
     settings = absolute_settings(settings)
     if check_writable:  # the scheduler checks once: Settings.ensure_writable's probe file is not thread-safe
         settings.ensure_writable()
