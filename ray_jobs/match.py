@@ -37,7 +37,7 @@ from engine.errors import HomewardError
 from engine.scoring import attributes
 from engine.scoring.allpairs import blocked_topk, resolve_device, tile_bounds
 from engine.scoring.blocking import Block, listing_keys, make_blocks
-from engine.scoring.fuse import SPECIES_CODES, ScoreParams, Scorer, Side, background_stats
+from engine.scoring.fuse import COMPILE_MIN_RUN_PAIRS, SPECIES_CODES, ScoreParams, Scorer, Side, background_stats
 from engine.storage import LanceStore, RunsDB
 
 log = logging.getLogger(__name__)
@@ -232,7 +232,14 @@ def _active(listings: pa.Table, kinds: tuple[str, ...]) -> pa.Table:
 
 # ----------------------------------------------------------------------------------------------------------- scoring
 def score_blocks(
-    lost: Side, found: Side, params: ScoreParams, blocks: list[Block], k: int, tile_size: int, device: str
+    lost: Side,
+    found: Side,
+    params: ScoreParams,
+    blocks: list[Block],
+    k: int,
+    tile_size: int,
+    device: str,
+    compile: bool = False,
 ) -> tuple[np.ndarray, ...]:
     """Top-k per lost and per found listing (within these blocks), as global-index arrays
     (lost, found, fused, rank) for rows and for columns."""
@@ -241,7 +248,7 @@ def score_blocks(
     cols: list[tuple[np.ndarray, ...]] = []
     for block in blocks:
         sub_l, sub_f = lost.take(block.lost), found.take(block.found)
-        scorer = Scorer(sub_l, sub_f, params, dev)
+        scorer = Scorer(sub_l, sub_f, params, dev, compile=compile)
         top = blocked_topk(
             sub_l.n,
             sub_f.n,
@@ -262,9 +269,10 @@ def score_blocks(
 
 def _score_all(lost, found, params, blocks, k, tile_size, device, use_ray, settings) -> tuple[np.ndarray, ...]:
     total = sum(b.pairs for b in blocks)
+    compile = total >= COMPILE_MIN_RUN_PAIRS
     fan_out = use_ray if use_ray is not None else (total >= RAY_MIN_PAIRS and len(blocks) > 1)
     if not fan_out or len(blocks) <= 1:
-        return score_blocks(lost, found, params, blocks, k, tile_size, device)
+        return score_blocks(lost, found, params, blocks, k, tile_size, device, compile)
     import ray
 
     from engine.runtime import ray_session
@@ -279,7 +287,9 @@ def _score_all(lost, found, params, blocks, k, tile_size, device, use_ray, setti
             load[i] += b.pairs
         remote = ray.remote(num_cpus=1)(score_blocks)
         lost_ref, found_ref = ray.put(lost), ray.put(found)
-        parts = ray.get([remote.remote(lost_ref, found_ref, params, s, k, tile_size, device) for s in shards if s])
+        parts = ray.get(
+            [remote.remote(lost_ref, found_ref, params, s, k, tile_size, device, compile) for s in shards if s]
+        )
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(7))
 
 

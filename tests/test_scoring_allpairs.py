@@ -72,3 +72,17 @@ def test_device_resolution() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(HomewardError, match="no CUDA GPU"):
             resolve_device("cuda")
+
+
+def test_bench_match_reports_ratio_and_memory(settings) -> None:
+    from engine.bench.match import bench_match
+
+    out = bench_match(settings.with_overrides({"match": {"tile_size": 128}}), n=[300, 500], dim=32, top_k=5)
+    assert [r["n"] for r in out["runs"]] == [300, 500] and out["dim"] == 32 and out["device"] == "cpu"
+    for run in out["runs"]:
+        assert run["pairs"] == run["n"] ** 2 and run["pairs_per_s"] > 0 and run["gflops"] > 0
+        assert run["ratio"] > 0 and run["reference_gflops"] > 0
+        assert run["topk_spot_check_mismatches"] == 0
+        assert run["tiles"] == (-(-run["n"] // 128)) ** 2 and run["peak_scoring_mb"] >= 0
+    assert out["ratio_min"] == min(r["ratio"] for r in out["runs"]) and out["bar"] == 0.7
+    assert out["fused_scorer"]["n"] == 300 and out["fused_scorer"]["pairs_per_s"] > 0

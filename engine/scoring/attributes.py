@@ -145,28 +145,39 @@ def _inner(a: torch.Tensor, b: torch.Tensor, outer: bool) -> torch.Tensor:
     return a @ b.T if outer else (a * b).sum(-1)
 
 
+def sub_terms(sa, sb, za, zb, inter, ca, cb, ba, bb, shared) -> dict[str, torch.Tensor]:
+    """Per-attribute evidence from broadcastable codes (pure element-wise: the fused scorer compiles it)."""
+    nan = float("nan")
+    sex = torch.where((sa > 0) & (sb > 0), torch.where(sa == sb, 0.3, -1.0), nan)
+    gap = (za - zb).abs()
+    size = torch.where(gap == 0, 0.5, torch.where(gap == 1, 0.0, -1.0))
+    size = torch.where((za >= 0) & (zb >= 0), size, nan)
+    smaller = torch.minimum(ca, cb)
+    colour = torch.where(smaller > 0, 2.0 * inter / smaller.clamp(min=1.0) - 1.0, nan)
+    breed = torch.where(ba == bb, 1.0, torch.where(shared > 0, 0.4, -0.3))
+    breed = torch.where((ba >= 0) & (bb >= 0), breed, nan)
+    return {"colour": colour.float(), "sex": sex.float(), "size": size.float(), "breed": breed.float()}
+
+
+def evidence_of(terms: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Weighted sum of the sub-terms over all four weights: an unknown attribute counts as zero evidence."""
+    total = sum(SUB_WEIGHTS.values())
+    out = SUB_WEIGHTS["colour"] * torch.nan_to_num(terms["colour"], nan=0.0)
+    for k in ("sex", "size", "breed"):
+        out = out + SUB_WEIGHTS[k] * torch.nan_to_num(terms[k], nan=0.0)
+    return out / total
+
+
 def attribute_terms(a: AttributeCodes, b: AttributeCodes, outer: bool) -> dict[str, torch.Tensor]:
     """Per-attribute evidence (NaN = unknown on a side) plus ``evidence`` (weighted, unknowns as 0) and ``known``
     (how many attributes both sides state). ``outer``: all pairs of a × b; else element-wise pairs."""
     sa, sb = _pair(a.sex, b.sex, outer)
-    nan = torch.tensor(float("nan"))
-    sex = torch.where((sa > 0) & (sb > 0), torch.where(sa == sb, 0.3, -1.0), nan)
     za, zb = _pair(a.size, b.size, outer)
-    gap = (za - zb).abs()
-    size = torch.where(gap == 0, 0.5, torch.where(gap == 1, 0.0, -1.0))
-    size = torch.where((za >= 0) & (zb >= 0), size, nan)
-    inter = _inner(a.colours, b.colours, outer)
     ca, cb = _pair(a.n_colours, b.n_colours, outer)
-    smaller = torch.minimum(ca, cb)
-    colour = torch.where(smaller > 0, 2.0 * inter / smaller.clamp(min=1.0) - 1.0, nan)
     ba, bb = _pair(a.breed_id, b.breed_id, outer)
-    shared = _inner(a.breed_tok, b.breed_tok, outer)
-    breed = torch.where(ba == bb, 1.0, torch.where(shared > 0, 0.4, -0.3))
-    breed = torch.where((ba >= 0) & (bb >= 0), breed, nan)
-    terms = {"colour": colour.float(), "sex": sex.float(), "size": size.float(), "breed": breed.float()}
-    total = sum(SUB_WEIGHTS.values())
-    evidence = sum(SUB_WEIGHTS[k] * torch.nan_to_num(v, nan=0.0) for k, v in terms.items()) / total
+    terms = sub_terms(sa, sb, za, zb, _inner(a.colours, b.colours, outer), ca, cb, ba, bb,
+                      _inner(a.breed_tok, b.breed_tok, outer))  # fmt: skip
     known = sum((~torch.isnan(v)).to(torch.int32) for v in terms.values())
-    terms["evidence"] = evidence
+    terms["evidence"] = evidence_of(terms)
     terms["known"] = known
     return terms

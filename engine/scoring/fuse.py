@@ -24,7 +24,9 @@ from labelled pairs (confirmed / rejected shelter feedback, or planted pairs).
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -34,10 +36,11 @@ import torch
 
 from engine.errors import HomewardError
 from engine.scoring import aggregate
-from engine.scoring.attributes import AttributeCodes, attribute_terms
+from engine.scoring.attributes import AttributeCodes, attribute_terms, evidence_of, sub_terms
 from engine.scoring.geo import geo_time_terms, haversine_km
 
 NEG_INF = float("-inf")
+log = logging.getLogger(__name__)
 SPECIES_CODES = {"dog": 1, "cat": 2, "other": 3}
 """0 is unknown: it is compatible with every species."""
 TERMS = ("image", "text", "attributes", "geo", "time")
@@ -211,20 +214,72 @@ def fit_calibration(fused: np.ndarray, labels: np.ndarray, l2: float = 1e-3, ite
     return {"slope": float(w[0]), "offset": float(w[1])}
 
 
-def _evidence(z: torch.Tensor) -> torch.Tensor:
-    return z.clamp(min=IMAGE_Z_FLOOR) / Z_PER_UNIT
+def fused_elementwise(best, agree, txt, has_txt, inter, shared, a_sex, b_sex, a_size, b_size, a_nc, b_nc, a_bid,
+                      b_bid, a_lat, a_lon, b_lat, b_lon, a_day, b_day, a_sp, b_sp, c):  # fmt: skip
+    """The fused score from the matrix terms (best image pair, agreeing pairs, text cosine, colour intersections,
+    shared breed words) and broadcastable per-listing codes; ``c`` holds the constants (see ``Scorer._consts``).
+    Pure element-wise, so one code path serves tiles (rows × columns) and explicit pair lists, and
+    ``torch.compile`` can fuse it into a single pass over the tile."""
+    has_img = torch.isfinite(best)
+    z_img = (torch.where(has_img, best, torch.zeros_like(best)) - c[0]) / c[1]
+    bonus = aggregate.AGREE_BONUS * (agree.to(torch.float32) - 1.0).clamp(0.0, float(aggregate.AGREE_CAP))
+    e_img = torch.where(has_img, z_img.clamp(min=IMAGE_Z_FLOOR) / Z_PER_UNIT + bonus, torch.zeros_like(z_img))
+    z_txt = ((txt - c[2]) / c[3]).clamp(min=IMAGE_Z_FLOOR) / Z_PER_UNIT
+    e_txt = torch.where(has_txt, z_txt, torch.zeros_like(z_txt))
+    e_attr = evidence_of(sub_terms(a_sex, b_sex, a_size, b_size, inter, a_nc, b_nc, a_bid, b_bid, shared))
+    dist = haversine_km(a_lat, a_lon, b_lat, b_lon)
+    geo, tim, allowed = geo_time_terms(dist, b_day - a_day, base_radius_km=c[9],
+                                       max_speed_km_per_day=c[10], max_days=c[11], grace_days=c[12])  # fmt: skip
+    e_geo = torch.nan_to_num(2.0 * geo - 1.0, nan=0.0)
+    e_time = torch.nan_to_num(2.0 * tim - 1.0, nan=0.0)
+    fused = c[4] * e_img + c[5] * e_txt + c[6] * e_attr + c[7] * e_geo + c[8] * e_time
+    ok = allowed & ((a_sp == b_sp) | (a_sp == 0) | (b_sp == 0))
+    return torch.where(ok, fused, torch.full_like(fused, NEG_INF))
 
 
-def _species_ok(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (a == b) | (a == 0) | (b == 0)
+COMPILE_MIN_PAIRS = 1 << 20
+"""With ``Scorer(compile=True)``, tiles of at least this many pairs run the element-wise part through
+``torch.compile``: one fused loop instead of ~100 passes over the tile, 4-5× faster on this 2-core CPU (measured: a
+2048² tile 10.7 s eager → 2.3 s compiled under heavy load, identical -inf mask, max difference 6e-8). Compiling costs
+one to a few minutes per process (twice: square and non-square tiles), so ``homeward match`` turns it on only for
+runs of at least ``COMPILE_MIN_RUN_PAIRS`` candidate pairs. ``HOMEWARD_COMPILE=0`` forbids it; a compile failure
+falls back to eager with one warning."""
+COMPILE_MIN_RUN_PAIRS = 2_000_000_000
+_COMPILED: dict[str, Any] = {}
+
+
+def _elementwise(pairs: int, allowed: bool):
+    if (
+        not allowed
+        or pairs < COMPILE_MIN_PAIRS
+        or os.environ.get("HOMEWARD_COMPILE", "1") == "0"
+        or _COMPILED.get("failed")
+    ):
+        return fused_elementwise
+    if "fn" not in _COMPILED:
+        _COMPILED["fn"] = torch.compile(fused_elementwise, dynamic=True)
+    compiled = _COMPILED["fn"]
+
+    def run(*args: Any) -> torch.Tensor:
+        try:
+            return compiled(*args)
+        except Exception as exc:  # no compiler, unsupported platform: eager is slower but right
+            _COMPILED["failed"] = True
+            log.warning("torch.compile of the fused scorer failed (%s); scoring eagerly", str(exc)[:200])
+            return fused_elementwise(*args)
+
+    return run
 
 
 class Scorer:
     """Scores tiles (for ranking) and explicit pairs (for publishing) of ``lost`` × ``found`` with one code path
     per term, so both give the same fused value."""
 
-    def __init__(self, lost: Side, found: Side, params: ScoreParams, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, lost: Side, found: Side, params: ScoreParams, device: torch.device | str = "cpu", compile: bool = False
+    ) -> None:
         self.lost, self.found, self.params = lost, found, params
+        self.compile = compile
         self.device = torch.device(device)
         w = params.weights
         self.w = {t: float(w.get(t, 0.0)) for t in TERMS}
@@ -236,27 +291,16 @@ class Scorer:
         )
 
     # ---------------------------------------------------------------------------------------------------- shared
-    def _fuse(self, best, agree, txt, has_txt, attr_ev, dist, days, sp_ok):
+    def _consts(self) -> torch.Tensor:
+        p, w = self.params, self.w
+        values = [p.img_center, p.img_scale, p.txt_center, p.txt_scale, w["image"], w["text"], w["attributes"],
+                  w["geo"], w["time"], p.base_radius_km, p.max_speed_km_per_day, p.max_days, p.grace_days]  # fmt: skip
+        return torch.tensor(values, dtype=torch.float32, device=self.device)
+
+    def _geo_time(self, dist, days):
         p = self.params
-        has_img = torch.isfinite(best)
-        z_img = (torch.where(has_img, best, torch.zeros_like(best)) - p.img_center) / p.img_scale
-        e_img = torch.where(has_img, _evidence(z_img) + aggregate.evidence_bonus(agree), torch.zeros_like(best))
-        e_txt = torch.where(has_txt, _evidence((txt - p.txt_center) / p.txt_scale), torch.zeros_like(txt))
-        geo, tim, allowed = geo_time_terms(
-            dist,
-            days,
-            base_radius_km=p.base_radius_km,
-            max_speed_km_per_day=p.max_speed_km_per_day,
-            max_days=p.max_days,
-            grace_days=p.grace_days,
-        )
-        e_geo = torch.nan_to_num(2.0 * geo - 1.0, nan=0.0)
-        e_time = torch.nan_to_num(2.0 * tim - 1.0, nan=0.0)
-        w = self.w
-        fused = w["image"] * e_img + w["text"] * e_txt + w["attributes"] * attr_ev + w["geo"] * e_geo
-        fused = fused + w["time"] * e_time
-        fused = torch.where(allowed & sp_ok, fused, torch.full_like(fused, NEG_INF))
-        return fused, {"geo": geo, "time": tim, "z_img": z_img, "has_img": has_img}
+        return geo_time_terms(dist, days, base_radius_km=p.base_radius_km, max_speed_km_per_day=p.max_speed_km_per_day,
+                              max_days=p.max_days, grace_days=p.grace_days)  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------------ tile
     def tile(self, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
@@ -284,12 +328,18 @@ class Scorer:
         else:
             txt = torch.zeros((nr, nc), device=self.device)
             has_txt = torch.zeros((nr, nc), dtype=torch.bool, device=self.device)
-        attr = attribute_terms(_slice_attrs(a.attrs, r0, r1), _slice_attrs(b.attrs, c0, c1), outer=True)
-        dist = haversine_km(a.lat[r0:r1, None], a.lon[r0:r1, None], b.lat[None, c0:c1], b.lon[None, c0:c1])
-        days = b.day[None, c0:c1] - a.day[r0:r1, None]
-        sp_ok = _species_ok(a.species[r0:r1, None], b.species[None, c0:c1])
-        fused, _ = self._fuse(best, agree, txt, has_txt, attr["evidence"], dist, days, sp_ok)
-        return fused
+        aa, ba = a.attrs, b.attrs
+        inter = aa.colours[r0:r1] @ ba.colours[c0:c1].T
+        shared = aa.breed_tok[r0:r1] @ ba.breed_tok[c0:c1].T
+        r, c = slice(r0, r1), slice(c0, c1)
+        args = (
+            best, agree, txt, has_txt, inter, shared,
+            aa.sex[r, None], ba.sex[None, c], aa.size[r, None], ba.size[None, c],
+            aa.n_colours[r, None], ba.n_colours[None, c], aa.breed_id[r, None], ba.breed_id[None, c],
+            a.lat[r, None], a.lon[r, None], b.lat[None, c], b.lon[None, c], a.day[r, None], b.day[None, c],
+            a.species[r, None], b.species[None, c], self._consts(),
+        )  # fmt: skip
+        return _elementwise(nr * nc, self.compile)(*args)
 
     # ----------------------------------------------------------------------------------------------------- pairs
     def pairs(self, li: np.ndarray, fi: np.ndarray, chunk: int = 2048) -> dict[str, np.ndarray]:
@@ -320,12 +370,20 @@ class Scorer:
         else:
             txt = torch.zeros(n)
             has_txt = torch.zeros(n, dtype=torch.bool)
-        attr = attribute_terms(L.attrs.take(i), F.attrs.take(j), outer=False)
+        la, fa = L.attrs.take(i), F.attrs.take(j)
+        attr = attribute_terms(la, fa, outer=False)
         dist = haversine_km(L.lat[i], L.lon[i], F.lat[j], F.lon[j])
         days = F.day[j] - L.day[i]
-        sp_ok = _species_ok(L.species[i], F.species[j])
-        fused, extra = self._fuse(best, agree, txt, has_txt, attr["evidence"], dist, days, sp_ok)
-        has_img = extra["has_img"]
+        fused = fused_elementwise(
+            best, agree, txt, has_txt, (la.colours * fa.colours).sum(-1), (la.breed_tok * fa.breed_tok).sum(-1),
+            la.sex, fa.sex, la.size, fa.size, la.n_colours, fa.n_colours, la.breed_id, fa.breed_id,
+            L.lat[i], L.lon[i], F.lat[j], F.lon[j], L.day[i], F.day[j], L.species[i], F.species[j],
+            self._consts().cpu(),
+        )  # fmt: skip
+        geo, tim, _ = self._geo_time(dist, days)
+        has_img = torch.isfinite(best)
+        z_img = (torch.where(has_img, best, torch.zeros_like(best)) - self.params.img_center) / self.params.img_scale
+        extra = {"geo": geo, "time": tim, "z_img": z_img}
         rows_a = torch.gather(arow, 1, pa[:, None])[:, 0] if n else pa
         rows_b = torch.gather(brow, 1, pb[:, None])[:, 0] if n else pb
         lost_photo = np.where(has_img.numpy(), L.det_photo[rows_a.numpy()] if len(L.det_photo) else None, None)
@@ -394,10 +452,6 @@ def explain(row: Mapping[str, Any], params: ScoreParams, n_lost_det: Any = 1, n_
     else:
         parts.append(f"found {-days:.0f} days before the lost date (within grace)")
     return "; ".join(parts) + f"; score {row['score']:.2f}"
-
-
-def _slice_attrs(a: AttributeCodes, s: int, e: int) -> AttributeCodes:
-    return AttributeCodes(*(getattr(a, f)[s:e] for f in a.__dataclass_fields__))
 
 
 def _to(side: Side, device: torch.device) -> Any:

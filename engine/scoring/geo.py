@@ -12,6 +12,7 @@ All functions take torch tensors that broadcast, so the same code scores a whole
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ def haversine_km(lat1: torch.Tensor, lon1: torch.Tensor, lat2: torch.Tensor, lon
     return 2 * EARTH_RADIUS_KM * torch.asin(torch.sqrt(h.clamp(0.0, 1.0)))
 
 
-def plausible_radius_km(days: torch.Tensor | float, base_radius_km: float, max_speed_km_per_day: float):
+def plausible_radius_km(days: torch.Tensor | float, base_radius_km: Any, max_speed_km_per_day: Any):
     """How far an animal can be ``days`` after it went missing (negative days count as zero)."""
     if isinstance(days, torch.Tensor):
         return base_radius_km + max_speed_km_per_day * days.clamp(min=0.0)
@@ -41,10 +42,10 @@ def geo_time_terms(
     dist_km: torch.Tensor,
     days_apart: torch.Tensor,
     *,
-    base_radius_km: float,
-    max_speed_km_per_day: float,
-    max_days: float,
-    grace_days: float,
+    base_radius_km: float | torch.Tensor,
+    max_speed_km_per_day: float | torch.Tensor,
+    max_days: float | torch.Tensor,
+    grace_days: float | torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(geo_score, time_score, allowed) for found-minus-lost ``days_apart`` and ``dist_km`` (NaN = unknown).
 
@@ -61,12 +62,13 @@ def geo_time_terms(
     scale = plausible_radius_km(days0, base_radius_km, max_speed_km_per_day)
     geo = torch.exp(-torch.nan_to_num(dist_km, nan=0.0) / scale)
     geo = torch.where(known_d, geo, torch.full_like(geo, float("nan")))
-    tau = max(max_days / 6.0, 1.0)
+    tau = max_days / 6.0
+    tau = tau.clamp(min=1.0) if isinstance(tau, torch.Tensor) else max(tau, 1.0)
     tim = torch.exp(-torch.nan_to_num(days_apart, nan=0.0).clamp(min=0.0) / tau)
     tim = torch.where(known_t, tim, torch.full_like(tim, float("nan")))
     too_early = known_t & (days_apart < -grace_days)
     too_late = known_t & (days_apart > max_days)
-    limit_days = torch.where(known_t, days_apart, torch.full_like(days_apart, float(max_days)))
+    limit_days = torch.where(known_t, days_apart, torch.zeros_like(days_apart) + max_days)
     too_far = known_d & (dist_km > plausible_radius_km(limit_days, base_radius_km, max_speed_km_per_day))
     return geo, tim, ~(too_early | too_late | too_far)
 
