@@ -41,6 +41,15 @@ class StorageError(HomewardError):
     """A store cannot be opened or written; the message names the location."""
 
 
+_IO_MARKERS = ("os error", "no space left", "file too large", "read-only file system", "permission denied",
+               "disk quota", "input/output error")  # fmt: skip
+
+
+def _is_io_error(exc: BaseException) -> bool:
+    """A full disk, a file-size limit, a read-only or unwritable store (not a bad query or a commit conflict)."""
+    return isinstance(exc, OSError) or any(m in str(exc).lower() for m in _IO_MARKERS)
+
+
 class LanceStore:
     """The LanceDB database at ``uri`` (local path or object-store URI)."""
 
@@ -90,8 +99,16 @@ class LanceStore:
         if data.num_rows == 0:
             return 0
         data = data.select(table_schema.names).cast(table_schema)
-        table = self.ensure(name, table_schema)
-        (table.merge_insert(key).when_matched_update_all().when_not_matched_insert_all().execute(data))
+        try:
+            table = self.ensure(name, table_schema)
+            (table.merge_insert(key).when_matched_update_all().when_not_matched_insert_all().execute(data))
+        except Exception as exc:
+            if _is_io_error(exc):
+                raise StorageError(
+                    f"cannot write LanceDB table {name!r} at {self.uri}: {exc}. Nothing of this write was committed: "
+                    "the table keeps its previous version (free space or fix the store's permissions, then rerun)"
+                ) from exc
+            raise
         return data.num_rows
 
     def read(
