@@ -114,6 +114,8 @@ def run_crawl(
         kwargs["max_pages"] = int(pages)
     if start_urls:
         kwargs["start_urls"] = ",".join(start_urls)
+    elif entry.get("start_paths"):
+        kwargs["start_paths"] = list(entry["start_paths"])
     if entry["spider"] == "configurable":
         kwargs["config"] = json.dumps(entry)
 

@@ -59,17 +59,6 @@ COUNT_COLUMNS = {
 }
 
 
-#: DuckDB refuses a read-only and a read-write connection to one file inside one process ("unique file handle
-#: conflict"), and the scheduler's threads read and write crawl_runs concurrently: all access here is serialised.
-DB_LOCK = threading.RLock()
-
-
-def query_runs(runs: RunsDB, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
-    """``runs.query`` under :data:`DB_LOCK`."""
-    with DB_LOCK:
-        return runs.query(sql, params)
-
-
 class CrawlBusyError(HomewardError):
     """The source is being crawled right now by another process."""
 
@@ -137,7 +126,7 @@ def begin_run(runs: RunsDB, source: str, parameters: dict[str, Any], data_dir: s
     """
     run_id = uuid.uuid4().hex[:16]
     now = datetime.now(UTC)
-    with DB_LOCK, runs.write() as con:
+    with runs.write() as con:
         rows = con.execute(
             "SELECT run_id, parameters, epoch(started) FROM crawl_runs WHERE source = ? AND status = 'running'",
             [source],
@@ -161,7 +150,7 @@ def begin_run(runs: RunsDB, source: str, parameters: dict[str, Any], data_dir: s
 def finish_run(runs: RunsDB, result: dict[str, Any]) -> None:
     """Record a crawl's outcome in its ``crawl_runs`` row."""
     counts = {col: int(result.get(key) or 0) for key, col in COUNT_COLUMNS.items()}
-    with DB_LOCK, runs.write() as con:
+    with runs.write() as con:
         con.execute(
             f"UPDATE crawl_runs SET finished = ?, status = ?, {', '.join(f'{c} = ?' for c in counts)}, "
             "errors_by_reason = ?, duration_s = ?, message = ? WHERE run_id = ?",
@@ -321,8 +310,7 @@ def run_sources(
     settings = absolute_settings(settings)
     if check_writable:  # the scheduler checks once: Settings.ensure_writable's probe file is not thread-safe
         settings.ensure_writable()
-    with DB_LOCK:
-        runs = RunsDB(settings.duckdb)
+    runs = RunsDB(settings.duckdb)
     params = {"base_url": base_url, "max_pages": max_pages}
     started: list[tuple[str, str]] = []
     results: list[dict[str, Any]] = []

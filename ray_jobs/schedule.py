@@ -33,7 +33,7 @@ from typing import Any
 from crawlers.sources import SourceError, load_sources
 from engine.config import Settings
 from engine.storage import RunsDB
-from ray_jobs.crawl import DB_LOCK, CrawlBusyError, absolute_settings, query_runs, row_alive, run_sources
+from ray_jobs.crawl import CrawlBusyError, absolute_settings, row_alive, run_sources
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +54,8 @@ def _minutes(delta: timedelta | None) -> float | None:
 def source_status(settings: Settings, window: int = 10) -> list[dict[str, Any]]:
     """One dict per source: config, last run, last success, lag, overdue, failure share and error rate."""
     sources = load_sources(settings)
-    with DB_LOCK:
-        runs = RunsDB(settings.duckdb)
-    rows = query_runs(
-        runs,
+    runs = RunsDB(settings.duckdb)
+    rows = runs.query(
         """
         SELECT source, run_id, epoch(started), epoch(finished), status, items, errors, errors_by_reason,
                row_number() OVER (PARTITION BY source ORDER BY started DESC) AS n
@@ -141,17 +139,16 @@ def due_sources(settings: Settings, names: list[str] | None = None, now: datetim
     unknown = [n for n in wanted if n not in config]
     if unknown:
         raise SourceError(f"unknown source(s) {', '.join(unknown)}; known sources: {', '.join(sorted(config))}")
-    with DB_LOCK:
-        runs = RunsDB(settings.duckdb)
+    runs = RunsDB(settings.duckdb)
     last = dict(
-        query_runs(
-            runs, "SELECT source, epoch(max(started)) FROM crawl_runs WHERE status IN ('ok', 'failed') GROUP BY source"
+        runs.query(
+            "SELECT source, epoch(max(started)) FROM crawl_runs WHERE status IN ('ok', 'failed') GROUP BY source"
         )
     )
     in_flight = {
         source
-        for run_id, source, params, started in query_runs(
-            runs, "SELECT run_id, source, parameters, epoch(started) FROM crawl_runs WHERE status = 'running'"
+        for run_id, source, params, started in runs.query(
+            "SELECT run_id, source, parameters, epoch(started) FROM crawl_runs WHERE status = 'running'"
         )
         if row_alive(run_id, params, started, settings.data_dir)
     }

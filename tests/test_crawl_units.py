@@ -202,6 +202,11 @@ def test_base_spider_arguments_and_rebase() -> None:
     op = Site(start_urls="https://a.example/c/1, https://b.example/c/2")
     assert op.start_urls == ["https://a.example/c/1", "https://b.example/c/2"] and op.operator_urls
     assert Site().start_urls == ["https://www.pets.example/catalog?p=1", "https://www.pets.example/found/"]
+    paths = Site(start_paths="/lost,/found?page=2")
+    assert paths.start_urls == ["https://www.pets.example/lost", "https://www.pets.example/found?page=2"]
+    assert (
+        Site(start_paths=["/a"]).start_urls == ["https://www.pets.example/a"] and Site.start_paths[0] == "/catalog?p=1"
+    )
 
 
 def test_failure_reasons() -> None:

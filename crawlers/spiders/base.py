@@ -121,6 +121,12 @@ def _host(url: str) -> str:
     return host[4:] if host.startswith("www.") else host
 
 
+def split_list(value: str | Iterable[str] | None) -> list[str]:
+    """A spider argument given as ``-a x=a,b`` (a string) or as a list, without empty entries."""
+    items = re.split(r"[,\s]+", value) if isinstance(value, str) else list(value or [])
+    return [v for v in items if v]
+
+
 class ListingSpider(scrapy.Spider):
     """Base of Homeward's spiders; see the module docstring for what it gives subclasses."""
 
@@ -135,6 +141,7 @@ class ListingSpider(scrapy.Spider):
         base_url: str | None = None,
         start_urls: str | Iterable[str] | None = None,
         max_pages: int | str | None = None,
+        start_paths: str | Iterable[str] | None = None,
         **kwargs: Any,
     ) -> None:
         source = kwargs.pop("source", None)
@@ -142,8 +149,8 @@ class ListingSpider(scrapy.Spider):
         #: Source name stamped on every item (``name`` unless a config-driven spider serves several sources).
         self.source: str = str(source or self.name)
         self.base_url: str = (base_url or self.default_base_url or "").rstrip("/")
-        if isinstance(start_urls, str):
-            start_urls = [u for u in re.split(r"[,\s]+", start_urls) if u]
+        self.start_paths = split_list(start_paths) or list(self.start_paths)
+        start_urls = split_list(start_urls)
         self.operator_urls: bool = bool(start_urls)
         self.start_urls: list[str] = list(start_urls) if start_urls else [self.url(p) for p in self.start_paths]
         self.max_pages: int | None = int(max_pages) if max_pages not in (None, "", 0, "0") else None

@@ -237,7 +237,7 @@ class ConfigurableSpider(ListingSpider):
         self.config: dict[str, Any] = dict(config or {})
         source = source or self.config.get("name") or self.name
         self.default_base_url = kwargs.pop("default_base_url", None) or self.config.get("base_url") or ""
-        self.start_paths = list(self.config.get("start_paths") or ["/"])
+        kwargs.setdefault("start_paths", self.config.get("start_paths") or ["/"])
         super().__init__(source=source, **kwargs)
         selectors = self.config.get("selectors") or {}
         self.cards_selector: str = selectors.get("cards") or DEFAULT_CARDS

@@ -23,13 +23,6 @@ class Pet911Spider(ListingSpider):
     default_base_url = "https://pet911.ru"
     start_paths = ["/catalog"]  # noqa: RUF012
 
-    def __init__(self, *args: Any, start_paths: str | list[str] | None = None, **kwargs: Any) -> None:
-        if start_paths:
-            self.start_paths = [
-                p for p in (start_paths.split(",") if isinstance(start_paths, str) else start_paths) if p
-            ]
-        super().__init__(*args, **kwargs)
-
     def is_card(self, url: str) -> bool:
         return pet911.is_card_url(url)
 

@@ -14,7 +14,7 @@ from urllib.parse import quote
 from scrapy.http import Response
 
 from crawlers.parsers import petango
-from crawlers.spiders.base import ListingSpider
+from crawlers.spiders.base import ListingSpider, split_list
 
 SEARCH = "/webservices/adoptablesearch/wsAdoptableAnimalSearch.aspx"
 
@@ -31,12 +31,10 @@ class PetangoSpider(ListingSpider):
         authkey: str | None = None,
         **kwargs: Any,
     ) -> None:
-        paths = start_paths.split(",") if isinstance(start_paths, str) else start_paths
-        paths = [p for p in (paths or type(self).start_paths) if p]
+        paths = split_list(start_paths) or type(self).start_paths
         if authkey:
             paths = [f"{p}{'&' if '?' in p else '?'}authkey={quote(authkey)}" for p in paths]
-        self.start_paths = paths
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, start_paths=paths, **kwargs)
 
     def is_card(self, url: str) -> bool:
         return petango.is_card_url(url)

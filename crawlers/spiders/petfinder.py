@@ -74,14 +74,9 @@ class PetfinderSpider(ListingSpider):
     def __init__(
         self,
         *args: Any,
-        start_paths: str | list[str] | None = None,
         organizations: str | bool = True,
         **kwargs: Any,
     ) -> None:
-        if start_paths:
-            self.start_paths = [
-                p for p in (start_paths.split(",") if isinstance(start_paths, str) else start_paths) if p
-            ]
         super().__init__(*args, **kwargs)
         self.with_organizations = str(organizations).lower() not in ("0", "false", "no", "off")
         self.token: str | None = None

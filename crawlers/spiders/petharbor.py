@@ -34,14 +34,10 @@ class PetharborSpider(ListingSpider):
         shelters: str | None = None,
         **kwargs: Any,
     ) -> None:
-        if start_paths:
-            self.start_paths = [
-                p for p in (start_paths.split(",") if isinstance(start_paths, str) else start_paths) if p
-            ]
-        elif shelters:
+        if not start_paths and shelters:
             codes = ",".join(f"'{c.strip().upper()}'" for c in shelters.split(",") if c.strip())
-            self.start_paths = [RESULTS.format(shelters=quote(codes))]
-        super().__init__(*args, **kwargs)
+            start_paths = [RESULTS.format(shelters=quote(codes))]
+        super().__init__(*args, start_paths=start_paths, **kwargs)
 
     def is_card(self, url: str) -> bool:
         return petharbor.is_card_url(url)

@@ -20,13 +20,6 @@ class PoiskzooSpider(ListingSpider):
     default_base_url = "https://poiskzoo.ru"
     start_paths = ["/poteryashka"]  # noqa: RUF012
 
-    def __init__(self, *args: Any, start_paths: str | list[str] | None = None, **kwargs: Any) -> None:
-        if start_paths:
-            self.start_paths = [
-                p for p in (start_paths.split(",") if isinstance(start_paths, str) else start_paths) if p
-            ]
-        super().__init__(*args, **kwargs)
-
     def is_card(self, url: str) -> bool:
         return poiskzoo.is_card_url(url)
 
