@@ -588,15 +588,30 @@ def _tick() -> None:
         _BAR[0].update(1)
 
 
+DECODE_CPUS = 0.25
+
+
+def actor_cpu_share(requested: float, actors: int, cluster_cpus: float) -> float:
+    """CPUs each of ``actors`` model actors reserves: ``requested``, unless together they would leave no room for the
+    decode tasks (the pipeline then waits forever), in which case they split what is left after one decode task.
+    Only the reservation shrinks; each actor still runs ``requested`` torch threads."""
+    room = cluster_cpus - DECODE_CPUS
+    if cluster_cpus <= 0 or requested * actors <= room:
+        return requested
+    share = max(room / actors, 0.05)
+    log.info("enrich: %d model actors of %.2f CPUs would fill %.1f CPUs; each reserves %.2f", actors, requested,
+             cluster_cpus, share)  # fmt: skip
+    return share
+
+
 def _run_pipeline(settings: Settings, prof: dict[str, Any], items: list[dict[str, Any]], gpus: float, ray: Any) -> Any:
     """Build and stream the Ray Data pipeline; yields lists of finished rows (dicts) as batches complete."""
     from ray.data import ActorPoolStrategy, DataContext
 
     cfg = settings.enrich
     ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False
-    with contextlib.suppress(AttributeError):
-        ctx.enable_operator_progress_bars = False
+    saved_bars = ctx.enable_progress_bars
+    ctx.enable_progress_bars = False  # our own bar counts photos; Ray's per-operator bars flood logs
     actor_gpus = (cfg.actor_gpus or 0.25) if gpus > 0 else 0.0
     cpus = float(cfg.actor_cpus)
     pool = ActorPoolStrategy(min_size=1, max_size=max(1, int(cfg.actors)))
@@ -615,52 +630,33 @@ def _run_pipeline(settings: Settings, prof: dict[str, Any], items: list[dict[str
         },
         batch_size=rows,
         batch_format="numpy",
-        num_cpus=0.25,
-    )
-    ds = ds.map_batches(
-        DetectStage,
-        fn_constructor_kwargs={"settings": settings, "actor_cpus": cpus},
-        batch_size=rows,
-        batch_format="numpy",
-        num_cpus=cpus,
-        num_gpus=actor_gpus,
-        compute=pool,
+        num_cpus=DECODE_CPUS,
     )
     vlm = prof["captioner"].get("kind") != "attributes"
-    ds = ds.map_batches(
-        EmbedStage,
-        fn_constructor_kwargs={"settings": settings, "actor_cpus": cpus, "with_captions": not vlm},
-        batch_size=rows,
-        batch_format="numpy",
-        num_cpus=cpus,
-        num_gpus=actor_gpus,
-        compute=pool,
-    )
-    if vlm:
+    stages: list[tuple[type, dict[str, Any]]] = [
+        (DetectStage, {}),
+        (EmbedStage, {"with_captions": not vlm}),
+        *([(CaptionStage, {})] if vlm else []),
+        (TextStage, {}),
+    ]
+    share = actor_cpu_share(cpus, len(stages) * max(1, int(cfg.actors)), float(ray.cluster_resources().get("CPU", 0.0)))
+    for stage, extra in stages:
         ds = ds.map_batches(
-            CaptionStage,
-            fn_constructor_kwargs={"settings": settings, "actor_cpus": cpus},
+            stage,
+            fn_constructor_kwargs={"settings": settings, "actor_cpus": cpus, **extra},
             batch_size=rows,
             batch_format="numpy",
-            num_cpus=cpus,
+            num_cpus=share,
             num_gpus=actor_gpus,
             compute=pool,
         )
-    ds = ds.map_batches(
-        TextStage,
-        fn_constructor_kwargs={"settings": settings, "actor_cpus": cpus},
-        batch_size=rows,
-        batch_format="numpy",
-        num_cpus=cpus,
-        num_gpus=actor_gpus,
-        compute=pool,
-    )
     bar = _progress(len(items))
     _BAR[:] = [bar]
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
             yield _unpack(batch)
     finally:
+        ctx.enable_progress_bars = saved_bars
         if bar is not None:
             bar.close()
         _BAR[:] = []

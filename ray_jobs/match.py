@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from dashboards.views import ensure_views
 from engine import schema
 from engine.config import Settings
 from engine.errors import HomewardError
@@ -483,6 +484,7 @@ def _run(settings, store, runs, run_id, versions, params, k, dev, use_ray, t0) -
     }
     summary["duration_s"] = round(time.perf_counter() - t0, 3)
     _publish(runs, run_id, matches, listings, summary)
+    ensure_views(runs)  # analysts' views (dashboards/views.sql) exist as soon as there is a run to query
     return summary
 
 

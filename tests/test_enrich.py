@@ -14,7 +14,7 @@ from PIL import Image
 from engine import ids
 from engine.config import Settings
 from engine.storage import LanceStore, RunsDB, open_stores, upsert_listings, upsert_photos
-from ray_jobs.enrich import enrich
+from ray_jobs.enrich import DECODE_CPUS, actor_cpu_share, enrich
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -290,3 +290,28 @@ def test_other_dimension_is_refused_before_any_write(tiny: Settings, ray_local: 
         "SELECT status, message FROM enrich_runs WHERE parameters::VARCHAR LIKE '%clip.yaml%'"
     )
     assert status == "failed" and "StorageError" in message
+
+
+def test_vlm_captioner_runs_as_its_own_actor_stage(tiny: Settings, ray_local: None, tmp_path: Path) -> None:
+    from test_models import make_tiny_blip
+
+    models = tmp_path / "models"
+    make_tiny_blip(models / "tiny-blip")
+    prof = tmp_path / "vlm.yaml"
+    prof.write_text("base: tiny\ncaptioner: {kind: vlm, model: tiny-blip, max_new_tokens: 5, batch_size: 4}\n")
+    s = tiny.with_overrides({"models_dir": str(models)})
+    keys = _seed(s, {"p": make.jpeg(make.scene_without_animals())}, {"p": "grey cat seen in the garden"})
+    result = enrich(s, profile=str(prof))
+    assert result["photos"] == 1 and result["failed"] == 0
+    assert result["models"]["caption_model"].startswith("vlm:tiny-blip:")
+    [d] = [d for d in _detections(s) if d["photo_key"] == keys["p"]]
+    attrs = json.loads(d["attributes"])
+    assert attrs["source"] == "vlm" and attrs["captioner"].startswith("vlm:tiny-blip:")
+    assert isinstance(d["caption"], str) and d["caption"]
+
+
+def test_actor_cpu_share_leaves_room_for_decoding() -> None:
+    assert actor_cpu_share(0.5, 3, 2.0) == 0.5  # 1.5 CPUs of actors + decode fit on 2
+    share = actor_cpu_share(0.5, 4, 2.0)  # the VLM stage makes four: they must not take the last core
+    assert share * 4 + DECODE_CPUS <= 2.0 and share > 0
+    assert actor_cpu_share(1.0, 4, 64.0) == 1.0 and actor_cpu_share(0.5, 4, 0.0) == 0.5

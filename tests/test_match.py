@@ -145,6 +145,10 @@ def test_planted_pairs_rank_first_with_every_term(settings: Settings) -> None:
         [pairs[0][0]],
     )
     assert joined == [("https://example.org/found-0",)]
+    # the analysts' views exist after a match run, without a dashboard or report ever having run
+    assert (
+        db.query("SELECT count(*) FROM latest_matches")[0][0] == db.query("SELECT count(*) FROM current_matches")[0][0]
+    )
 
 
 def test_hard_rules_and_missing_data(settings: Settings) -> None:

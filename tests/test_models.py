@@ -251,7 +251,8 @@ def test_vlm_answer_parsing() -> None:
     assert b["species"] == "cat" and b["age_group"] == "baby"
 
 
-def test_vlm_captioner_from_a_local_folder(tmp_path: Path, no_network: None) -> None:
+def make_tiny_blip(folder: Path) -> Path:
+    """A BLIP captioner with random weights and the MiniLM (BERT) tokenizer, saved like a downloaded model."""
     from transformers import AutoTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
 
     from engine.models.registry import package_dir
@@ -278,13 +279,19 @@ def test_vlm_captioner_from_a_local_folder(tmp_path: Path, no_network: None) -> 
         "image_size": 32,
         "patch_size": 16,
     }
-    torch.manual_seed(0)
-    model = BlipForConditionalGeneration(BlipConfig(text_config=text_cfg, vision_config=vision_cfg, projection_dim=32))
-    folder = tmp_path / "models" / "tiny-blip"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = BlipForConditionalGeneration(
+            BlipConfig(text_config=text_cfg, vision_config=vision_cfg, projection_dim=32)
+        )
     model.save_pretrained(folder)
-    BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok).save_pretrained(
-        folder
-    )
+    processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def test_vlm_captioner_from_a_local_folder(tmp_path: Path, no_network: None) -> None:
+    make_tiny_blip(tmp_path / "models" / "tiny-blip")
     (tmp_path / "vlm.yaml").write_text(
         "base: tiny\ncaptioner: {kind: vlm, model: tiny-blip, max_new_tokens: 6, batch_size: 2}\n"
     )
