@@ -39,6 +39,7 @@ VERBS: dict[str, Any] = {
         "crawl": ("engine.bench.crawl:bench_crawl", "Crawl throughput vs `scrapy bench` (JSON last line)."),
         "enrich": ("engine.bench.enrich:bench_enrich", "Enrich pipeline efficiency vs each model alone."),
         "match": ("engine.bench.match:bench_match", "All-pairs scoring rate vs a plain torch matmul."),
+        "load": ("engine.bench.load:bench_load", "Synthetic region (200k listings) crawl-ingest -> match, per stage."),
     },
     "demo": ("ray_jobs.demo:demo", "Run the whole job end to end on a local mirror with planted reunions."),
 }
