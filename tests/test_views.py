@@ -14,7 +14,8 @@ import pytest
 from dashboards import sample, views
 from engine.storage import RunsDB
 
-README = Path(__file__).resolve().parents[1] / "dashboards" / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+READMES = (ROOT / "README.md", ROOT / "dashboards" / "README.md")
 
 
 @pytest.fixture()
@@ -183,24 +184,29 @@ def test_job_throughput_and_score_distribution(db):
     assert all(0 <= b["bin"] <= 0.95 for b in bins)
 
 
-def readme_sql_blocks() -> list[tuple[str, str]]:
-    text = README.read_text()
+def readme_sql_blocks(readme: Path) -> list[tuple[str, str]]:
+    text = readme.read_text()
     blocks = re.findall(r"```sql\n(.*?)```", text, flags=re.S)
     out = []
     for block in blocks:
         m = re.match(r"--\s*question:\s*(.+)", block.strip())
-        assert m, f"every sql block in {README.name} starts with '-- question: ...': {block[:60]!r}"
+        assert m, f"every sql block in {readme.relative_to(ROOT)} starts with '-- question: ...': {block[:60]!r}"
         out.append((m.group(1).strip(), block))
     return out
 
 
-def test_readme_has_the_three_first_questions():
-    questions = [name for name, _ in readme_sql_blocks()]
+ALL_BLOCKS = [(q, sql) for readme in READMES for q, sql in readme_sql_blocks(readme)]
+BLOCK_IDS = [f"{readme.relative_to(ROOT)}: {q}" for readme in READMES for q, _ in readme_sql_blocks(readme)]
+
+
+@pytest.mark.parametrize("readme", READMES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_readme_has_the_three_first_questions(readme):
+    questions = [name for name, _ in readme_sql_blocks(readme)]
     for needed in ("lost pets matched this week", "sources that yield matches", "median days to reunion"):
         assert needed in questions
 
 
-@pytest.mark.parametrize("question,sql", readme_sql_blocks(), ids=[q for q, _ in readme_sql_blocks()])
+@pytest.mark.parametrize("question,sql", ALL_BLOCKS, ids=BLOCK_IDS)
 def test_readme_query_runs_read_only(db, settings, question, sql):
     con = duckdb.connect(settings.duckdb, read_only=True)
     try:

@@ -1,17 +1,16 @@
 """``ListingSpider``: the base every Homeward spider extends.
 
-A site spider only says how to recognise a card URL and how to parse the two kinds of page::
+A site spider only says how to recognise a card URL and how to parse the two kinds of page, usually by naming its
+parser module (:class:`SiteSpider`)::
 
-    class Pet911Spider(ListingSpider):
+    class Pet911Spider(SiteSpider):
         name = "pet911"                                  # = the source name
         default_base_url = "https://pet911.ru"
-        start_paths = ["/catalog?type=lost", "/catalog?type=found"]
+        start_paths = ["/catalog"]
+        parser = crawlers.parsers.pet911                 # is_card_url, parse_card, parse_catalog[, catalog_tiles]
 
-        def is_card(self, url): return "/petCard_" in url
-        def parse_card(self, response): yield self.listing_item(parsers.pet911.parse_card(response.text), response)
-        def parse_listing_page(self, response):
-            for href in ...: yield self.card_request(response, href)
-            if next_href: yield self.page_request(response, next_href)
+A spider with its own page logic (an API, a config-driven site) overrides ``is_card``, ``parse_card`` and
+``parse_listing_page`` instead.
 
 What the base does so that subclasses do not have to:
 
@@ -40,6 +39,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Iterable, Iterator
 from datetime import UTC, datetime
+from types import ModuleType
 from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
@@ -355,3 +355,27 @@ class ListingSpider(scrapy.Spider):
         url = request.url if request is not None else None
         reason = failure_reason(failure, self.crawler)
         record_error(self.crawler, reason, url, str(getattr(failure, "value", failure))[:300])
+
+
+class SiteSpider(ListingSpider):
+    """A spider whose pages are all handled by one parser module of :mod:`crawlers.parsers` exposing
+    ``is_card_url(url)``, ``parse_card(text, url)``, ``parse_catalog(text, url) -> (cards, pages)`` and, when the
+    catalog shows a tile per card, ``catalog_tiles(text, url) -> {card_url: tile_text}`` (the incremental-crawl
+    fingerprint). A site needs only ``name``, ``default_base_url``, ``start_paths`` and ``parser``."""
+
+    parser: ModuleType
+
+    def is_card(self, url: str) -> bool:
+        return self.parser.is_card_url(url)
+
+    def parse_card(self, response: Response) -> Iterator[Any]:
+        yield self.listing_item(self.parser.parse_card(response.text, response.url), response)
+
+    def parse_listing_page(self, response: Response) -> Iterator[Any]:
+        cards, pages = self.parser.parse_catalog(response.text, response.url)
+        tiles_of = getattr(self.parser, "catalog_tiles", None)
+        tiles = tiles_of(response.text, response.url) if tiles_of else {}
+        for url in cards:
+            yield self.card_request(response, url, fingerprint=tiles.get(url))
+        for url in pages:
+            yield self.page_request(response, url)

@@ -9,30 +9,12 @@ URL layout: catalog ``/catalog`` then ``/catalog/page-N`` (2024; ``/catalog?page
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
-from scrapy.http import Response
-
 from crawlers.parsers import pet911
-from crawlers.spiders.base import ListingSpider
+from crawlers.spiders.base import SiteSpider
 
 
-class Pet911Spider(ListingSpider):
+class Pet911Spider(SiteSpider):
     name = "pet911"
     default_base_url = "https://pet911.ru"
     start_paths = ["/catalog"]  # noqa: RUF012
-
-    def is_card(self, url: str) -> bool:
-        return pet911.is_card_url(url)
-
-    def parse_card(self, response: Response) -> Iterator[Any]:
-        yield self.listing_item(pet911.parse_card(response.text, response.url), response)
-
-    def parse_listing_page(self, response: Response) -> Iterator[Any]:
-        cards, pages = pet911.parse_catalog(response.text, response.url)
-        tiles = pet911.catalog_tiles(response.text, response.url)
-        for url in cards:
-            yield self.card_request(response, url, fingerprint=tiles.get(url))
-        for url in pages:
-            yield self.page_request(response, url)
+    parser = pet911

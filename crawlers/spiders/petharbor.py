@@ -7,14 +7,11 @@ The default start page lists the Austin Animal Center's strays; ``-a shelters=AS
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
-from scrapy.http import Response
-
 from crawlers.parsers import petharbor
-from crawlers.spiders.base import ListingSpider
+from crawlers.spiders.base import SiteSpider
 
 RESULTS = (
     "/results.asp?searchtype=LOST&friends=1&samaritans=1&nosuccess=0&rows=100&imght=120&imgres=thumb"
@@ -22,10 +19,11 @@ RESULTS = (
 )
 
 
-class PetharborSpider(ListingSpider):
+class PetharborSpider(SiteSpider):
     name = "petharbor"
     default_base_url = "https://www.petharbor.com"
     start_paths = [RESULTS.format(shelters=quote("'ASTN'"))]  # noqa: RUF012
+    parser = petharbor
 
     def __init__(
         self,
@@ -38,16 +36,3 @@ class PetharborSpider(ListingSpider):
             codes = ",".join(f"'{c.strip().upper()}'" for c in shelters.split(",") if c.strip())
             start_paths = [RESULTS.format(shelters=quote(codes))]
         super().__init__(*args, start_paths=start_paths, **kwargs)
-
-    def is_card(self, url: str) -> bool:
-        return petharbor.is_card_url(url)
-
-    def parse_card(self, response: Response) -> Iterator[Any]:
-        yield self.listing_item(petharbor.parse_card(response.text, response.url), response)
-
-    def parse_listing_page(self, response: Response) -> Iterator[Any]:
-        cards, pages = petharbor.parse_catalog(response.text, response.url)
-        for url in cards:
-            yield self.card_request(response, url)
-        for url in pages:
-            yield self.page_request(response, url)
