@@ -54,6 +54,7 @@ import numpy as np
 import pyarrow as pa
 
 from engine import ids, schema
+from engine.errors import HomewardError
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = "synthetic"
@@ -61,7 +62,7 @@ START = dt.date(2024, 1, 1)
 KM_PER_DEG_LAT = 110.574
 
 
-class DatasetsMissing(FileNotFoundError):
+class DatasetsMissing(HomewardError, FileNotFoundError):
     """The datasets folder (or one of the files the model reads) is not on this machine."""
 
 

@@ -77,3 +77,17 @@ def test_bench_load_small_reports_every_stage(
         assert out[stage]["peak_rss_mb"] > 0
     assert out["peak_rss_mb"] >= max(out[s]["peak_rss_mb"] for s in ("ingest", "vectors", "match")) * 0.99
     assert out["data_dir"] is None and not list(Path(settings.data_dir).glob("bench-load-*"))
+
+
+def test_bench_load_without_the_datasets_is_a_clear_error(
+    settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engine.cli import main
+
+    missing = tmp_path / "no-datasets"
+    argv = ["--data-dir", settings.data_dir, "bench", "load", "--listings", "100", "--datasets-dir", str(missing)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"homeward: error: datasets folder {missing} is missing (set HOMEWARD_DATASETS_DIR or pass datasets_dir)"
+    )
+    assert not list(Path(settings.data_dir).glob("bench-load-*"))

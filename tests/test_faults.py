@@ -1,6 +1,7 @@
-"""Faults, each with a test: a Ray worker killed during enrich, readers during match publications, a full disk.
+"""Faults, each with a test: a Ray worker killed during enrich, readers during match publications, a full disk
+(DuckDB publication and LanceDB write), an unwritable data dir (crawl, enrich, match).
 
-The fourth fault of the scale-out issue — a crawl process killed and restarted ends with the same rows as an
+The crawl fault of the scale-out issue — a crawl process killed and restarted ends with the same rows as an
 uninterrupted crawl — is proved by ``tests/test_crawl_incremental.py::
 test_killed_crawl_resumes_to_the_rows_of_an_uninterrupted_one`` (SIGKILL mid-crawl, resume, compare every listing
 and photo row with a clean crawl); it is not repeated here.
