@@ -167,9 +167,13 @@ def test_training_writes_a_checkpoint_with_provenance_that_reloads(
     # `homeward eval` (and enrich/search) switch to the checkpoint by configuration alone
     from engine.eval import evaluate
 
-    scored = evaluate(tiny.with_overrides({"enrich": {"profile": str(ck / "profile.yaml")}}), str(identity_dir))
+    # ... on exactly the held-out identities, through the checkpoint's heldout/ folder of links
+    heldout = ck / "heldout"
+    assert sorted(p.name for p in heldout.iterdir()) == sorted(data["val_identities"])
+    assert all((heldout / n).resolve() == (identity_dir / n).resolve() for n in data["val_identities"])
+    scored = evaluate(tiny.with_overrides({"enrich": {"profile": str(ck / "profile.yaml")}}), str(heldout))
     assert scored["model"] == embedder.model_id and scored["dim"] == meta["dim"]
-    assert scored["n_identities"] == IDENTITIES + 1 and 0.0 <= scored["eer"] <= 1.0
+    assert scored["n_identities"] == len(data["val_identities"]) and 0.0 <= scored["eer"] <= 1.0
 
 
 def _bn_stats(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -231,3 +235,46 @@ def test_ray_train_path_runs(ray_local, tiny, identity_dir: Path, tmp_path: Path
     assert (Path(result["checkpoint"]) / "model.safetensors").is_file()
     _net, meta = load_reid_checkpoint(result["checkpoint"])
     assert meta["training"]["world_size"] == 1
+
+
+def test_frozen_activations_are_cached_at_both_cuts_and_reused(tiny, identity_dir: Path, tmp_path: Path) -> None:
+    recipe = get_recipe("top-only", lr=0.0, head_lr=0.0, proxy_lr=0.0)  # cached at block 3, trains from block 5
+    cache = Path(tiny.data_dir) / "cache" / "reid-trunk"
+    first = run(tiny, str(identity_dir), recipe, **_kwargs(tmp_path, epochs=1))
+    files = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
+    # (3 training views + 2 validation views) at the cache point and again advanced to the first trainable block
+    assert len(files) == 2 * (len(recipe.views) + 2)
+    second = run(tiny, str(identity_dir), recipe, **_kwargs(tmp_path, epochs=1, out=str(tmp_path / "ck2")))
+    assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == files
+    assert second["baseline"] == first["baseline"] and second["finetuned"] == first["finetuned"]
+
+
+def test_recipe_file_may_build_on_another_recipe_file(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("base: top-only\nlr: 0.001\nviews: [clean]\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\nhead: pca\n")
+    recipe = get_recipe(str(tmp_path / "b.yaml"))
+    assert (recipe.name, recipe.lr, recipe.views, recipe.head) == ("b", 0.001, ("clean",), "pca")
+    assert recipe.trainable_from == get_recipe("top-only").trainable_from
+
+
+def test_cpu_reid_profile_names_a_missing_checkpoint_and_loads_one_by_name(settings, tmp_path: Path) -> None:
+    import timm
+
+    from engine.models import load_embedder
+    from engine.models.embedder import save_timm_checkpoint
+    from engine.models.registry import WeightsNotFound
+
+    name = "tf_efficientnet_lite0_reid_dogfacenet.safetensors"
+    models = tmp_path / "models"
+    models.mkdir()
+    reid = settings.with_overrides({"models_dir": str(models), "enrich": {"profile": "cpu-reid"}})
+    with pytest.raises(WeightsNotFound, match=name):
+        load_embedder(reid, cache=False)
+    # what `homeward train` writes, copied into the models folder under that name (random weights: no file needed)
+    torch.manual_seed(0)
+    backbone = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    head = pca_head(torch.randn(300, backbone.num_features), 64)
+    save_timm_checkpoint(models / name, backbone, arch="tf_efficientnet_lite0", head=head, head_act="none")
+    embedder = load_embedder(reid, cache=False)
+    assert embedder.dim == 64 and not embedder.has_imagenet_head
+    assert embedder.embed([_animal(0, 0)]).shape == (1, 64)

@@ -7,8 +7,11 @@
 <out>/homeward.json       arch, dim, mean, std, image_size, recipe, data (path, fingerprint, identities, split seed,
                           image counts), metrics (baseline and fine-tuned, clean and degraded, per-epoch history),
                           created_at
-<out>/profile.yaml        a one-stage profile (``base: cpu``) that switches enrichment/search/eval to this model:
-                          ``--set enrich.profile=<out>/profile.yaml``
+<out>/profile.yaml        a profile (``base:`` the profile trained from) that switches enrichment/search/eval to this
+                          model: ``--set enrich.profile=<out>/profile.yaml``; an attributes captioner that read the
+                          embedder's ImageNet head keeps the pretrained one as its breed classifier
+<out>/heldout/<identity>  symlinks to the validation identities' folders: ``homeward eval <out>/heldout`` scores
+                          any profile on exactly the identities this model never trained on
 ```
 Published atomically: written to a sibling temp folder, then renamed over ``<out>``.
 """
@@ -30,6 +33,7 @@ from engine.errors import HomewardError
 WEIGHTS = "model.safetensors"
 METADATA = "homeward.json"
 PROFILE = "profile.yaml"
+HELDOUT = "heldout"
 
 
 def save_reid_checkpoint(
@@ -43,8 +47,11 @@ def save_reid_checkpoint(
     resize: str,
     metadata: dict[str, Any],
     base_profile: str = "cpu",
+    profile_extra: dict[str, Any] | None = None,
+    heldout: dict[str, list[Path]] | None = None,
 ) -> Path:
     from engine.models.embedder import save_timm_checkpoint
+    from engine.train.data import link_identities
 
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -77,8 +84,14 @@ def save_reid_checkpoint(
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         (tmp / METADATA).write_text(json.dumps(meta, indent=1, default=str))
-        profile = {"base": base_profile, "embedder": {"kind": "timm", "arch": arch, "checkpoint": str(out / WEIGHTS)}}
+        profile = {
+            "base": base_profile,
+            "embedder": {"kind": "timm", "arch": arch, "checkpoint": str(out / WEIGHTS)},
+            **(profile_extra or {}),
+        }
         (tmp / PROFILE).write_text(yaml.safe_dump(profile, sort_keys=False))
+        if heldout:
+            link_identities(heldout, tmp / HELDOUT)
         if out.exists():
             old = out.with_name(f".{out.name}-old-{time.time_ns()}")
             out.rename(old)

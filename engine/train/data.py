@@ -65,6 +65,19 @@ def split_identities(identities: dict[str, list[Path]], val_fraction: float, see
     )
 
 
+def link_identities(groups: dict[str, list[Path]], dest: str | Path) -> Path:
+    """A folder of symlinks, one per identity, to the identities' own folders: ``homeward eval DEST`` then scores
+    exactly these identities (e.g. a checkpoint's held-out ones) without copying a photo."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, files in sorted(groups.items()):
+        folders = {f.parent.resolve() for f in files}
+        if len(folders) != 1:
+            raise HomewardError(f"identity {name!r} spans {len(folders)} folders; expected one folder per identity")
+        (dest / name).symlink_to(folders.pop(), target_is_directory=True)
+    return dest
+
+
 def data_fingerprint(images_dir: str | Path, identities: dict[str, list[Path]]) -> str:
     """sha256 of ``manifest.csv`` beside (or inside) the images folder, else of the sorted relative paths + sizes."""
     root = Path(images_dir)

@@ -99,17 +99,30 @@ class Encoder:
         x = self.pixels(paths, views, idx).to(self.device)
         return self.net.trunk(x)
 
+    def file(self, paths: Sequence[Path], view: str, cut: int) -> Path | None:
+        """Where the activations of ``paths``' ``view`` at stage ``cut`` are kept (None: no cache folder)."""
+        if self.cache_dir is None:
+            return None
+        h = hashlib.sha256(f"{self.model_key}|cut={cut}|{view}|seed={self.seed}".encode())
+        for p in paths:
+            h.update(str(p).encode())
+        return self.cache_dir / f"{h.hexdigest()[:24]}.pt"
+
+    @staticmethod
+    def save(file: Path | None, acts: torch.Tensor) -> None:
+        if file is None:
+            return
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_suffix(f".{os.getpid()}.tmp")
+        torch.save(acts, tmp)
+        tmp.replace(file)
+
     def cache(self, paths: Sequence[Path], view: str, desc: str, batch: int = 32) -> torch.Tensor:
         """Trunk activations of every image's ``view`` (fp16), kept on disk under ``cache_dir`` keyed by model,
         cut, view, seed and the exact image list, so later runs of any recipe with the same cut reuse them."""
-        file = None
-        if self.cache_dir is not None:
-            h = hashlib.sha256(f"{self.model_key}|cut={self.net.cut}|{view}|seed={self.seed}".encode())
-            for p in paths:
-                h.update(str(p).encode())
-            file = self.cache_dir / f"{h.hexdigest()[:24]}.pt"
-            if file.is_file():
-                return torch.load(file, weights_only=True)
+        file = self.file(paths, view, self.net.cut)
+        if file is not None and file.is_file():
+            return torch.load(file, weights_only=True)
         out = []
         was_training = self.net.training
         self.net.eval()
@@ -118,11 +131,7 @@ class Encoder:
             out.append(self.trunk(paths, [view] * len(idx), idx).to("cpu", torch.float16))
         self.net.train(was_training)
         acts = torch.cat(out)
-        if file is not None:
-            file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = file.with_suffix(f".{os.getpid()}.tmp")
-            torch.save(acts, tmp)
-            tmp.replace(file)
+        self.save(file, acts)
         return acts
 
 
@@ -261,14 +270,14 @@ def run(
     val_enc = Encoder(net, prep, device, seed + 7_919, cache_dir, base.model_id)
     val_cache = {v: val_enc.cache(val_paths, v, f"cache val/{v}") for v in val_views}
 
-    baseline = validate(net, val_cache, val_labels, device, pooled=True, tta=recipe.tta_flip)
-    log.info("baseline (pretrained, no head): %s", _fmt(baseline))
-
     train_views = list(recipe.views) if recipe.train else []
     train_cache: dict[str, torch.Tensor] = {}
     if recipe.train and recipe.cache_frozen:
         train_cache = {v: enc.cache(train_paths, v, f"cache train/{v}") for v in train_views}
-        _advance_cache(net, [train_cache, val_cache], device)
+        _advance_cache(net, [(enc, train_paths, train_cache), (val_enc, val_paths, val_cache)], device)
+    # After the advance: the frozen middle stages then run once over the validation views, not twice.
+    baseline = validate(net, val_cache, val_labels, device, pooled=True, tta=recipe.tta_flip)
+    log.info("baseline (pretrained, no head): %s", _fmt(baseline))
 
     history: list[dict[str, Any]] = []
     best_metrics, best_state, best_epoch = baseline, None, 0
@@ -431,6 +440,8 @@ def run(
             resize=base.resize,
             metadata=metadata,
             base_profile=_base_profile(str(settings.enrich.profile)),
+            profile_extra=_keep_breed_classifier(settings, spec, base),
+            heldout=split.val,
         )
         result["checkpoint"] = str(saved)
     return result
@@ -476,23 +487,35 @@ def _pooled_features(
 
 
 @torch.no_grad()
-def _advance_cache(net: ReIDNet, caches: Sequence[dict[str, torch.Tensor]], device: str, batch: int = 128) -> None:
+def _advance_cache(
+    net: ReIDNet,
+    parts: Sequence[tuple[Encoder, Sequence[Path], dict[str, torch.Tensor]]],
+    device: str,
+    batch: int = 128,
+) -> None:
     """Run the frozen stages between the cache point and the first trainable stage once over the cached
-    activations (in memory), so epochs compute only what trains. The net's trunk then ends there too."""
+    activations of each ``(encoder, paths, {view: activations})`` part, so epochs compute only what trains. The
+    advanced activations are cached too (under the later cut), so a rerun of a recipe that freezes as much skips
+    this. The net's trunk then ends there."""
     if net.frozen <= net.cut:
         return
     was_training = net.training
     net.eval()
     middle = net._stages[net.cut : net.frozen]
-    for cache in caches:
+    for enc, paths, cache in parts:
         for name, acts in cache.items():
+            file = enc.file(paths, name, net.frozen)
+            if file is not None and file.is_file():
+                cache[name] = torch.load(file, weights_only=True)
+                continue
             out = []
-            for start in range(0, len(acts), batch):
+            for start in tqdm(range(0, len(acts), batch), desc=f"advance {name}", unit="batch", leave=False):
                 h = acts[start : start + batch].to(device, torch.float32)
                 for stage in middle:
                     h = stage(h)
                 out.append(h.to("cpu", torch.float16))
             cache[name] = torch.cat(out)
+            enc.save(file, cache[name])
     net.cut = net.frozen
     net.train(was_training)
 
@@ -505,6 +528,21 @@ def _base_profile(profile: str) -> str:
 
         return str((yaml.safe_load(path.read_text()) or {}).get("base", "cpu"))
     return profile
+
+
+def _keep_breed_classifier(settings: Any, spec: dict[str, Any], base: Any) -> dict[str, Any]:
+    """Profile overrides that keep breed labels: an ``attributes`` captioner reading the embedder's own ImageNet
+    head would find none on the fine-tuned model, so it is pointed at the pretrained embedder instead (one more
+    forward pass per photo, breed labels unchanged)."""
+    from engine.models.registry import stage_spec
+
+    captioner = stage_spec(settings, "captioner")
+    if captioner.get("kind") != "attributes" or captioner.get("classifier", "embedder") != "embedder":
+        return {}
+    if not base.has_imagenet_head:
+        return {}
+    keys = ("arch", "checkpoint", "mean", "std", "img_size", "resize", "model_kwargs")
+    return {"captioner": {"classifier": {k: spec[k] for k in keys if k in spec}}}
 
 
 def _trainable_state(net: ReIDNet) -> dict[str, torch.Tensor]:

@@ -130,8 +130,8 @@ RECIPES: dict[str, Recipe] = {
 
 
 def get_recipe(ref: str, /, **overrides: Any) -> Recipe:
-    """A named recipe, or a YAML/JSON file of field overrides on one (``base: NAME``, default
-    ``pca-head-frozen-bn``), with ``overrides`` on top. Unknown fields are refused."""
+    """A named recipe, or a YAML/JSON file of field overrides on one (``base: NAME`` or another recipe file,
+    relative to this one; default ``pca-head-frozen-bn``), with ``overrides`` on top. Unknown fields are refused."""
     from pathlib import Path
 
     import yaml
@@ -142,7 +142,9 @@ def get_recipe(ref: str, /, **overrides: Any) -> Recipe:
         spec = yaml.safe_load(Path(ref).read_text()) or {}
         if not isinstance(spec, dict):
             raise HomewardError(f"recipe file {ref} must hold a mapping of recipe fields")
-        base = spec.pop("base", "pca-head-frozen-bn")
+        base = str(spec.pop("base", "pca-head-frozen-bn"))
+        if base not in RECIPES and (Path(ref).parent / base).is_file():  # a base file named relative to this one
+            base = str(Path(ref).parent / base)
         spec.setdefault("name", Path(ref).stem)
         return get_recipe(base, **{**spec, **overrides})
     if ref not in RECIPES:
