@@ -186,9 +186,14 @@ class RunsDB:
                 con.execute("BEGIN TRANSACTION")
                 yield con
                 con.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 with contextlib.suppress(duckdb.Error):
                     con.execute("ROLLBACK")
+                if isinstance(exc, Exception) and _is_io_error(exc):
+                    raise StorageError(
+                        f"cannot write DuckDB file {self.path}: {exc}. The transaction was rolled back: the file "
+                        "keeps its previous contents (free space or fix the permissions, then rerun)"
+                    ) from exc
                 raise
             finally:
                 con.close()

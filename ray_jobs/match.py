@@ -39,7 +39,7 @@ from engine.scoring import attributes
 from engine.scoring.allpairs import blocked_topk, resolve_device, tile_bounds
 from engine.scoring.blocking import Block, listing_keys, make_blocks
 from engine.scoring.fuse import COMPILE_MIN_RUN_PAIRS, SPECIES_CODES, ScoreParams, Scorer, Side, background_stats
-from engine.storage import LanceStore, RunsDB
+from engine.storage import RunsDB, open_stores
 
 log = logging.getLogger(__name__)
 
@@ -366,8 +366,7 @@ def match(
     k = int(top_k or cfg.top_k)
     dev = str(resolve_device(device or cfg.device))
     params = ScoreParams.from_settings(cfg)
-    store = LanceStore(settings.lance, settings.storage_options)
-    runs = RunsDB(settings.duckdb)
+    store, runs, _ = open_stores(settings)
     run_id = f"match-{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     versions = {t: store.version(t) for t in ("listings", "photos", "detections")}
     parameters = {"top_k": k, "device": dev, "tile_size": cfg.tile_size, "weights": params.weights,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine.errors import HomewardError
-from engine.scoring.allpairs import blocked_topk, cosine_topk, resolve_device, tile_bounds
+from engine.scoring.allpairs import EMPTY, blocked_topk, cosine_topk, pack, resolve_device, tile_bounds, unpack
 
 
 def _brute(a: np.ndarray, b: np.ndarray, k: int):
@@ -86,3 +86,16 @@ def test_bench_match_reports_ratio_and_memory(settings) -> None:
         assert run["tiles"] == (-(-run["n"] // 128)) ** 2 and run["peak_scoring_mb"] >= 0
     assert out["ratio_min"] == min(r["ratio"] for r in out["runs"]) and out["bar"] == 0.7
     assert out["fused_scorer"]["n"] == 300 and out["fused_scorer"]["pairs_per_s"] > 0
+
+
+def test_packed_keys_order_by_score_then_lower_index_and_round_trip() -> None:
+    scores = torch.tensor([0.5, -0.25, 0.5, float("-inf"), 0.0, -0.0, 3.0e38, -1.0e-30])
+    idx = torch.tensor([7, 1, 3, -1, 0, 4, 2**31 - 1, 5])
+    keys = pack(scores, idx)
+    back_s, back_i = unpack(keys)
+    assert torch.equal(back_s, scores) and torch.equal(back_i, idx)
+    order = torch.argsort(keys, descending=True).tolist()
+    expected = sorted(range(len(idx)), key=lambda j: (-scores[j].item(), idx[j].item()))
+    assert order[:3] == [6, 2, 0]  # largest score; then the tie at 0.5 goes to the lower index
+    assert [j for j in order if j not in (4, 5)] == [j for j in expected if j not in (4, 5)]
+    assert keys.min().item() == EMPTY == keys[3].item()
