@@ -23,7 +23,6 @@ import email.parser
 import email.policy
 import hmac
 import http.server
-import importlib
 import inspect
 import io
 import json
@@ -123,16 +122,6 @@ def _jinja() -> jinja2.Environment:
     env.filters.update(num=_fmt_num, time=_fmt_time, ago=_fmt_ago, urlencode=urllib.parse.quote)
     env.filters["pct"] = lambda v, top=1.0: 0 if not v or not top else max(0, min(100, round(float(v) / top * 100)))
     return env
-
-
-def _resolve_search() -> Callable[..., dict[str, Any]] | None:
-    """``engine.search.search`` when that module exists (it is written beside this one); else ``None``."""
-    try:
-        module = importlib.import_module("engine.search")
-    except ImportError as exc:
-        log.info("photo search unavailable: %s", exc)
-        return None
-    return getattr(module, "search", None)
 
 
 def _result_items(result: Any) -> list[dict[str, Any]]:
@@ -447,11 +436,14 @@ class Dashboard:
         return Response(200, data, "image/jpeg", {"Cache-Control": "private, max-age=86400"})
 
     # --- search ------------------------------------------------------------------------------------------------
-    def search_fn(self) -> Callable[..., dict[str, Any]] | None:
-        return self._search_fn or _resolve_search()
+    def search_fn(self) -> Callable[..., dict[str, Any]]:
+        if self._search_fn is None:
+            from engine.search import search  # loads torch and the scoring stack: only when someone searches
+
+            self._search_fn = search
+        return self._search_fn
 
     def search_page(self, req: Request, status: int = 200, **ctx: Any) -> Response:
-        ctx.setdefault("available", self.search_fn() is not None)
         ctx.setdefault("form", {"species": "", "near": "", "radius_km": "", "k": "12"})
         return self.render("search.html", status, form_key=self.form_key, **ctx)
 
@@ -488,8 +480,6 @@ class Dashboard:
             errors.append("a radius needs a place")
         species = form["species"] if form["species"] in ("dog", "cat", "other") else None
         fn = self.search_fn()
-        if fn is None:
-            errors.append("photo search is not installed on this server (engine.search is missing)")
         if photo and not _is_image(photo):
             errors.append("that file is not a photo Homeward can read (JPEG, PNG, WebP, GIF …)")
         if errors:

@@ -11,8 +11,10 @@ error pages saved as ``.jpg`` and the odd decompression bomb. :func:`decode_imag
   composited on white, 16-bit channels are scaled rather than clipped);
 * failures raise :class:`ImageError` whose ``reason`` is one of :data:`REASONS`.
 
-Only Pillow and numpy are needed, so the crawl pipeline can reuse :func:`probe_image` / :func:`decode_image` for its
-download check.
+Only Pillow (plus pi-heif's HEIF opener, for iPhone photos) and numpy are needed, so the crawl pipeline can reuse
+:func:`probe_image` / :func:`decode_image` for its download check. Registering the HEIF opener here also keeps
+ultralytics' patched ``Image.open`` (which imports pi-heif on the first unidentified image) from turning an
+"image" that is really HTML into a ``ModuleNotFoundError``.
 """
 
 from __future__ import annotations
@@ -23,9 +25,12 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from pi_heif import register_heif_opener
 from PIL import Image, UnidentifiedImageError
 
 from engine.errors import HomewardError
+
+register_heif_opener()
 
 #: Reasons an image is refused, stable strings stored in ``photos.enrich_error`` / ``photos.error``.
 REASONS = ("not_an_image", "corrupt_image", "truncated", "too_large")

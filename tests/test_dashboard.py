@@ -287,22 +287,9 @@ def test_a_failing_search_is_shown_not_swallowed(settings):
     assert resp.status == 500 and b"search failed: RuntimeError: index is corrupt" in resp.body
 
 
-def test_search_without_engine_search_says_so(settings):
-    sample.populate(settings)
-    app = Dashboard(settings, host="127.0.0.1", search_fn=None)
-    try:
-        import engine.search  # noqa: F401
-    except ImportError:
-        resp = app.handle(Request("GET", "/search", {}, {}, b""))
-        assert resp.status == 200 and b"not installed" in resp.body
-    else:
-        pytest.skip("engine.search exists: covered by test_search_with_engine_search")
-
-
 def test_search_with_engine_search(settings):
     """The real engine.search behind the form (tiny models built from config; nothing enriched yet, so it answers
     with its explanation, which the page shows)."""
-    pytest.importorskip("engine.search", reason="engine.search is written beside the dashboard")
     cfg = settings.with_overrides({"enrich": {"profile": "tiny"}})
     sample.populate(cfg)
     app = Dashboard(cfg, host="127.0.0.1")

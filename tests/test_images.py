@@ -218,6 +218,16 @@ def test_html_is_named_as_markup() -> None:
         probe_image(f.html())
 
 
+def test_reasons_survive_ultralytics_patching_pillow() -> None:
+    """ultralytics replaces ``PIL.Image.open`` in every process that loads the detector; an HTML "image" must still
+    be ``not_an_image`` there (the patch retries through pi-heif, which must be importable)."""
+    import ultralytics.utils.patches  # noqa: F401  (applies the patch)
+
+    with pytest.raises(ImageError) as err:
+        decode_image(f.html())
+    assert err.value.reason == "not_an_image" and "markup" in err.value.detail
+
+
 def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 

@@ -363,6 +363,7 @@ class SiteSpider(ListingSpider):
     catalog shows a tile per card, ``catalog_tiles(text, url) -> {card_url: tile_text}`` (the incremental-crawl
     fingerprint). A site needs only ``name``, ``default_base_url``, ``start_paths`` and ``parser``."""
 
+    name = ""  # a base, not a spider: Scrapy's loader registers only classes with a name
     parser: ModuleType
 
     def is_card(self, url: str) -> bool:
