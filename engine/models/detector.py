@@ -58,7 +58,7 @@ class YoloDetector(Detector):
         self.confidence = float(spec.get("confidence", settings.enrich.detect_confidence))
         self.iou = float(spec.get("iou", 0.6))
         self.max_det = int(spec.get("max_det", 20))
-        self.half = self.device.startswith("cuda") and spec.get("precision") == "fp16"
+        self.quantize = "fp16" if self.device.startswith("cuda") and spec.get("precision") == "fp16" else None
         self.classes = {int(k): str(v) for k, v in (spec.get("classes") or {15: "cat", 16: "dog"}).items()}
         if spec.get("weights"):
             path = resolve(str(spec["weights"]), settings, what="YOLO weights")
@@ -77,7 +77,7 @@ class YoloDetector(Detector):
             raise ModelError("detector spec needs `weights` (a file) or `config` (a model YAML)")
         # The first predict builds ultralytics' predictor, which resets torch's thread count: do it now, then restore.
         self.model.predict(
-            np.zeros((64, 64, 3), np.uint8), imgsz=self.imgsz, device=self.device, verbose=False, half=self.half
+            np.zeros((64, 64, 3), np.uint8), imgsz=self.imgsz, device=self.device, verbose=False, quantize=self.quantize
         )
         torch.set_num_threads(threads)
 
@@ -95,7 +95,7 @@ class YoloDetector(Detector):
                 agnostic_nms=True,
                 max_det=self.max_det,
                 device=self.device,
-                half=self.half,
+                quantize=self.quantize,
                 verbose=False,
             )
             for im, res in zip(chunk, results, strict=True):
