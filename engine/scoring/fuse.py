@@ -74,21 +74,19 @@ class Side:
     text: torch.Tensor  # (n, t) float32, zero rows where missing
     has_text: torch.Tensor  # (n,) bool
     det_offsets: torch.Tensor = field(init=False)
+    det_counts: torch.Tensor = field(init=False)  # (n,) detections per listing
 
     def __post_init__(self) -> None:
         counts = torch.bincount(self.det_owner, minlength=self.n) if self.det_owner.numel() else torch.zeros(self.n)
+        self.det_counts = counts.to(torch.int64)
         self.det_offsets = torch.zeros(self.n + 1, dtype=torch.int64)
-        self.det_offsets[1:] = torch.cumsum(counts.to(torch.int64), 0)
+        self.det_offsets[1:] = torch.cumsum(self.det_counts, 0)
         if self.det_owner.numel() and bool((self.det_owner[1:] < self.det_owner[:-1]).any()):
             raise ValueError("detections must be grouped by listing in listing order")
 
     @property
     def n(self) -> int:
         return len(self.listing_ids)
-
-    @property
-    def det_counts(self) -> torch.Tensor:
-        return self.det_offsets[1:] - self.det_offsets[:-1]
 
     def take(self, idx: np.ndarray | torch.Tensor) -> Side:
         """The listings ``idx`` (in that order), with their detections."""
@@ -407,8 +405,9 @@ class Scorer:
         }
         for k in ("colour", "sex", "size", "breed"):
             out[f"attr_{k}"] = attr[k].numpy()
+        lost_dets, found_dets = L.det_counts[i].tolist(), F.det_counts[j].tolist()
         out["explanation"] = np.array(
-            [explain({k: v[n_] for k, v in out.items()}, self.params, L.det_counts[i[n_]], F.det_counts[j[n_]])
+            [explain({k: v[n_] for k, v in out.items()}, self.params, lost_dets[n_], found_dets[n_])
              for n_ in range(n)],
             dtype=object,
         )  # fmt: skip
