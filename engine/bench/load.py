@@ -30,49 +30,14 @@ import resource
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from engine.bench.memory import PeakRss
 from engine.config import Settings
 
 log = logging.getLogger(__name__)
-
-
-def _rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
-        return float("nan")
-
-
-class PeakRss:
-    """Samples this process's resident memory every ``interval`` seconds inside a ``with`` block."""
-
-    def __init__(self, interval: float = 0.05) -> None:
-        self.interval = interval
-        self.peak = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> PeakRss:
-        self.peak = _rss_mb()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, _rss_mb())
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self.peak = max(self.peak, _rss_mb())
 
 
 def _stub_crawler(settings: Settings, flush_items: int) -> Any:
@@ -339,4 +304,4 @@ def _match_stage(settings: Settings, region: Any, dim: int, top_k: int | None, u
     }
 
 
-__all__ = ["PeakRss", "bench_load", "ingest", "matmul_pairs_per_s", "write_vectors"]
+__all__ = ["bench_load", "ingest", "matmul_pairs_per_s", "write_vectors"]

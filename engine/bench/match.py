@@ -17,15 +17,14 @@ top-k spot check against exact rows. The first N is also scored with the full fu
 from __future__ import annotations
 
 import logging
-import os
 import resource
-import threading
 import time
 from typing import Any
 
 import numpy as np
 import torch
 
+from engine.bench.memory import PeakRss, rss_mb
 from engine.config import Settings
 from engine.scoring.allpairs import blocked_topk, cosine_topk, resolve_device, tile_bounds
 
@@ -34,38 +33,6 @@ DEFAULT_N = (10_000, 50_000, 200_000)
 REFERENCE_BUDGET_S = 60.0
 """Longest we spend timing the reference per N; beyond it, tiles are sampled and extrapolated."""
 BAR = 0.7
-
-
-def _rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
-        return float("nan")
-
-
-class _PeakRss:
-    """Samples this process's resident memory every 20 ms while active."""
-
-    def __init__(self) -> None:
-        self.peak = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _rss_mb())
-            time.sleep(0.02)
-
-    def __enter__(self) -> _PeakRss:
-        self.peak = _rss_mb()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss_mb())
 
 
 def _vectors(n: int, dim: int, seed: int) -> torch.Tensor:
@@ -185,8 +152,8 @@ def bench_match(
         ref_before = _time_reference(a, b, before, dev)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
-        base_rss = _rss_mb()
-        with _PeakRss() as peak:
+        base_rss = rss_mb()
+        with PeakRss(interval=0.02) as peak:
             t0 = time.perf_counter()
             top = cosine_topk(a, b, top_k, tile_size=tile, device=str(dev))
             _sync(dev)

@@ -1,0 +1,47 @@
+"""Resident memory of this process, now and at its peak over a block, for the benchmarks' ``peak_*_mb`` figures.
+
+``ru_maxrss`` gives only the lifetime peak of the process; a bench that reports one stage's peak samples RSS on a
+thread instead (every ``interval`` seconds: a spike shorter than that can be missed, which is why the intervals are
+short).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+
+def rss_mb() -> float:
+    """This process's resident set size in MiB (NaN where /proc is unavailable)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return float("nan")
+
+
+class PeakRss:
+    """Samples this process's resident memory every ``interval`` seconds inside a ``with`` block; ``peak`` in MiB."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> PeakRss:
+        self.peak = rss_mb()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, rss_mb())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak = max(self.peak, rss_mb())
