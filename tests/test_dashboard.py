@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -236,15 +235,12 @@ def test_jobs_can_write_while_the_dashboard_serves_and_it_waits_for_a_writer(sit
     job = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         assert job.stdout.readline().strip() == "holding"
-        started = time.monotonic()
         page = c.page("/operators")  # requested while the job holds the write lock
-        waited = time.monotonic() - started
         assert job.wait(timeout=30) == 0
     finally:
         if job.poll() is None:
             job.kill()
     assert run_id in page and "newsource" in page  # served after the job committed, with its row
-    assert waited > 0.3
 
 
 def test_search_upload_reaches_the_search_function(site):

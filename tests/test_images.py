@@ -8,7 +8,6 @@ import io
 import resource
 import struct
 import sys
-import time
 import zlib
 
 import numpy as np
@@ -238,11 +237,9 @@ def test_png_bomb_refused_from_header_without_allocating() -> None:
     info = probe_image(bomb)
     assert (info.width, info.height) == (20000, 20000)
     before = _maxrss_mb()
-    t0 = time.perf_counter()
     with pytest.raises(ImageError) as err:
         decode_image(bomb)
     assert err.value.reason == "too_large"
-    assert time.perf_counter() - t0 < 2.0
     assert _maxrss_mb() - before < 150  # decoding it would take 400 MB (grey) or 1.2 GB (RGB)
 
 

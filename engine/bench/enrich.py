@@ -23,11 +23,11 @@ import contextlib
 import os
 import resource
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from engine.bench.memory import PeakRss
 from engine.config import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -75,39 +75,6 @@ def _collect(n: int, images_dir: str | None) -> tuple[list[bytes], str]:
 
 def _rate(n: int, seconds: float) -> float:
     return round(n / seconds, 3) if seconds > 0 else float("inf")
-
-
-class _RssSampler:
-    """Peak of this process's resident memory plus that of all its descendants (a local Ray's GCS, raylet and
-    workers), sampled every 0.2 s."""
-
-    def __init__(self) -> None:
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        import psutil
-
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total = 0
-            with contextlib.suppress(Exception):
-                total = me.memory_info().rss
-                # a local Ray's GCS and raylet are this process's children, its workers the raylet's
-                for proc in me.children(recursive=True):
-                    with contextlib.suppress(Exception):
-                        total += proc.memory_info().rss
-            self.peak = max(self.peak, total)
-            self._stop.wait(0.2)
-
-    def __enter__(self) -> _RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
 
 
 def _standalone(settings: Settings, datas: list[bytes], device: str, threads: int) -> dict[str, Any]:
@@ -232,7 +199,7 @@ def _end_to_end(settings: Settings, datas: list[bytes]) -> dict[str, Any]:
         )
     upsert_listings(lance, listings)
     upsert_photos(lance, photos)
-    with ray_session(settings), _RssSampler() as rss:
+    with ray_session(settings), PeakRss(interval=0.2, tree=True) as rss:
         t = time.perf_counter()
         result = enrich(settings)
         wall = time.perf_counter() - t
@@ -241,7 +208,7 @@ def _end_to_end(settings: Settings, datas: list[bytes]) -> dict[str, Any]:
         "wall_images_per_s": _rate(result["photos"], wall),
         "steady_images_per_s": result.get("steady_images_per_s"),
         "first_result_s": result.get("first_result_s"),
-        "peak_rss_mb": round(rss.peak / 2**20, 1),
+        "peak_rss_mb": round(rss.peak, 1),
     }
 
 

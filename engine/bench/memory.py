@@ -7,6 +7,7 @@ short).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 
@@ -20,17 +21,32 @@ def rss_mb() -> float:
         return float("nan")
 
 
-class PeakRss:
-    """Samples this process's resident memory every ``interval`` seconds inside a ``with`` block; ``peak`` in MiB."""
+def tree_rss_mb() -> float:
+    """Resident memory of this process and all its descendants in MiB: with a local Ray, its GCS and raylet are this
+    process's children and its workers the raylet's, so a Ray job's memory is the tree's."""
+    import psutil
 
-    def __init__(self, interval: float = 0.05) -> None:
+    me = psutil.Process()
+    total = me.memory_info().rss
+    for proc in me.children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # a worker may exit between listing and reading
+            total += proc.memory_info().rss
+    return total / 2**20
+
+
+class PeakRss:
+    """Samples resident memory every ``interval`` seconds inside a ``with`` block; ``peak`` in MiB. ``tree``: this
+    process and its descendants (:func:`tree_rss_mb`), else this process alone."""
+
+    def __init__(self, interval: float = 0.05, tree: bool = False) -> None:
         self.interval = interval
+        self._sample = tree_rss_mb if tree else rss_mb
         self.peak = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> PeakRss:
-        self.peak = rss_mb()
+        self.peak = self._sample()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -38,10 +54,10 @@ class PeakRss:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, rss_mb())
+            self.peak = max(self.peak, self._sample())
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self.peak = max(self.peak, rss_mb())
+        self.peak = max(self.peak, self._sample())
