@@ -119,6 +119,19 @@ def test_stage_split_computes_the_backbone_features(arch: str) -> None:
     assert set(net.state_dict()) == set(f"backbone.{k}" for k in model.state_dict())
 
 
+def test_pooled_features_keep_no_autograd_graph() -> None:
+    # with trainable blocks a graph per batch would hold every activation of the training set (GPU OOM at 727 dogs)
+    import timm
+
+    from engine.train.loop import _pooled_features
+
+    model = timm.create_model("test_efficientnet", pretrained=False, num_classes=0)
+    net = ReIDNet(model, trainable_from=0, cache_at=None)
+    cache = net.trunk(torch.randn(6, 3, 64, 64))
+    feats = _pooled_features(net, None, [Path(f"{i}.jpg") for i in range(6)], cache, "cpu", batch=4)  # type: ignore[arg-type]
+    assert feats.shape == (6, net.num_features) and not feats.requires_grad
+
+
 def test_pca_head_starts_as_the_centred_geometry() -> None:
     torch.manual_seed(0)
     feats = torch.randn(50, 8) @ torch.randn(8, 8) + 3.0

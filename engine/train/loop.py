@@ -469,6 +469,7 @@ def summarize(metadata: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+@torch.no_grad()
 def _pooled_features(
     net: ReIDNet, enc: Encoder, paths: Sequence[Path], cache: torch.Tensor | None, device: str, batch: int = 64
 ) -> torch.Tensor:
