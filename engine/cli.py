@@ -118,15 +118,20 @@ def _global_flags() -> argparse.ArgumentParser:
 
 
 def _add_verbs(subparsers: Any, table: dict[str, Any], common: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    # Only the verb that runs has its module imported (`homeward --help` stays fast, and `bench match` does not
+    # import the `match` job): the first word of argv naming a verb of this level, then the next level after it.
+    argv = list(argv)
+    chosen = next((a for a in argv if a in table), None)
     for verb, entry in table.items():
         if isinstance(entry, dict):
             p = subparsers.add_parser(verb, help=f"benchmarks: {', '.join(entry)}")
-            _add_verbs(p.add_subparsers(dest=f"{verb}_verb", metavar="WHAT", required=True), entry, common, argv)
+            rest = argv[argv.index(verb) + 1 :] if verb == chosen else []
+            _add_verbs(p.add_subparsers(dest=f"{verb}_verb", metavar="WHAT", required=True), entry, common, rest)
             continue
         target, purpose = entry
         p = subparsers.add_parser(verb, help=purpose, description=purpose, parents=[common])
         p.set_defaults(_target=target)
-        if verb in argv:  # import a verb's module only when it runs, so `homeward --help` stays fast
+        if verb == chosen:
             _add_params(p, _resolve(target))
 
 
