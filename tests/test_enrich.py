@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import test_images as make
+import torch
 from PIL import Image
 
 from engine import ids
@@ -268,6 +269,25 @@ def test_bench_enrich_prints_its_figures_as_json(
     assert sum(out["enrich_counts"].values()) == 10 and out["enrich_counts"]["failed"] == 0
     assert out["pipeline_peak_rss_mb"] > 100 and out["standalone_peak_rss_mb"] > 100
     assert out["passes_bar"] == (out["efficiency"] >= 0.8)
+
+
+def test_bench_enrich_without_pipeline_times_models_alone(
+    settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engine.cli import main
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"p{i}.jpg").write_bytes(make.jpeg(Image.effect_noise((120 + i, 90), 30 + i).convert("RGB")))
+    argv = ["bench", "enrich", "--images", "4", "--images-dir", str(folder), "--profile", "tiny"]
+    assert main([*argv, "--no-pipeline", "--data-dir", settings.data_dir]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["device"] == "cpu" and set(out["standalone_images_per_s"]) >= {"decode", "detect", "embed", "text"}
+    assert "end_to_end_images_per_s" not in out and "passes_bar" not in out
+    if not torch.cuda.is_available():
+        assert main([*argv, "--device", "cuda", "--no-pipeline", "--data-dir", settings.data_dir]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
 
 
 def test_other_dimension_is_refused_before_any_write(tiny: Settings, ray_local: None, tmp_path: Path) -> None:

@@ -14,7 +14,9 @@ What runs, in one invocation, on the same ``images`` photos:
 ``efficiency`` = end-to-end images/s ÷ the slowest stage's standalone images/s: 1.0 means the pipeline runs as fast
 as its bottleneck model alone; the bar is 0.8. Peak memory: this process's peak RSS after the standalone runs, and
 the peak summed RSS of the driver and every Ray worker during the end-to-end run. With a CUDA device the same
-figures are taken on the GPU too (``gpu`` block). The last line printed is one JSON object.
+figures are taken on the GPU too (``gpu`` block); ``--device cuda`` skips the CPU, and ``--no-pipeline`` times the
+models alone without Ray (a GPU box that has the models' libraries but not the cluster's). The last line printed is
+one JSON object.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 
 from engine.bench.memory import PeakRss
 from engine.config import Settings
+from engine.errors import HomewardError
 
 REPO = Path(__file__).resolve().parents[2]
 BAR = 0.8
@@ -213,7 +216,13 @@ def _end_to_end(settings: Settings, datas: list[bytes]) -> dict[str, Any]:
 
 
 def bench_enrich(
-    settings: Settings, *, images: int = 64, images_dir: str | None = None, profile: str | None = None
+    settings: Settings,
+    *,
+    images: int = 64,
+    images_dir: str | None = None,
+    profile: str | None = None,
+    device: str | None = None,
+    pipeline: bool = True,
 ) -> dict:
     """Enrich pipeline images/s against each model alone on the same images; efficiency = pipeline / slowest stage.
 
@@ -221,6 +230,8 @@ def bench_enrich(
         images: how many photos to run (distinct files)
         images_dir: folder of photos (default: ../shared/data/dogfacenet/images, else synthetic photos)
         profile: model profile (default: enrich.profile)
+        device: cpu or cuda (default: cpu, then cuda too when a GPU is visible)
+        pipeline: also run the Ray pipeline end to end; false times each model alone only (a GPU box without Ray)
     """
     import torch
 
@@ -246,6 +257,18 @@ def bench_enrich(
         alone = _standalone(settings, datas, device, threads if device == "cpu" else 1)
         stages = _pipeline_stages(alone["rates"], prof["captioner"].get("kind"))
         slowest = min(stages, key=stages.get)  # type: ignore[arg-type]
+        result: dict[str, Any] = {
+            "device": device,
+            "standalone_images_per_s": alone["rates"],
+            "pipeline_stages_images_per_s": stages,
+            "slowest_stage": slowest,
+            "slowest_stage_images_per_s": stages[slowest],
+            "detector_all_cores_images_per_s": alone["detector_all_cores"],
+            "animals_found_standalone": alone["animals"],
+            "models": alone["models"],
+        }
+        if not pipeline:
+            return result
         with tempfile.TemporaryDirectory(prefix="hw-bench-enrich-") as tmp:
             s = settings.with_overrides(
                 {"data_dir": tmp, "lance_uri": None, "duckdb_path": None, "photo_store": None},
@@ -256,12 +279,7 @@ def bench_enrich(
             e2e = _end_to_end(s, datas)
         rate = e2e["steady_images_per_s"] or e2e["wall_images_per_s"]
         return {
-            "device": device,
-            "standalone_images_per_s": alone["rates"],
-            "pipeline_stages_images_per_s": stages,
-            "slowest_stage": slowest,
-            "slowest_stage_images_per_s": stages[slowest],
-            "detector_all_cores_images_per_s": alone["detector_all_cores"],
+            **result,
             "end_to_end_images_per_s": rate,
             "end_to_end_wall_images_per_s": e2e["wall_images_per_s"],
             "first_result_s": e2e["first_result_s"],
@@ -270,18 +288,23 @@ def bench_enrich(
                 round(rate / alone["detector_all_cores"], 3) if alone["detector_all_cores"] else None
             ),
             "detections": e2e["result"]["detections"],
-            "animals_found_standalone": alone["animals"],
             "enrich_counts": {k: e2e["result"][k] for k in ("ok", "no_animal", "failed")},
             "pipeline_peak_rss_mb": e2e["peak_rss_mb"],
-            "models": alone["models"],
         }
 
-    cpu = one("cpu")
-    out.update({k: v for k, v in cpu.items()})
-    out["standalone_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    out["passes_bar"] = bool(cpu["efficiency"] is not None and cpu["efficiency"] >= BAR)
-    if torch.cuda.is_available():
+    if device not in (None, "cpu", "cuda"):
+        raise HomewardError(f"bench enrich --device {device!r}: use cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise HomewardError("bench enrich --device cuda: no CUDA device is visible")
+    if device != "cuda":
+        cpu = one("cpu")
+        out.update(cpu)
+        out["standalone_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        if pipeline:
+            out["passes_bar"] = bool(cpu["efficiency"] is not None and cpu["efficiency"] >= BAR)
+    if device == "cuda" or (device is None and torch.cuda.is_available()):
         gpu = one("cuda")
         out["gpu"] = gpu
-        out["gpu_images_per_s"] = gpu["end_to_end_images_per_s"]
+        if pipeline:
+            out["gpu_images_per_s"] = gpu["end_to_end_images_per_s"]
     return out
