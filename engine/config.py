@@ -85,8 +85,10 @@ class EnrichSettings:
 @dataclass(frozen=True)
 class MatchSettings:
     top_k: int = 10
-    tile_size: int = 4096
-    """Rows per side of one scoring tile: peak memory grows with tile_size², never with N×M."""
+    tile_size: int | None = None
+    """Rows per side of one scoring tile: peak memory grows with tile_size², never with N×M. None: 4096 on a CPU
+    (64 MB of scores, stays in cache-friendly sizes), 16384 on a GPU (1 GB of scores; smaller tiles leave the GPU
+    waiting on per-tile top-k merges: 0.55 of the plain-matmul rate at 4096 vs 0.71 at 16384 on an H100)."""
     device: str = "auto"
     max_speed_km_per_day: float = 25.0
     base_radius_km: float = 15.0

@@ -25,7 +25,7 @@ from engine import schema
 from engine.config import Settings
 from engine.errors import HomewardError
 from engine.scoring import attributes
-from engine.scoring.allpairs import blocked_topk, resolve_device, tile_bounds
+from engine.scoring.allpairs import blocked_topk, resolve_device, tile_bounds, tile_for
 from engine.scoring.fuse import SPECIES_CODES, ScoreParams, Scorer, Side, background_stats
 from engine.scoring.geo import haversine_km
 from engine.storage import LanceStore
@@ -190,8 +190,8 @@ def search(
         dist = haversine_km(torch.tensor(where[0], device=dev), torch.tensor(where[1], device=dev), lat, lon)
         return torch.where(dist[None, :] > radius_km, torch.full_like(scores, float("-inf")), scores)
 
-    top = blocked_topk(1, found.n, kk, tile, [(0, 1)], tile_bounds(found.det_counts.numpy(), settings.match.tile_size),
-                       device=dev, want_cols=False)  # fmt: skip
+    bounds = tile_bounds(found.det_counts.numpy(), tile_for(settings.match.tile_size, dev))
+    top = blocked_topk(1, found.n, kk, tile, [(0, 1)], bounds, device=dev, want_cols=False)
     _, cols, _, _ = top.row_pairs()
     terms = Scorer(query, found, params, "cpu").pairs(np.zeros(len(cols), dtype=np.int64), cols)
     meta_cols = ["listing_id", "url", "kind", "species", "location_text"]

@@ -36,7 +36,7 @@ from engine import schema
 from engine.config import Settings
 from engine.errors import HomewardError
 from engine.scoring import attributes
-from engine.scoring.allpairs import blocked_topk, resolve_device, tile_bounds
+from engine.scoring.allpairs import blocked_topk, resolve_device, tile_bounds, tile_for
 from engine.scoring.blocking import Block, listing_keys, make_blocks
 from engine.scoring.fuse import COMPILE_MIN_RUN_PAIRS, SPECIES_CODES, ScoreParams, Scorer, Side, background_stats
 from engine.storage import RunsDB, open_stores
@@ -365,11 +365,12 @@ def match(
     cfg = settings.match
     k = int(top_k or cfg.top_k)
     dev = str(resolve_device(device or cfg.device))
+    tile = tile_for(cfg.tile_size, torch.device(dev))
     params = ScoreParams.from_settings(cfg)
     store, runs, _ = open_stores(settings)
     run_id = f"match-{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     versions = {t: store.version(t) for t in ("listings", "photos", "detections")}
-    parameters = {"top_k": k, "device": dev, "tile_size": cfg.tile_size, "weights": params.weights,
+    parameters = {"top_k": k, "device": dev, "tile_size": tile, "weights": params.weights,
                   "calibration": {"slope": params.slope, "offset": params.offset},
                   "base_radius_km": cfg.base_radius_km, "max_speed_km_per_day": cfg.max_speed_km_per_day,
                   "max_days": cfg.max_days, "grace_days": cfg.found_before_lost_grace_days}  # fmt: skip
@@ -429,7 +430,9 @@ def _run(settings, store, runs, run_id, versions, params, k, dev, use_ray, t0) -
     log.info("match %s: %d lost × %d found listings, %d blocks, %d candidate pairs on %s",
              run_id, lost.n, found.n, len(blocks), candidate_pairs, dev)  # fmt: skip
     t_score = time.perf_counter()
-    rl, rf, _rs, rrank, cl, cf, cs = _score_all(lost, found, params, blocks, k, cfg.tile_size, dev, use_ray, settings)
+    rl, rf, _rs, rrank, cl, cf, cs = _score_all(
+        lost, found, params, blocks, k, tile_for(settings.match.tile_size, torch.device(dev)), dev, use_ray, settings
+    )
     score_s = time.perf_counter() - t_score
     cl, cf, crank = _merge_found_topk(cl.astype(np.int64), cf.astype(np.int64), cs, k)
 

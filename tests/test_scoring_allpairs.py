@@ -9,7 +9,16 @@ import pytest
 import torch
 
 from engine.errors import HomewardError
-from engine.scoring.allpairs import EMPTY, blocked_topk, cosine_topk, pack, resolve_device, tile_bounds, unpack
+from engine.scoring.allpairs import (
+    EMPTY,
+    blocked_topk,
+    cosine_topk,
+    pack,
+    resolve_device,
+    tile_bounds,
+    tile_for,
+    unpack,
+)
 
 
 def _brute(a: np.ndarray, b: np.ndarray, k: int):
@@ -62,6 +71,12 @@ def test_tile_bounds_bound_the_weight() -> None:
         assert sum(weights[s:e]) <= 4 or e - s == 1  # only a single over-weight item may exceed the tile
     with pytest.raises(HomewardError, match="tile_size"):
         tile_bounds(weights, 0)
+
+
+def test_tile_size_defaults_by_device_unless_configured() -> None:
+    assert tile_for(None, torch.device("cpu")) == 4096
+    assert tile_for(None, torch.device("cuda")) == 16384
+    assert tile_for(128, torch.device("cuda")) == 128
 
 
 def test_device_resolution() -> None:

@@ -26,7 +26,7 @@ import torch
 
 from engine.bench.memory import PeakRss, rss_mb
 from engine.config import Settings
-from engine.scoring.allpairs import blocked_topk, cosine_topk, resolve_device, tile_bounds
+from engine.scoring.allpairs import blocked_topk, cosine_topk, resolve_device, tile_bounds, tile_for
 
 log = logging.getLogger(__name__)
 DEFAULT_N = (10_000, 50_000, 200_000)
@@ -131,7 +131,7 @@ def bench_match(
     """
     sizes = list(n) if n else list(DEFAULT_N)
     dev = resolve_device(device or settings.match.device)
-    tile = settings.match.tile_size
+    tile = tile_for(settings.match.tile_size, dev)
     runs: list[dict[str, Any]] = []
     for size in sizes:
         log.info("bench match: %d × %d, dim %d, tile %d, on %s", size, size, dim, tile, dev)

@@ -35,6 +35,16 @@ def resolve_device(device: str | None) -> torch.device:
     return torch.device(name)
 
 
+CPU_TILE, GPU_TILE = 4096, 16384
+
+
+def tile_for(tile_size: int | None, device: torch.device) -> int:
+    """``match.tile_size``, or the device's default when it is None."""
+    if tile_size is None:
+        return GPU_TILE if device.type == "cuda" else CPU_TILE
+    return int(tile_size)
+
+
 def tile_bounds(weights: Sequence[int] | np.ndarray, tile_size: int) -> list[tuple[int, int]]:
     """Cut ``len(weights)`` items into contiguous tiles of at most ``tile_size`` items whose summed weight (e.g.
     detection vectors per listing) also stays within ``tile_size`` — except an item heavier than the tile alone."""
