@@ -47,6 +47,9 @@ RAY_MIN_PAIRS = 2_000_000_000
 """With ``use_ray`` unset, blocks fan out as Ray tasks only above this many candidate pairs (a local Ray costs ~5 s
 to start; one CPU scores ~10⁹ pairs of 1280-d vectors in ~20 s)."""
 _SKIP_DETECTION_STATUS = ("failed", "error")
+DETECTION_COLUMNS = (
+    "listing_id", "photo_id", "species", "status", "embedding", "embed_model", "text_embedding", "text_model",
+)  # fmt: skip
 
 MATCH_COLUMNS = (
     "run_id", "lost_listing_id", "found_listing_id", "score", "image_sim", "text_sim", "attribute_score",
@@ -82,10 +85,10 @@ def _floats(table: pa.Table, name: str) -> np.ndarray:
 def _vectors(column: pa.ChunkedArray) -> np.ndarray:
     arr = column.combine_chunks()
     dim = arr.type.list_size
-    flat = np.asarray(arr.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
-    vecs = flat.reshape(-1, dim)
+    vecs = np.array(arr.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
     norms = np.linalg.norm(vecs, axis=1, keepdims=True)
-    return vecs / np.where(norms > 0, norms, 1.0)
+    vecs /= np.where(norms > 0, norms, 1.0)  # in place: the copy above is the only one
+    return vecs
 
 
 def configured_embed_model(settings: Settings) -> str | None:
@@ -172,7 +175,7 @@ def build_side(listings: pa.Table, det: pa.Table) -> Side:
 
     owners = np.array([index[x] for x in det["listing_id"].to_pylist()], dtype=np.int64)
     has_emb = pc.is_valid(det["embedding"]).to_numpy(zero_copy_only=False) if det.num_rows else np.zeros(0, bool)
-    emb_rows = det.filter(pa.array(has_emb)) if det.num_rows else det
+    emb_rows = det.select(["embedding", "photo_id", "species"]).filter(pa.array(has_emb)) if det.num_rows else det
     emb_owner = owners[has_emb]
     order = np.argsort(emb_owner, kind="stable")
     if emb_rows.num_rows:
@@ -196,7 +199,7 @@ def build_side(listings: pa.Table, det: pa.Table) -> Side:
     if det.num_rows and "text_embedding" in det.column_names:
         valid = pc.is_valid(det["text_embedding"]).to_numpy(zero_copy_only=False)
         if valid.any():
-            vecs = _vectors(det.filter(pa.array(valid))["text_embedding"])
+            vecs = _vectors(det["text_embedding"].filter(pa.array(valid)))
             np.add.at(text, owners[valid], vecs)
             norms = np.linalg.norm(text, axis=1, keepdims=True)
             has_text = norms[:, 0] > 0
@@ -391,29 +394,39 @@ def match(
     return summary
 
 
+def _load_sides(
+    settings: Settings, store: Any, version: int | None, listings: pa.Table
+) -> tuple[Side, Side, str | None, str | None, int]:
+    """Both sides' tensors from the listings and the usable detection rows: one image model, one text model, no
+    failed rows. → (lost, found, embed model, text model, superseded rows). Only the columns scoring needs are read,
+    and every Arrow table here is garbage once the sides exist (at 500k photos each copy of the vectors is ~1.8 GB:
+    keeping them through scoring tripled match's memory)."""
+    det = store.read("detections", columns=DETECTION_COLUMNS, version=version) if version is not None else None
+    if det is None or det.num_rows == 0:
+        det = pa.Table.from_pylist([], schema=schema.detections_schema(1, 1)).select(list(DETECTION_COLUMNS))
+    lost_l = _active(listings, schema.LOST_KINDS)
+    found_l = _active(listings, schema.FOUND_KINDS)
+    if det.num_rows:
+        usable = pc.invert(pc.is_in(pc.fill_null(det["status"], "ok"), pa.array(_SKIP_DETECTION_STATUS)))
+        active = pc.is_in(det["listing_id"], pa.concat_arrays([lost_l["listing_id"].combine_chunks(),
+                                                                  found_l["listing_id"].combine_chunks()]))  # fmt: skip
+        det = det.filter(pc.and_(usable, active))
+    det, embed_model, superseded = select_model_vectors(det, configured_embed_model(settings))
+    text_model = _text_model(det)
+
+    def side(listings_of_side: pa.Table) -> Side:
+        rows = det.filter(pc.is_in(det["listing_id"], listings_of_side["listing_id"])) if det.num_rows else det
+        return build_side(listings_of_side, rows)
+
+    return side(lost_l), side(found_l), embed_model, text_model, superseded
+
+
 def _run(settings, store, runs, run_id, versions, params, k, dev, use_ray, t0) -> dict[str, Any]:
     cfg = settings.match
     listings = store.read("listings", version=versions["listings"]) if versions["listings"] is not None else None
     if listings is None or listings.num_rows == 0:
         listings = pa.Table.from_pylist([], schema=schema.LISTINGS)
-    lost_l = _active(listings, schema.LOST_KINDS)
-    found_l = _active(listings, schema.FOUND_KINDS)
-    det = store.read("detections", version=versions["detections"]) if versions["detections"] is not None else None
-    if det is None or det.num_rows == 0:
-        det = pa.Table.from_pylist([], schema=schema.detections_schema(1, 1))
-    if det.num_rows:
-        status = pc.fill_null(det["status"], "ok")
-        det = det.filter(pc.invert(pc.is_in(status, pa.array(_SKIP_DETECTION_STATUS))))
-    det_lost = det.filter(pc.is_in(det["listing_id"], lost_l["listing_id"])) if det.num_rows else det
-    det_found = det.filter(pc.is_in(det["listing_id"], found_l["listing_id"])) if det.num_rows else det
-    used, embed_model, superseded = select_model_vectors(
-        pa.concat_tables([det_lost, det_found]), configured_embed_model(settings)
-    )
-    text_model = _text_model(used)
-    det_lost = used.filter(pc.is_in(used["listing_id"], lost_l["listing_id"])) if used.num_rows else used
-    det_found = used.filter(pc.is_in(used["listing_id"], found_l["listing_id"])) if used.num_rows else used
-
-    lost, found = build_side(lost_l, det_lost), build_side(found_l, det_found)
+    lost, found, embed_model, text_model, superseded = _load_sides(settings, store, versions["detections"], listings)
     params = background_stats(lost, found, params)
     key_args = dict(
         base_radius_km=cfg.base_radius_km,
