@@ -120,6 +120,9 @@ def _merge(best: torch.Tensor, new: torch.Tensor, k: int) -> torch.Tensor:
 
 def _tile_topk(scores: torch.Tensor, k: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     kk = min(k, scores.shape[dim])
+    if dim == 0 and scores.device.type == "cpu":  # a strided top-k down the columns is slower than copy + rows
+        values, idx = torch.topk(scores.T.contiguous(), kk, dim=1, sorted=False)
+        return values.T, idx.T
     return torch.topk(scores, kk, dim=dim, sorted=False)
 
 
