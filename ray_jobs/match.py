@@ -18,6 +18,8 @@ is NULL when the pair is kept only because it is in the found listing's top-k (a
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import logging
 import time
@@ -421,12 +423,21 @@ def _load_sides(
     return side(lost_l), side(found_l), embed_model, text_model, superseded
 
 
+def _return_freed_memory() -> None:
+    """Arrow's allocator (mimalloc) and glibc keep freed pages for reuse. After loading, that is gigabytes scoring
+    never reuses (measured at 500k photos: RSS 8.7 GB → 2.5 GB once both hand them back to the OS)."""
+    pa.default_memory_pool().release_unused()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def _run(settings, store, runs, run_id, versions, params, k, dev, use_ray, t0) -> dict[str, Any]:
     cfg = settings.match
     listings = store.read("listings", version=versions["listings"]) if versions["listings"] is not None else None
     if listings is None or listings.num_rows == 0:
         listings = pa.Table.from_pylist([], schema=schema.LISTINGS)
     lost, found, embed_model, text_model, superseded = _load_sides(settings, store, versions["detections"], listings)
+    _return_freed_memory()
     params = background_stats(lost, found, params)
     key_args = dict(
         base_radius_km=cfg.base_radius_km,

@@ -142,7 +142,7 @@ def test_pca_head_starts_as_the_centred_geometry() -> None:
     assert torch.allclose(out @ out.T, centred @ centred.T, atol=1e-3)
 
 
-@pytest.mark.parametrize("recipe", ["pca-head-frozen-bn", "pca-head-512", "top-only"])
+@pytest.mark.parametrize("recipe", ["blocks3-pca-degrade", "pca-head-frozen-bn", "pca-head-512", "top-only"])
 def test_training_writes_a_checkpoint_with_provenance_that_reloads(
     tiny, identity_dir: Path, tmp_path: Path, recipe: str
 ) -> None:
@@ -154,7 +154,7 @@ def test_training_writes_a_checkpoint_with_provenance_that_reloads(
     meta = json.loads((ck / "homeward.json").read_text())
     assert meta["arch"] == "test_efficientnet" and meta["image_size"] == 64 and meta["mean"] == [0.5, 0.5, 0.5]
     assert meta["recipe"]["name"] == recipe
-    assert (meta["head"] is not None) == (recipe == "pca-head-512")
+    assert (meta["head"] is not None) == (recipe in ("pca-head-512", "blocks3-pca-degrade"))
     data = meta["data"]
     assert data["identities"] == IDENTITIES and data["images"] == IDENTITIES * PER_IDENTITY
     assert data["split_seed"] == 0 and data["fingerprint"].startswith(("manifest:", "listing:"))

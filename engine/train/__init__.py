@@ -14,9 +14,9 @@ def train(
     settings: Any,
     images_dir: str,
     *,
-    recipe: str = "pca-head-frozen-bn",
+    recipe: str = "blocks3-pca-degrade",
     out: str | None = None,
-    epochs: int = 20,
+    epochs: int = 30,
     val_fraction: float = 0.2,
     seed: int = 0,
     max_minutes: float = 30.0,
@@ -28,9 +28,9 @@ def train(
 
     Args:
         images_dir: one sub-folder of photos per animal identity (e.g. ../shared/data/dogfacenet/images)
-        recipe: named recipe of engine/train/recipes.py (pca-head-frozen-bn, top-only, baseline-frozen, ...)
+        recipe: a named recipe of engine/train/recipes.py (blocks3-pca-degrade, top-only, ...) or a recipe file
         out: checkpoint folder to write (default <data_dir>/models/reid-<recipe>-<time>)
-        epochs: maximum epochs (early stopping on validation EER may stop sooner)
+        epochs: length of the cosine schedule; early stopping and max_minutes may stop sooner
         val_fraction: share of identities held out for validation (identity-disjoint)
         seed: seed of the split, the sampler and the degradations
         max_minutes: wall-clock budget; no epoch starts that would end past it

@@ -87,9 +87,21 @@ RECIPES: dict[str, Recipe] = {
             views=("clean",),
         ),
         Recipe(
+            name="blocks3-pca-degrade",
+            description="Recommended, the measured best (engine/train/README.md, run7): blocks 3-6 and the conv head "
+            "train on cached block-2 output, a full-rank PCA-initialised head, BatchNorm statistics frozen, sub-center "
+            "ArcFace with class-mean centres, clean/flip/degraded views, low LR, selection on clean EER.",
+            head="pca",
+            head_dim=1280,
+            trainable_from=3,
+            head_lr=3e-4,
+            select_on="eer",
+            patience=6,
+        ),
+        Recipe(
             name="pca-head-frozen-bn",
-            description="Recommended: no random head (PCA-initialised or none), BatchNorm statistics frozen, early "
-            "blocks frozen and cached, low LR, sub-center ArcFace with class-mean centres, clean/flip/degraded views.",
+            description="As blocks3-pca-degrade without a head (the backbone's pooled features are the embedding), "
+            "selecting on the mean of clean and degraded EER.",
             head="none",
             trainable_from=3,
             loss="subcenter_arcface",
