@@ -178,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("homeward: interrupted", file=sys.stderr)
         return 130
     if isinstance(result, dict):
-        print(json.dumps(result, default=str, sort_keys=True))
+        print(json.dumps(result, default=str, sort_keys=True), flush=True)  # before any slow interpreter exit
     return 0
 
 
