@@ -31,6 +31,7 @@ import math
 import os
 import re
 import secrets
+import signal
 import tempfile
 import threading
 import time
@@ -621,10 +622,32 @@ def dashboard(
     log.info("Homeward dashboard on %s (%s)", server.url, "tokens required" if server.app.exposed else "loopback")
     print(f"Homeward dashboard: {server.url}  (Ctrl-C to stop)", flush=True)
     started = time.monotonic()
-    try:
-        server.serve_forever(poll_interval=0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    with _stopped_by_signals(server):
+        try:
+            server.serve_forever(poll_interval=0.5)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
     return {"url": server.url, "served_s": round(time.monotonic() - started, 1), "exposed": server.app.exposed}
+
+
+@contextlib.contextmanager
+def _stopped_by_signals(server: DashboardServer) -> Iterator[None]:
+    """Ctrl-C (SIGINT) and SIGTERM (service managers) stop the server: ``shutdown()`` from a helper thread, since it
+    waits for the serving loop. Installed explicitly rather than relying on KeyboardInterrupt reaching the loop: a
+    SIGINT inherited as ignored (nohup, some supervisors) would never stop it, and one full test run saw Ctrl-C do
+    nothing. Only the main thread may install handlers; elsewhere the defaults stay."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        threading.Thread(target=server.shutdown, name="dashboard-stop", daemon=True).start()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

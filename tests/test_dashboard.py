@@ -368,8 +368,10 @@ def test_report_prints_the_tokens_the_dashboard_accepts(settings):
         assert resp.status == 200, key
 
 
-def test_cli_dashboard_serves_until_interrupted(settings):
-    """`homeward dashboard --port 0` as a user runs it: prints its URL, serves, stops cleanly on Ctrl-C."""
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_cli_dashboard_serves_until_interrupted(settings, stop):
+    """`homeward dashboard --port 0` as a user runs it: prints its URL, serves, stops cleanly on Ctrl-C (SIGINT) or a
+    service manager's SIGTERM."""
     import signal
 
     sample.populate(settings)
@@ -387,7 +389,7 @@ def test_cli_dashboard_serves_until_interrupted(settings):
         status, _, body = Client(m.group(1)).get("/healthz")
         assert status == 200 and json.loads(body) == {"ok": True, "exposed": False}
         assert "Seattle Animal Shelter" in Client(m.group(1)).page("/shelter/SEAS")
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(getattr(signal, stop))
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
