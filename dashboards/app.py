@@ -619,14 +619,12 @@ def dashboard(
         token: operator token: opens every shelter's pages and the shelter index when exposed.
     """
     server = make_server(settings, host=host, port=port, token=token)
-    log.info("Homeward dashboard on %s (%s)", server.url, "tokens required" if server.app.exposed else "loopback")
-    print(f"Homeward dashboard: {server.url}  (Ctrl-C to stop)", flush=True)
     started = time.monotonic()
-    with _stopped_by_signals(server):
+    with _stopped_by_signals(server):  # before the URL is shown: a stop from then on is always a clean one
+        log.info("Homeward dashboard on %s (%s)", server.url, "tokens required" if server.app.exposed else "loopback")
+        print(f"Homeward dashboard: {server.url}  (Ctrl-C to stop)", flush=True)
         try:
             server.serve_forever(poll_interval=0.5)
-        except KeyboardInterrupt:
-            pass
         finally:
             server.server_close()
     return {"url": server.url, "served_s": round(time.monotonic() - started, 1), "exposed": server.app.exposed}

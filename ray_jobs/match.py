@@ -385,7 +385,7 @@ def match(
             [run_id, started, "running", json.dumps(parameters), json.dumps(versions)],
         )
     try:
-        summary = _run(settings, store, runs, run_id, versions, params, k, dev, use_ray, t0)
+        summary = _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray, t0)
     except BaseException as exc:
         with runs.write() as con:
             con.execute(
@@ -431,7 +431,7 @@ def _return_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _run(settings, store, runs, run_id, versions, params, k, dev, use_ray, t0) -> dict[str, Any]:
+def _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray, t0) -> dict[str, Any]:
     cfg = settings.match
     listings = store.read("listings", version=versions["listings"]) if versions["listings"] is not None else None
     if listings is None or listings.num_rows == 0:
@@ -454,9 +454,7 @@ def _run(settings, store, runs, run_id, versions, params, k, dev, use_ray, t0) -
     log.info("match %s: %d lost × %d found listings, %d blocks, %d candidate pairs on %s",
              run_id, lost.n, found.n, len(blocks), candidate_pairs, dev)  # fmt: skip
     t_score = time.perf_counter()
-    rl, rf, _rs, rrank, cl, cf, cs = _score_all(
-        lost, found, params, blocks, k, tile_for(settings.match.tile_size, torch.device(dev)), dev, use_ray, settings
-    )
+    rl, rf, _rs, rrank, cl, cf, cs = _score_all(lost, found, params, blocks, k, tile, dev, use_ray, settings)
     score_s = time.perf_counter() - t_score
     cl, cf, crank = _merge_found_topk(cl.astype(np.int64), cf.astype(np.int64), cs, k)
 
