@@ -30,6 +30,8 @@ from PIL import Image
 
 from engine import ids, schema
 from engine.config import Settings
+from engine.models import profile
+from engine.models.embedder import embedder_id
 from engine.storage import LanceStore, RunsDB, open_stores, upsert_listings, upsert_photos
 from ray_jobs import match as match_job
 
@@ -46,8 +48,10 @@ def _env() -> dict[str, str]:
 
 # --------------------------------------------------------------------------------------------- synthetic matches
 def _world(settings: Settings, n_lost: int, n_found: int, seed: int = 0, tag: str = "") -> None:
-    """Lost and found listings around one city with one detection each (random unit vectors, one model)."""
+    """Lost and found listings around one city with one detection each (random unit vectors tagged with the
+    configured profile's embedder, as enrich would write them: `homeward match` in a subprocess selects them too)."""
     rng = np.random.default_rng(seed)
+    embed_model = embedder_id(profile(settings)["embedder"], settings)
     listings, dets = [], []
     base = dt.date(2026, 5, 1)
     for i in range(n_lost + n_found):
@@ -62,17 +66,11 @@ def _world(settings: Settings, n_lost: int, n_found: int, seed: int = 0, tag: st
         t = rng.normal(size=TEXT_DIM)
         dets.append(dict(detection_id=f"d-{sid}", photo_id=f"p-{sid}", listing_id=lid, species="dog",
                          confidence=0.9, embedding=(v / np.linalg.norm(v)).astype(np.float32).tolist(),
-                         embed_model="faults-embedder/1", text_embedding=(t / np.linalg.norm(t)).tolist(),
+                         embed_model=embed_model, text_embedding=(t / np.linalg.norm(t)).tolist(),
                          text_model="faults-text/1", status="ok"))  # fmt: skip
     store = LanceStore(settings.lance)
     upsert_listings(store, listings)
     store.upsert("detections", dets, key="detection_id", table_schema=schema.detections_schema(DIM, TEXT_DIM))
-
-
-@pytest.fixture()
-def majority_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The synthetic vectors come from no configured profile: the run takes the table's majority model."""
-    monkeypatch.setattr(match_job, "configured_embed_model", lambda settings: None)
 
 
 READER = textwrap.dedent(
@@ -95,7 +93,7 @@ READER = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_readers_never_see_half_a_published_run(settings: Settings, majority_model: None, tmp_path: Path) -> None:
+def test_readers_never_see_half_a_published_run(settings: Settings, tmp_path: Path) -> None:
     """A reader process loops on the dashboard's queries while match publishes run after run of different sizes:
     every read shows one complete run (its row count equals the count its run row declares), never a mix."""
     from dashboards.views import ensure_views
@@ -175,7 +173,7 @@ def _published_world(settings: Settings) -> dict[str, Any]:
 
 @pytest.mark.slow
 def test_full_disk_during_match_publication_rolls_back_with_a_clear_error(
-    settings: Settings, majority_model: None
+    settings: Settings,
 ) -> None:
     """A file-size limit on ``homeward match`` (EFBIG on any file growth past 4 KiB, like ENOSPC on a full disk):
     the DuckDB publication fails with one line naming the file; the previously published run stays the current one,
@@ -216,7 +214,7 @@ LANCE_WRITER = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_full_disk_during_a_lance_write_keeps_the_previous_version(settings: Settings, majority_model: None) -> None:
+def test_full_disk_during_a_lance_write_keeps_the_previous_version(settings: Settings) -> None:
     """The crawl's LanceDB writer (``upsert_listings``) under the same limit: a ``StorageError`` naming the table
     and saying nothing was committed; every table keeps its rows and version. Once space is back the same write
     and a match build on the intact data."""

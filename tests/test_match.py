@@ -254,6 +254,7 @@ def test_publication_is_atomic(settings: Settings, monkeypatch: pytest.MonkeyPat
         assert con.execute("SELECT count(*) FROM matches WHERE run_id <> ?", [first["run_id"]]).fetchone()[0] > 0
         raise RuntimeError("disk full while publishing")
 
+    refresh = match_job._refresh_listings_snapshot
     monkeypatch.setattr(match_job, "_refresh_listings_snapshot", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         match(settings, top_k=3)
@@ -264,7 +265,7 @@ def test_publication_is_atomic(settings: Settings, monkeypatch: pytest.MonkeyPat
     assert [r[1] for r in runs] == ["published", "failed"] and "disk full" in runs[1][2]
     assert current(settings, *pairs[0])[0] == 1
 
-    monkeypatch.undo()
+    monkeypatch.setattr(match_job, "_refresh_listings_snapshot", refresh)
     second = match(settings, top_k=3)
     assert db.query("SELECT DISTINCT run_id FROM current_matches") == [(second["run_id"],)]
     assert db.query("SELECT count(*) FROM listings")[0][0] > snapshot_before[0][0]
