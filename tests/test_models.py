@@ -28,7 +28,7 @@ from engine.models import (
 from engine.models.embedder import embedder_id
 
 DOG_BOX = (131.9, 218.5, 311.3, 541.2)  # the dog in dog_bicycle_truck.jpg (see ../shared/README.md)
-SUBSET_IDENTITIES = 40
+SUBSET_IDENTITIES = 24
 
 
 def _settings(tmp_path: Path, prof: str = "tiny", models_dir: Path | None = None) -> Settings:
