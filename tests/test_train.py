@@ -284,5 +284,5 @@ def test_training_starts_from_the_train_from_profile(tiny, identity_dir: Path, t
         result = train(s, str(identity_dir), **_kwargs(tmp_path, recipe="baseline-frozen", out=str(tmp_path / "o")))
         meta = json.loads((Path(result["checkpoint"]) / "homeward.json").read_text())
         assert meta["training"]["base_model_id"] == f"timm:test_efficientnet:{want}"
-    assert profile(tiny, "cpu")["train_from"] == "cpu-imagenet"
+    assert profile(tiny, "cpu")["train_from"] == profile(tiny, "cpu-fast")["train_from"] == "cpu-imagenet"
     assert "train_from" not in profile(tiny, "cpu-imagenet") and "train_from" not in profile(tiny, "cpu-lite0")

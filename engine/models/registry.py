@@ -122,10 +122,18 @@ def weights_hash(path: str | os.PathLike[str]) -> str:
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``, mapping by mapping; a mapping that names another ``kind`` replaces the base's
+    whole (an ensemble's ``members`` mean nothing to a timm embedder that overrides it)."""
     out = copy.deepcopy(base)
     for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("classes", "config"):
-            out[key] = _deep_merge(out[key], value)
+        old = out.get(key)
+        if (
+            isinstance(value, dict)
+            and isinstance(old, dict)
+            and key not in ("classes", "config")
+            and value.get("kind", old.get("kind")) == old.get("kind")
+        ):
+            out[key] = _deep_merge(old, value)
         else:
             out[key] = copy.deepcopy(value)
     return out
