@@ -88,8 +88,8 @@ class LanceStore:
                     raise StorageError(
                         f"LanceDB table {name!r} at {self.uri} has column {fld.name!r} of type "
                         f"{existing.field(fld.name).type}, but this run writes {fld.type}. Vectors of different "
-                        "models or dimensions cannot share a table: enrich with the profile that wrote it (`homeward enrich "
-                        "--profile NAME`), use another data_dir, or drop the table."
+                        "models or dimensions cannot share a table: enrich with the profile that wrote it "
+                        "(`homeward enrich --profile NAME`), use another data_dir, or drop the table."
                     )
             return table
         return self.db.create_table(name, schema=table_schema, exist_ok=True)

@@ -506,6 +506,7 @@ def test_shipped_reid_embedder_beats_imagenet_on_dogs_it_never_saw(shared_dir: P
         assert model["eer"] < pretrained["eer"] and model["map"] > pretrained["map"]
         assert model["degraded_eer"] < pretrained["degraded_eer"] - 0.05
         assert model["degraded_top1"] > pretrained["degraded_top1"] + 0.1
-    # the ensemble earns its four network passes (on these dogs mostly on degraded queries; clean: README)
-    assert tuned["map"] > single["map"] and tuned["top1"] >= single["top1"]
+    # the ensemble earns its four network passes. On 24 dogs the clean figures are too noisy to rank the two (the
+    # 182-dog comparison, with a bootstrap, is in engine/train/README.md); degraded queries separate them clearly.
+    assert tuned["top1"] >= single["top1"] and tuned["degraded_top1"] > single["degraded_top1"] + 0.05
     assert tuned["degraded_map"] > single["degraded_map"] + 0.03
