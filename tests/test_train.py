@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from engine.errors import HomewardError
 from engine.train import get_recipe, load_reid_checkpoint, train
 from engine.train.data import PKSampler, list_identities, split_identities
 from engine.train.loop import run
@@ -285,4 +286,9 @@ def test_training_starts_from_the_train_from_profile(tiny, identity_dir: Path, t
         meta = json.loads((Path(result["checkpoint"]) / "homeward.json").read_text())
         assert meta["training"]["base_model_id"] == f"timm:test_efficientnet:{want}"
     assert profile(tiny, "cpu")["train_from"] == profile(tiny, "cpu-fast")["train_from"] == "cpu-imagenet"
+    # an ensemble is not one network to train: without train_from the error says what to do
+    pair = tmp_path / "pair.yaml"
+    pair.write_text("base: tiny\nembedder: {kind: ensemble, members: [{seed: 1}, {seed: 2}]}\n")
+    with pytest.raises(HomewardError, match=r"'ensemble'.*train_from"):
+        train(tiny.with_overrides({"enrich": {"profile": str(pair)}}), str(identity_dir), **_kwargs(tmp_path))
     assert "train_from" not in profile(tiny, "cpu-imagenet") and "train_from" not in profile(tiny, "cpu-lite0")

@@ -239,7 +239,11 @@ def run(
     # A profile whose embedder is itself fine-tuned (cpu) names the pretrained profile training starts from.
     spec = stage_spec(settings, "embedder", load_profile(settings).get("train_from"))
     if spec.get("kind") != "timm":
-        raise HomewardError(f"homeward train fine-tunes timm embedders; profile embedder is {spec.get('kind')!r}")
+        raise HomewardError(
+            f"homeward train fine-tunes one timm embedder; the profile's embedder is {spec.get('kind')!r}: give the "
+            "profile a `train_from:` profile whose embedder is the timm model to start from, or pick such a profile "
+            "with --set enrich.profile=NAME"
+        )
     spec["device"] = device
     base = TimmEmbedder(spec, settings)
     backbone = base.model.float().to(memory_format=torch.contiguous_format)
