@@ -52,9 +52,13 @@ def _members(spec: dict[str, Any]) -> tuple[list[dict[str, Any]], list[float]]:
 
 
 def ensemble_id(spec: dict[str, Any], settings: Any) -> str:
-    """``ensemble:<member ids, by architecture>:<hash of the member ids and weights>``."""
+    """The id an ensemble built from ``spec`` will have, computed without building its members."""
     members, weights = _members(spec)
-    ids = [embedder_id(m, settings) for m in members]
+    return _id_of([embedder_id(m, settings) for m in members], weights)
+
+
+def _id_of(ids: list[str], weights: list[float]) -> str:
+    """``ensemble:<member ids, by architecture>:<hash of the member ids and weights>``."""
     digest = hashlib.sha256(json.dumps([ids, weights]).encode()).hexdigest()[:12]
     names = "+".join(i.split(":")[1] for i in ids)
     return f"ensemble:{names}:{digest}"
@@ -69,7 +73,7 @@ class EnsembleEmbedder(Embedder):
         self.dim = sum(m.dim for m in self.members)
         self.batch_size = min(m.batch_size for m in self.members)
         self.device = self.members[0].device
-        self.model_id = ensemble_id(spec, settings)
+        self.model_id = _id_of([m.model_id for m in self.members], weights)
 
     def embed_and_classify(self, images: list[Image.Image]) -> tuple[np.ndarray, None]:
         parts = [scale * member.embed(images) for scale, member in zip(self.scales, self.members, strict=True)]
