@@ -64,8 +64,10 @@ def _make_dir(path: Path, what: str) -> None:
         raise StorageError(f"cannot create the folder {str(path)!r} for {what}: {exc.strerror or exc}") from exc
 
 
-#: Messages of a DuckDB file that is not (or no longer) a database; anything else is a query's own error.
-_CORRUPT_MARKERS = ("corrupt", "checksum", "not a valid duckdb", "could not read", "is a directory")
+#: DuckDB's messages for a file that is not (or no longer) a database: when opening it, and later when a query
+#: reads a damaged block (narrower there: "could not read" then is as likely a query's own missing input file).
+_NOT_A_DATABASE = ("corrupt", "checksum", "not a valid duckdb", "could not read", "is a directory")
+_DAMAGED_BLOCK = ("corrupt database", "checksum")
 
 
 def _duckdb_unreadable(path: str, exc: BaseException) -> StorageError:
@@ -75,8 +77,8 @@ def _duckdb_unreadable(path: str, exc: BaseException) -> StorageError:
     )
 
 
-def _is_corrupt(exc: BaseException) -> bool:
-    return isinstance(exc, duckdb.Error) and any(m in str(exc).lower() for m in _CORRUPT_MARKERS)
+def _is_corrupt(exc: BaseException, markers: tuple[str, ...] = _DAMAGED_BLOCK) -> bool:
+    return isinstance(exc, duckdb.Error) and any(m in str(exc).lower() for m in markers)
 
 
 class LanceStore:
@@ -212,7 +214,7 @@ class RunsDB:
             try:
                 return duckdb.connect(self.path, read_only=read_only)
             except duckdb.Error as exc:
-                if _is_corrupt(exc):
+                if _is_corrupt(exc, _NOT_A_DATABASE):
                     raise _duckdb_unreadable(self.path, exc) from exc
                 if "lock" not in str(exc).lower() or time.monotonic() > deadline:
                     raise StorageError(f"cannot open DuckDB file {self.path}: {_first_line(exc)}") from exc
