@@ -119,10 +119,10 @@ def run_crawl(
     if entry["spider"] == "configurable":
         kwargs["config"] = json.dumps(entry)
 
-    pid_file = logs / f"{run_id}.pid"  # lets `homeward crawl/schedule` see this crawl is alive (never two at once)
-    pid_file.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
     process = CrawlerProcess(settings)
     crawler = process.create_crawler(entry["spider"])
+    pid_file = logs / f"{run_id}.pid"  # lets `homeward crawl/schedule` see this crawl is alive (never two at once)
+    pid_file.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
     started = time.monotonic()
     try:
         process.crawl(crawler, **kwargs)
@@ -149,7 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-pages", type=int)
     p.add_argument("--start-urls", nargs="+")
     p.add_argument("--run-id")
-    p.add_argument("--settings-json", help="Homeward settings as JSON (a file path); default: config file + env")
+    p.add_argument(
+        "--settings-json",
+        help="Homeward settings as JSON: a file path, or - to read them from stdin (how `homeward crawl` passes them, "
+        "so no file holds the credentials); default: config file + env",
+    )
     p.add_argument("--config", help="Homeward YAML config file")
     p.add_argument("--data-dir")
     p.add_argument("--result", help="also write the result JSON here (atomically)")
@@ -157,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     if args.settings_json:
-        hw = Settings().with_overrides(json.loads(Path(args.settings_json).read_text()), "settings json")
+        text = sys.stdin.read() if args.settings_json == "-" else Path(args.settings_json).read_text()
+        hw = Settings().with_overrides(json.loads(text), "settings json")
     else:
         hw = load_settings(args.config)
     if args.data_dir:

@@ -4,6 +4,10 @@ A verb function looks like ``def enrich(settings: Settings, *, limit: int | None
 without a default become positional arguments, the rest ``--flags`` typed from their annotations, and the docstring's
 ``Args:`` lines become the flag help. The returned dict is printed as one JSON object on the last line, so scripts
 (and ``eval``/``bench`` consumers) read the figures without parsing prose.
+
+Exit status: 0 done; 1 the verb ran but its work failed (its result carries ``error``, printed first as one
+``homeward: error:`` line on stderr, the JSON still last on stdout); 2 bad input, configuration or store
+(:class:`engine.errors.HomewardError`: one line, no JSON); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from engine.config import ConfigError, Settings, load_settings, parse_assignments
-from engine.errors import HomewardError
+from engine.errors import RESULT_ERROR, HomewardError
 
 #: verb → (``module:function``, one-line purpose). ``bench`` nests one level.
 VERBS: dict[str, Any] = {
@@ -177,9 +181,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("homeward: interrupted", file=sys.stderr)
         return 130
+    failure = result.get(RESULT_ERROR) if isinstance(result, dict) else None
+    if failure:
+        print(f"homeward: error: {failure}", file=sys.stderr, flush=True)
     if isinstance(result, dict):
         print(json.dumps(result, default=str, sort_keys=True), flush=True)  # before any slow interpreter exit
-    return 0
+    return 1 if failure else 0
 
 
 if __name__ == "__main__":

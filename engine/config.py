@@ -11,6 +11,11 @@ Every default lives in the dataclasses below. Layers override them in this order
 Each component reads only its own section (``settings.crawl``, ``settings.match`` ...). An unknown key or a value of
 the wrong type raises :class:`ConfigError` naming the key and the layer it came from, so a typo never silently
 falls back to a default.
+
+Secrets (fields with :data:`SECRET` metadata: ``salt``, ``storage_options``, ``crawl.petfinder_key``,
+``crawl.petfinder_secret``, ``report.smtp_password``) are never typed: from any layer they are the exact string given
+(``salt: 0777`` is ``"0777"``, not 511; ``yes`` stays ``"yes"``, ``null`` stays ``"null"``: leave a key out to leave
+it unset), a list or mapping is refused, and no error message, ``repr`` or log line shows their value.
 """
 
 from __future__ import annotations
@@ -30,7 +35,12 @@ from engine.errors import HomewardError
 
 
 class ConfigError(HomewardError, ValueError):
-    """Bad configuration: the message names the key, the value and where it came from."""
+    """Bad configuration: the message names the key, the value (never a secret's) and where it came from."""
+
+
+#: ``metadata`` of a credential field: kept as the exact string given (never YAML-typed), shown in no error message
+#: (declare it with ``repr=False`` too). On a mapping field (``storage_options``) it applies to every value.
+SECRET = types.MappingProxyType({"secret": True})
 
 
 @dataclass(frozen=True)
@@ -62,8 +72,8 @@ class CrawlSettings:
     max_image_pixels: int = 80_000_000
     max_pages: int = 0
     """Stop a crawl after this many responses (0: no limit)."""
-    petfinder_key: str | None = None
-    petfinder_secret: str | None = None
+    petfinder_key: str | None = field(default=None, repr=False, metadata=SECRET)
+    petfinder_secret: str | None = field(default=None, repr=False, metadata=SECRET)
 
 
 @dataclass(frozen=True)
@@ -105,7 +115,7 @@ class ReportSettings:
     smtp_host: str | None = None
     smtp_port: int = 25
     smtp_user: str | None = None
-    smtp_password: str | None = None
+    smtp_password: str | None = field(default=None, repr=False, metadata=SECRET)
     smtp_sender: str = "homeward@localhost"
     smtp_starttls: bool = False
     smtp_timeout_s: float = 30.0
@@ -130,16 +140,16 @@ class Settings:
     """DuckDB file; default ``<data_dir>/homeward.duckdb``."""
     photo_store: str | None = None
     """Content-addressed photo store (path or fsspec URI); default ``<data_dir>/photos``."""
-    storage_options: dict[str, str] = field(default_factory=dict)
+    storage_options: dict[str, str] = field(default_factory=dict, repr=False, metadata=SECRET)
     """Object-store options for ``lance_uri`` and ``photo_store`` when they are ``s3://`` (or ``gs://``, ``az://``)
     URIs, in LanceDB's spelling: ``aws_access_key_id``, ``aws_secret_access_key``, ``aws_session_token``,
     ``aws_region``, ``aws_endpoint`` (an S3-compatible server such as MinIO), ``allow_http`` (``"true"`` for a
     plain-http endpoint). LanceDB gets them as they are; the photo store (s3fs) gets the same credentials, region and
-    endpoint. Values are strings (quote ``"true"`` in YAML). Empty: each library's own environment/instance-profile
-    lookup (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL`` ...)."""
+    endpoint. Values are secrets: kept as the exact text written (``allow_http: true`` is ``"true"``). Empty: each
+    library's own environment/instance-profile lookup (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL`` ...)."""
     models_dir: str | None = None
     """Local weights folder searched before any model hub (``HOMEWARD_MODELS_DIR``)."""
-    salt: str = "homeward-default-salt-change-me"
+    salt: str = field(default="homeward-default-salt-change-me", repr=False, metadata=SECRET)
     """Salt for contact and chip hashes. Set your own in production."""
     ray: RaySettings = field(default_factory=RaySettings)
     crawl: CrawlSettings = field(default_factory=CrawlSettings)
@@ -172,6 +182,8 @@ class Settings:
             probe = path / ".write-probe"
             probe.write_bytes(b"")
             probe.unlink()
+        except (FileExistsError, NotADirectoryError) as exc:
+            raise ConfigError(f"data_dir {str(path)!r} is not writable: it or a folder above it is a file") from exc
         except OSError as exc:
             raise ConfigError(f"data_dir {str(path)!r} is not writable: {exc.strerror or exc}") from exc
 
@@ -229,8 +241,29 @@ def _coerce(value: Any, tp: Any, key: str, origin: str) -> Any:
     raise ConfigError(f"config key {key!r} expects {getattr(tp, '__name__', tp)}, got {value!r} (from {origin})")
 
 
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _secret_value(value: Any, tp: Any, key: str, origin: str) -> Any:
+    """A secret as given: a string stays that exact string, ``None`` unsets an optional one; the value itself never
+    appears in the error."""
+    if typing.get_origin(tp) is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r} expects a mapping of strings, got {_kind(value)} (from {origin})")
+        return {str(k): _secret_value(v, str, f"{key}.{k}", origin) for k, v in value.items()}
+    if value is None and type(None) in typing.get_args(tp):
+        return None
+    if isinstance(value, str):
+        return value
+    raise ConfigError(
+        f"config key {key!r} is a secret and expects a string, got {_kind(value)} (from {origin}; value not shown)"
+    )
+
+
 def _apply(obj: Any, overrides: dict[str, Any], origin: str, prefix: str = "") -> Any:
     hints = typing.get_type_hints(type(obj))
+    fields = {f.name: f for f in dataclasses.fields(obj)}
     changes: dict[str, Any] = {}
     for raw_key, value in overrides.items():
         key = str(raw_key).replace("-", "_")
@@ -243,9 +276,62 @@ def _apply(obj: Any, overrides: dict[str, Any], origin: str, prefix: str = "") -
             if not isinstance(value, dict):
                 raise ConfigError(f"config key {dotted!r} is a section and needs a mapping (from {origin})")
             changes[key] = _apply(getattr(obj, key), value, origin, f"{dotted}.")
+        elif fields[key].metadata.get("secret"):
+            changes[key] = _secret_value(value, tp, dotted, origin)
         else:
             changes[key] = _coerce(value, tp, dotted, origin)
     return dataclasses.replace(obj, **changes)
+
+
+def _untype_secrets(node: yaml.Node, data: Any, section: type) -> None:
+    """Put back the source text of every secret scalar in ``data`` (the YAML document built from ``node``), so
+    ``salt: 0777`` is ``"0777"`` and not 511, and ``null`` is ``"null"`` (leave a key out to leave it unset). Other
+    keys keep their YAML types, and non-scalars are left for :func:`_secret_value` to refuse."""
+    if not isinstance(node, yaml.MappingNode) or not isinstance(data, dict):
+        return
+    fields = {f.name: f for f in dataclasses.fields(section)}
+    hints = typing.get_type_hints(section)
+    for key_node, value_node in node.value:
+        raw_key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+        name = str(raw_key).replace("-", "_")
+        if raw_key not in data or name not in fields:
+            continue
+        if _is_section(hints[name]):
+            _untype_secrets(value_node, data[raw_key], hints[name])
+        elif fields[name].metadata.get("secret"):
+            data[raw_key] = _scalar_text(value_node, data[raw_key])
+
+
+def _scalar_text(node: yaml.Node, built: Any) -> Any:
+    if isinstance(node, yaml.ScalarNode):
+        return node.value
+    if isinstance(node, yaml.MappingNode) and isinstance(built, dict):
+        return {
+            k.value: _scalar_text(v, built.get(k.value))
+            for k, v in node.value
+            if isinstance(k, yaml.ScalarNode) and k.value in built
+        }
+    return built
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong and where, without PyYAML's quote of the offending line (which may hold a secret)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or type(exc).__name__
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
+def _read_yaml(path: Path) -> Any:
+    """The config file as data, its secrets as the exact text written (see :func:`_untype_secrets`)."""
+    loader = yaml.SafeLoader(path.read_text())
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    finally:
+        loader.dispose()
+    if isinstance(data, dict):
+        _untype_secrets(node, data, Settings)
+    return data
 
 
 def _nest(flat: dict[str, Any]) -> dict[str, Any]:
@@ -276,7 +362,9 @@ def parse_assignments(pairs: typing.Iterable[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set expects KEY=VALUE, got {pair!r}")
+            raise ConfigError(
+                f"--set expects KEY=VALUE, got {key!r}" if not sep else "--set expects KEY=VALUE, got no KEY"
+            )
         flat[key.strip()] = value
     return _nest(flat)
 
@@ -293,11 +381,11 @@ def load_settings(
     if config_file:
         path = Path(config_file)
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = _read_yaml(path) or {}
         except OSError as exc:
             raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror or exc}") from exc
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {_yaml_problem(exc)}") from exc
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys, got {type(loaded).__name__}")
         settings = _apply(settings, loaded, f"config file {path}")

@@ -50,20 +50,57 @@ def _is_io_error(exc: BaseException) -> bool:
     return isinstance(exc, OSError) or any(m in str(exc).lower() for m in _IO_MARKERS)
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _make_dir(path: Path, what: str) -> None:
+    """Create ``path`` (and parents), or say in one line why not (a file in the way, no permission)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise StorageError(f"cannot use {str(path)!r} for {what}: it or a folder above it is a file") from exc
+    except OSError as exc:
+        raise StorageError(f"cannot create the folder {str(path)!r} for {what}: {exc.strerror or exc}") from exc
+
+
+#: DuckDB's messages for a file that is not (or no longer) a database: when opening it, and later when a query
+#: reads a damaged block (narrower there: "could not read" then is as likely a query's own missing input file).
+_NOT_A_DATABASE = ("corrupt", "checksum", "not a valid duckdb", "could not read", "is a directory")
+_DAMAGED_BLOCK = ("corrupt database", "checksum")
+
+
+def _duckdb_unreadable(path: str, exc: BaseException) -> StorageError:
+    return StorageError(
+        f"cannot read DuckDB file {path}: {_first_line(exc)}. Move it aside (a fresh one is created on the next "
+        "run; crawl and match history start over) or restore it from a backup"
+    )
+
+
+def _is_corrupt(exc: BaseException, markers: tuple[str, ...] = _DAMAGED_BLOCK) -> bool:
+    return isinstance(exc, duckdb.Error) and any(m in str(exc).lower() for m in markers)
+
+
 class LanceStore:
     """The LanceDB database at ``uri`` (local path or object-store URI)."""
 
     def __init__(self, uri: str, storage_options: dict[str, str] | None = None) -> None:
         self.uri = uri
         if "://" not in uri:
-            Path(uri).mkdir(parents=True, exist_ok=True)
-        self.db = lancedb.connect(uri, storage_options=dict(storage_options) if storage_options else None)
+            _make_dir(Path(uri), "LanceDB")
+        try:
+            self.db = lancedb.connect(uri, storage_options=dict(storage_options) if storage_options else None)
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise StorageError(f"cannot open LanceDB at {uri}: {_first_line(exc)}") from exc
 
     def table_names(self) -> list[str]:
         names: list[str] = []
         token = None
         while True:
-            page = self.db.list_tables(page_token=token)
+            try:
+                page = self.db.list_tables(page_token=token)
+            except (OSError, RuntimeError) as exc:
+                raise StorageError(f"cannot list the LanceDB tables at {self.uri}: {_first_line(exc)}") from exc
             names.extend(page.tables)
             token = page.page_token
             if not token:
@@ -73,7 +110,10 @@ class LanceStore:
         return name in self.table_names()
 
     def open(self, name: str, version: int | None = None) -> lancedb.table.Table:
-        table = self.db.open_table(name)
+        try:
+            table = self.db.open_table(name)
+        except (OSError, RuntimeError) as exc:  # Lance reports an unreadable or corrupt table as a RuntimeError
+            raise StorageError(f"cannot read LanceDB table {name!r} at {self.uri}: {_first_line(exc)}") from exc
         if version is not None:
             table.checkout(version)
         return table
@@ -161,7 +201,7 @@ class RunsDB:
         self.path = path
         self.busy_timeout_s = busy_timeout_s
         self._lock = _file_lock(path)
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        _make_dir(Path(path).parent, "the DuckDB file")
         with self._lock:
             if os.path.realpath(path) not in _SCHEMA_READY or not Path(path).exists():
                 with self.write() as con:
@@ -173,9 +213,11 @@ class RunsDB:
         while True:
             try:
                 return duckdb.connect(self.path, read_only=read_only)
-            except duckdb.IOException as exc:
+            except duckdb.Error as exc:
+                if _is_corrupt(exc, _NOT_A_DATABASE):
+                    raise _duckdb_unreadable(self.path, exc) from exc
                 if "lock" not in str(exc).lower() or time.monotonic() > deadline:
-                    raise StorageError(f"cannot open DuckDB file {self.path}: {exc}") from exc
+                    raise StorageError(f"cannot open DuckDB file {self.path}: {_first_line(exc)}") from exc
                 time.sleep(0.2)
 
     @contextlib.contextmanager
@@ -190,6 +232,8 @@ class RunsDB:
             except BaseException as exc:
                 with contextlib.suppress(duckdb.Error):
                     con.execute("ROLLBACK")
+                if _is_corrupt(exc):
+                    raise _duckdb_unreadable(self.path, exc) from exc
                 if isinstance(exc, Exception) and _is_io_error(exc):
                     raise StorageError(
                         f"cannot write DuckDB file {self.path}: {exc}. The transaction was rolled back: the file "
@@ -205,6 +249,10 @@ class RunsDB:
             con = self._connect(read_only=True)
             try:
                 yield con
+            except duckdb.Error as exc:
+                if _is_corrupt(exc):
+                    raise _duckdb_unreadable(self.path, exc) from exc
+                raise
             finally:
                 con.close()
 
@@ -263,7 +311,10 @@ class PhotoStore:
         self.storage_options = dict(storage_options or {})
         self.fs, self.base = fsspec.core.url_to_fs(self.root, **fsspec_options(self.root, self.storage_options))
         self.local = "://" not in self.root or self.root.startswith("file://")
-        self.fs.makedirs(self.base, exist_ok=True)
+        try:
+            self.fs.makedirs(self.base, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the photo store {self.root}: {exc.strerror or exc}") from exc
 
     def uri_for(self, photo_id: str, ext: str) -> str:
         return f"{self.root}/{photo_id[:2]}/{photo_id[2:4]}/{photo_id}.{ext}"

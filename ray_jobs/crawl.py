@@ -12,6 +12,10 @@ new, updated, unchanged, photos, errors, ``errors_by_reason`` (JSON; failures, p
 doubtful pages that were still stored) and the duration. A ``running`` row whose driver process is gone (a killed
 scheduler, a crashed machine) is marked ``interrupted`` by the next crawl of that source.
 
+The settings (Petfinder credentials, salt, storage credentials) reach each crawl process on its stdin, never in a
+file. ``homeward crawl`` exits 1 when a run ended ``failed``, after one line naming the source and why (the JSON
+result still comes last); a bad source name or configuration exits 2 before anything runs.
+
 Python::
 
     from engine.config import load_settings
@@ -41,7 +45,7 @@ from typing import Any
 
 from crawlers.sources import SourceError, load_sources
 from engine.config import ConfigError, Settings
-from engine.errors import HomewardError
+from engine.errors import RESULT_ERROR, HomewardError
 from engine.storage import RunsDB
 
 log = logging.getLogger(__name__)
@@ -199,6 +203,17 @@ class ProgressBars:
             bar.close()
 
 
+def _send_settings(proc: subprocess.Popen[bytes], settings_dict: dict[str, Any]) -> None:
+    """Hand the settings (credentials and salt included) to the crawl process on its stdin: no file holds them, so
+    none is left behind, readable or not, whatever happens to either process. A child that died before reading
+    them ends as a failed run with its log tail, like any other early death."""
+    assert proc.stdin is not None
+    with contextlib.suppress(BrokenPipeError):
+        proc.stdin.write(json.dumps(settings_dict, default=str).encode())
+    with contextlib.suppress(BrokenPipeError):
+        proc.stdin.close()
+
+
 def run_subprocess(
     settings_dict: dict[str, Any],
     source: str,
@@ -218,12 +233,10 @@ def run_subprocess(
     data_dir = Path(settings_dict["data_dir"])
     logs = data_dir / "crawl_logs"
     logs.mkdir(parents=True, exist_ok=True)
-    settings_file = logs / f"{run_id}.settings.json"
-    settings_file.write_text(json.dumps(settings_dict, default=str))
     result_file = logs / f"{run_id}.result.json"
     log_file = logs / f"{run_id}.log"
     cmd = [sys.executable, "-m", "crawlers.run", "--source", source, "--run-id", run_id]
-    cmd += ["--settings-json", str(settings_file), "--result", str(result_file)]
+    cmd += ["--settings-json", "-", "--result", str(result_file)]
     if base_url:
         cmd += ["--base-url", base_url]
     if max_pages:
@@ -233,9 +246,11 @@ def run_subprocess(
     with log_file.open("w") as out, warnings.catch_warnings():
         # fork+exec of a fresh interpreter: lancedb's warning about its runtime in a forked child does not apply
         warnings.filterwarnings("ignore", message="lancedb fork support")
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=str(Path(__file__).resolve().parents[1]))
+        repo = str(Path(__file__).resolve().parents[1])
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, cwd=repo)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         try:
+            _send_settings(proc, settings_dict)
             while True:
                 try:
                     code = proc.wait(timeout=0.5)
@@ -258,9 +273,6 @@ def run_subprocess(
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=60)
             raise
-        finally:
-            with contextlib.suppress(OSError):
-                settings_file.unlink()
     try:
         result = json.loads(result_file.read_text())
     except (OSError, ValueError):
@@ -350,8 +362,23 @@ def run_sources(
         if bars is not None:
             bars.close()
     for result in outcome:
+        if result.get("status") == "failed" and not result.get("message"):
+            result["message"] = failure_reason(result)
         finish_run(runs, result)
     return results + outcome
+
+
+def failure_reason(result: dict[str, Any]) -> str:
+    """Why a run that left no message failed: Scrapy's finish reason and its most frequent error reasons."""
+    errors = {k: v for k, v in (result.get("errors_by_reason") or {}).items() if not k.startswith("warning:")}
+    top = ", ".join(f"{k} x{v}" for k, v in sorted(errors.items(), key=lambda kv: -kv[1])[:3])
+    reason = f"finish reason {result.get('finish_reason')!r}"
+    return f"{reason}; errors: {top}" if top else reason
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else f"{flat[: limit - 3]}..."
 
 
 def _fan_out(
@@ -411,4 +438,11 @@ def crawl(
     total = {key: sum(int(r.get(key) or 0) for r in results) for key in (*COUNT_COLUMNS, "photos_failed")}
     statuses = {r.get("status") for r in results}
     status = "ok" if statuses == {"ok"} else ("failed" if "ok" not in statuses else "partial")
-    return {"status": status, **total, "runs": results}
+    out: dict[str, Any] = {"status": status, **total, "runs": results}
+    failed = [r for r in results if r.get("status") == "failed"]
+    if failed:
+        out[RESULT_ERROR] = "; ".join(
+            f"crawl of source {r.get('source')!r} failed: {_one_line(r.get('message') or failure_reason(r))}"
+            for r in failed
+        )
+    return out
