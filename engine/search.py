@@ -11,7 +11,6 @@ searched with the whole image, and the result says so (``fallback_full_frame``).
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -29,9 +28,6 @@ from engine.scoring.allpairs import blocked_topk, resolve_device, tile_bounds, t
 from engine.scoring.fuse import SPECIES_CODES, ScoreParams, Scorer, Side, background_stats
 from engine.scoring.geo import haversine_km
 from engine.storage import LanceStore
-
-CROP_MARGIN = 0.1
-"""Margin added around each detected box, as enrichment does, so query and stored crops frame the animal alike."""
 
 
 def parse_near(near: str | None) -> tuple[float, float] | None:
@@ -59,26 +55,25 @@ def read_photo(photo: str) -> Any:
 
 
 def crops_of(image: Any, detector: Any, species: str | None) -> tuple[list[Any], list[dict[str, Any]], bool]:
-    """Animal crops (the requested species first when given); the whole image when none is found."""
-    from engine.models import full_frame
+    """Animal crops by the shared crop rule (the requested species first when given); the whole image when none is
+    found."""
+    from engine.models.crops import animal_crops
 
     dets = list(detector.detect([image])[0])
     if species and species != "unknown":
         wanted = [d for d in dets if d.species == species]
         dets = wanted or dets
-    fallback = not dets
-    if fallback:
-        dets = [full_frame(image)]
-    crops, info = [], []
-    for d in dets:
-        x1, y1, x2, y2 = d.bbox
-        mx, my = (x2 - x1) * CROP_MARGIN, (y2 - y1) * CROP_MARGIN
-        box = (max(0, int(x1 - mx)), max(0, int(y1 - my)), min(image.width, math.ceil(x2 + mx)),
-               min(image.height, math.ceil(y2 + my)))  # fmt: skip
-        crops.append(image if d.full_frame else image.crop(box))
-        info.append({"species": d.species, "confidence": round(float(d.confidence), 3),
-                     "bbox": [round(float(v), 1) for v in d.bbox], "full_frame": bool(d.full_frame)})  # fmt: skip
-    return crops, info, fallback
+    pairs = animal_crops(image, dets)
+    info = [
+        {
+            "species": d.species,
+            "confidence": round(float(d.confidence), 3),
+            "bbox": [round(float(v), 1) for v in d.bbox],
+            "full_frame": bool(d.full_frame),
+        }
+        for d, _ in pairs
+    ]
+    return [c for _, c in pairs], info, not dets
 
 
 def query_side(vectors: np.ndarray, species: str, near: tuple[float, float] | None) -> Side:

@@ -44,11 +44,11 @@ import pyarrow as pa
 
 from engine import ids, schema
 from engine.config import Settings
+from engine.models.crops import CROP_MAX_SIDE
 
 log = logging.getLogger(__name__)
 
 WRITE_BATCH = 1000
-CROP_MARGIN = 0.04
 
 
 def _now() -> dt.datetime:
@@ -152,7 +152,7 @@ class _Stage:
 class DetectStage(_Stage):
     stage = "detect"
 
-    def __init__(self, settings: Settings, actor_cpus: float, crop_max_side: int = 512) -> None:
+    def __init__(self, settings: Settings, actor_cpus: float, crop_max_side: int = CROP_MAX_SIDE) -> None:
         _set_threads(actor_cpus)
         from engine.models import load_detector
 
@@ -162,43 +162,24 @@ class DetectStage(_Stage):
     def process(self, rows: list[dict[str, Any]]) -> None:
         from PIL import Image
 
+        from engine.models.crops import animal_crops
+
         images = [Image.fromarray(r["image"]) for r in rows]
         found = self.detector.detect(images)
         for r, im, dets in zip(rows, images, found, strict=True):
             sx, sy = r["scale"]
-            out = []
             if not dets:
                 r["status"] = "no_animal"
-                boxes = [("unknown", 0.0, (0.0, 0.0, float(im.width), float(im.height)), True)]
-            else:
-                boxes = [(d.species, d.confidence, d.bbox, False) for d in dets]
-            for species, conf, (x1, y1, x2, y2), whole in boxes:
-                mx, my = (x2 - x1) * CROP_MARGIN, (y2 - y1) * CROP_MARGIN
-                crop = (
-                    im
-                    if whole
-                    else im.crop(
-                        (
-                            max(0, int(x1 - mx)),
-                            max(0, int(y1 - my)),
-                            min(im.width, math.ceil(x2 + mx)),
-                            min(im.height, math.ceil(y2 + my)),
-                        )
-                    )
-                )
-                if max(crop.size) > self.crop_max_side:
-                    crop = crop.copy()
-                    crop.thumbnail((self.crop_max_side, self.crop_max_side), Image.Resampling.BILINEAR)
-                out.append(
-                    {
-                        "species": species,
-                        "confidence": float(conf),
-                        "bbox": (x1 * sx, y1 * sy, x2 * sx, y2 * sy),
-                        "full_frame": whole,
-                        "crop": np.asarray(crop.convert("RGB")),
-                    }
-                )
-            r["dets"] = out
+            r["dets"] = [
+                {
+                    "species": d.species,
+                    "confidence": float(d.confidence),
+                    "bbox": (d.bbox[0] * sx, d.bbox[1] * sy, d.bbox[2] * sx, d.bbox[3] * sy),
+                    "full_frame": d.full_frame,
+                    "crop": np.asarray(crop.convert("RGB")),
+                }
+                for d, crop in animal_crops(im, dets, self.crop_max_side)
+            ]
             r["detector_model"] = self.detector.model_id
             r.pop("image", None)
 

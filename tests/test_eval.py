@@ -14,6 +14,7 @@ from engine.config import Settings
 from engine.degrade import degrade
 from engine.errors import HomewardError
 from engine.eval import evaluate, evaluate_with, list_identity_images
+from engine.models import Detection
 
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200)]
 
@@ -90,3 +91,46 @@ def test_cli_eval_with_tiny_profile(tmp_path: Path, settings: Settings, capsys: 
     assert (
         evaluate(settings.with_overrides({"enrich": {"profile": "tiny"}}), str(root), batch_size=4)["map"] == out["map"]
     )
+
+
+class LeftHalf:
+    """A hand-made detector: a dog in the left half of every image wider than it is tall, nothing in the others."""
+
+    model_id = "test:left-half"
+
+    def detect(self, images: list[Image.Image]) -> list[list[Detection]]:
+        return [
+            [Detection("dog", 0.9, (0.0, 0.0, im.width / 2, float(im.height)))] if im.width > im.height else []
+            for im in images
+        ]
+
+
+def test_photos_are_detected_and_cropped_as_enrichment_does(tmp_path: Path, settings: Settings) -> None:
+    """Identity colours fill the left half; the right half is noise in colours shared across identities. Only the
+    shared crop rule's crop of the detected animal separates them perfectly; whole images do not."""
+    rng = np.random.default_rng(3)
+    root = tmp_path / "ids"
+    for ident, colour in enumerate(COLOURS):
+        (root / f"a{ident}").mkdir(parents=True)
+        for n in range(3):
+            arr = np.zeros((64, 128, 3), np.uint8)
+            arr[:, :64] = np.clip(np.array(colour) + rng.normal(0, 8, (64, 64, 3)), 0, 255)
+            arr[:, 64:] = rng.integers(0, 255, 3) if n < 2 else rng.integers(0, 255, (64, 64, 3))
+            Image.fromarray(arr).save(root / f"a{ident}" / f"{n}.png")
+    Image.fromarray(np.full((80, 40, 3), 128, np.uint8)).save(root / "a0" / "tall.png")  # no animal detected
+    (tmp_path / "manifest.csv").write_text(
+        "identity,species\n" + "".join(f"a{i},{'cat' if i < 2 else 'dog'}\n" for i in range(len(COLOURS)))
+    )
+
+    whole = evaluate_with(settings, str(root), embedder_builder=lambda s: MeanColour(), batch_size=4)
+    cropped = evaluate_with(
+        settings, str(root), embedder_builder=lambda s: MeanColour(), detector_builder=lambda s: LeftHalf(),
+        degrade=True, batch_size=4,
+    )  # fmt: skip
+    assert "detected_share" not in whole and whole["detector"] is None
+    assert cropped["detector"] == "test:left-half" and cropped["detected_share"] == round(15 / 16, 4)
+    assert 0 < cropped["degraded_detected_share"] <= 1
+    assert cropped["map"] > whole["map"] and cropped["top1"] == 15 / 16  # the undetected photo is the one miss
+    assert set(cropped["by_species"]) == {"cat", "dog"}
+    assert cropped["by_species"]["dog"]["n_identities"] == 3 and cropped["by_species"]["dog"]["top1"] == 1.0
+    assert cropped["by_species"]["cat"]["n_images"] == 7 and "degraded_top1" in cropped["by_species"]["cat"]

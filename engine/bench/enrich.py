@@ -85,8 +85,9 @@ def _standalone(settings: Settings, datas: list[bytes], device: str, threads: in
     import torch
 
     from engine.images import ImageError, decode_image
-    from engine.models import Detection, clear_cache, load_profile
+    from engine.models import clear_cache, load_profile
     from engine.models.captioner import build_captioner
+    from engine.models.crops import animal_crops
     from engine.models.detector import build_detector
     from engine.models.embedder import build_embedder
     from engine.models.text import build_text_embedder
@@ -111,14 +112,8 @@ def _standalone(settings: Settings, datas: list[bytes], device: str, threads: in
         found = detector.detect(images)
         detect_s = time.perf_counter() - t
 
-        crops, dets = [], []
-        for im, ds in zip(images, found, strict=True):
-            if not ds:
-                crops.append(im)
-                dets.append(Detection("unknown", 0.0, (0, 0, im.width, im.height), True))
-            for d in ds:
-                crops.append(im.crop(tuple(int(v) for v in d.bbox)))
-                dets.append(d)
+        pairs = [pair for im, ds in zip(images, found, strict=True) for pair in animal_crops(im, ds)]
+        dets, crops = [d for d, _ in pairs], [c for _, c in pairs]
 
         embedder = build_embedder(specs["embedder"], settings)
         embedder.embed_and_classify(crops[:2])
