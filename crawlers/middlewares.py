@@ -88,8 +88,8 @@ class AddressGuard:
     rebinding answer (public for the check, private a second later) cannot slip between check and connect. Every
     address of the answer must be public, since the connection may take any of them. The price: one extra cache
     lookup per request, and a name evicted from the cache (over ``DNSCACHE_SIZE`` distinct hosts) between check
-    and connect is resolved twice. A proxy (``HTTP_PROXY``) resolves names itself: the guard then checks the
-    address the crawler sees, not the proxy's.
+    and connect is resolved twice. Behind an HTTP proxy (``HTTP_PROXY``) the proxy resolves and connects, so the
+    check holds only as far as the proxy's DNS agrees with this machine's.
     """
 
     def __init__(self, crawler: Any, allowance: addresses.Allowance) -> None:
@@ -122,7 +122,8 @@ class AddressGuard:
             return
         decided, why = addresses.literal_verdict(host)
         if not decided:
-            found = await self._resolve(host, port)
+            # the name exactly as the download handler will look it up, so both hit the same DNS cache entry
+            found = await self._resolve(urlsplit(request.url).hostname or host, port)
             if not found:
                 raise DNSLookupError(f"{host} has no address")
             for address in found:
