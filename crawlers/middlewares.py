@@ -3,6 +3,8 @@
 * :class:`HttpOnlyMiddleware` — only ``http``/``https`` requests reach a download handler. Scrapy would happily
   fetch ``file://``, ``ftp://``, ``s3://`` or ``data:`` URLs, and a hostile page could point a card link or a photo
   at ``file:///etc/passwd``; this refuses them with reason ``scheme_not_allowed``.
+* :class:`AddressGuard` — every request (pages, redirect hops, robots.txt, photos, APIs) may reach only public
+  addresses (see :mod:`crawlers.addresses`); a refusal is reason ``blocked_address``.
 * :class:`RedirectLoops` — a redirect back to an already requested URL is recorded as ``redirect_loop``.
 * :class:`Progress` — running counts in a small JSON file, for the live progress bar of ``homeward crawl``.
 * :class:`ErrorLog` — appends one JSON line ``{url, reason, detail, at}`` per failed page or photo to the run's
@@ -20,6 +22,13 @@ from urllib.parse import urlsplit
 
 from scrapy import signals
 from scrapy.exceptions import IgnoreRequest, NotConfigured
+from scrapy.utils.defer import maybe_deferred_to_future
+from twisted.internet.defer import Deferred
+from twisted.internet.error import DNSLookupError
+from twisted.internet.interfaces import IResolutionReceiver
+from zope.interface import implementer
+
+from crawlers import addresses
 
 ALLOWED_SCHEMES = frozenset({"http", "https"})
 
@@ -39,6 +48,102 @@ class HttpOnlyMiddleware:
         if scheme not in ALLOWED_SCHEMES:
             self.stats.inc_value("homeward/filtered/scheme")
             raise IgnoreRequest(f"scheme not allowed: {scheme!r} ({request.url[:200]})")
+
+
+class BlockedAddress(IgnoreRequest):
+    """A request to an address the crawl must not reach (reason ``blocked_address``)."""
+
+
+@implementer(IResolutionReceiver)
+class _Addresses:
+    """Collects every address one ``resolveHostName`` call yields."""
+
+    def __init__(self) -> None:
+        self.found: list[str] = []
+        self.done: Deferred[list[str]] = Deferred()
+
+    def resolutionBegan(self, resolution: Any) -> None:
+        pass
+
+    def addressResolved(self, address: Any) -> None:
+        self.found.append(address.host)
+
+    def resolutionComplete(self) -> None:
+        self.done.callback(self.found)
+
+
+class AddressGuard:
+    """Refuse every request whose host is, or resolves to, a non-public address (:mod:`crawlers.addresses`).
+
+    It runs for every request the downloader sees: Scrapy's redirect middleware turns a 3xx into a *new* request
+    that passes through the downloader middlewares again (``engine.download_async``, which the photo stage uses,
+    loops the same way), so every hop is checked, not only the first URL.
+
+    Exempt, unchecked: the spider's own ``base_url`` host:port, its operator ``start_urls`` (``-a start_urls=``)
+    and ``crawl.allow_hosts`` (``HOMEWARD_ALLOW_HOSTS``) — what the operator named, never what a page links to.
+
+    Names are resolved through the reactor's name resolver, the one the download handler connects with, so the
+    lookup runs in Twisted's thread pool (the reactor never blocks) and lands in Scrapy's DNS cache
+    (``DNSCACHE_ENABLED``, on): the connection that follows reuses the very addresses checked here, so a DNS
+    rebinding answer (public for the check, private a second later) cannot slip between check and connect. Every
+    address of the answer must be public, since the connection may take any of them. The price: one extra cache
+    lookup per request, and a name evicted from the cache (over ``DNSCACHE_SIZE`` distinct hosts) between check
+    and connect is resolved twice. Behind an HTTP proxy (``HTTP_PROXY``) the proxy resolves and connects, so the
+    check holds only as far as the proxy's DNS agrees with this machine's.
+    """
+
+    def __init__(self, crawler: Any, allowance: addresses.Allowance) -> None:
+        self.crawler = crawler
+        self.configured = allowance
+        self.allowance = allowance
+
+    @classmethod
+    def from_crawler(cls, crawler: Any) -> AddressGuard:
+        try:
+            allowance = addresses.Allowance.parse(crawler.settings.getlist("HOMEWARD_ALLOW_HOSTS"))
+        except ValueError as exc:
+            raise ValueError(f"crawl.allow_hosts: {exc}") from None
+        guard = cls(crawler, allowance)
+        crawler.signals.connect(guard.opened, signal=signals.spider_opened)
+        return guard
+
+    def opened(self, spider: Any = None) -> None:
+        named = [getattr(spider, "base_url", None) or ""]
+        if getattr(spider, "operator_urls", False):
+            named += list(getattr(spider, "start_urls", []) or [])
+        self.allowance = self.configured | addresses.Allowance.parse(u for u in named if "://" in u)
+
+    async def process_request(self, request: Any) -> None:
+        try:
+            host, port = addresses.host_port(request.url)
+        except ValueError as exc:
+            self._refuse(request, str(exc))
+        if self.allowance.allows(host, port):
+            return
+        decided, why = addresses.literal_verdict(host)
+        if not decided:
+            # the name exactly as the download handler will look it up, so both hit the same DNS cache entry
+            found = await self._resolve(urlsplit(request.url).hostname or host, port)
+            if not found:
+                raise DNSLookupError(f"{host} has no address")
+            for address in found:
+                ip = addresses.parse_ip(address)
+                why = addresses.blocked_because(ip) if ip is not None else "not an IP address"
+                if why:
+                    self._refuse(request, f"{host} resolves to {address}: {why}")
+        elif why:
+            self._refuse(request, why)
+
+    async def _resolve(self, host: str, port: int) -> list[str]:
+        from twisted.internet import reactor
+
+        receiver = _Addresses()
+        reactor.nameResolver.resolveHostName(receiver, host, port)
+        return await maybe_deferred_to_future(receiver.done)
+
+    def _refuse(self, request: Any, why: str) -> None:
+        self.crawler.stats.inc_value("homeward/filtered/address")
+        raise BlockedAddress(f"blocked address: {why} ({request.url[:200]})")
 
 
 class RedirectLoops:

@@ -11,8 +11,10 @@ Two ways in:
   holds the normalised, redacted listings and nothing is written to the data dir or downloaded beyond the pages.
 
 Politeness, whichever way in: an identifying User-Agent with the contact URL, robots.txt obeyed, AutoThrottle, at
-most ``concurrency_per_domain`` (2) requests per domain, only http(s) URLs, page and image size limits, bounded
-retries and timeouts. Scrapy 2.19's RemoteControl extension and the telnet console are off for batch crawls.
+most ``concurrency_per_domain`` (2) requests per domain, only http(s) URLs, only public addresses (every request
+and redirect hop; the source's own ``base_url``, operator start URLs and ``crawl.allow_hosts`` are exempt), page
+and image size limits, bounded retries and timeouts. Scrapy 2.19's RemoteControl extension and the telnet console
+are off for batch crawls.
 """
 
 from __future__ import annotations
@@ -87,7 +89,12 @@ def scrapy_settings(
         "TELNETCONSOLE_ENABLED": False,
         "LOG_LEVEL": "INFO",
         "FEED_EXPORT_ENCODING": "utf-8",
-        "DOWNLOADER_MIDDLEWARES": {"crawlers.middlewares.HttpOnlyMiddleware": 40},
+        "DOWNLOADER_MIDDLEWARES": {
+            "crawlers.middlewares.HttpOnlyMiddleware": 40,
+            "crawlers.middlewares.AddressGuard": 45,
+        },
+        "DNSCACHE_ENABLED": True,  # AddressGuard's check and the connection share one DNS answer (no rebinding)
+        "HOMEWARD_ALLOW_HOSTS": list(c.allow_hosts),
         "EXTENSIONS": {
             "crawlers.middlewares.ErrorLog": 100,
             "crawlers.middlewares.RedirectLoops": 110,

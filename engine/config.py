@@ -72,6 +72,10 @@ class CrawlSettings:
     max_image_pixels: int = 80_000_000
     max_pages: int = 0
     """Stop a crawl after this many responses (0: no limit)."""
+    allow_hosts: list[str] = field(default_factory=list)
+    """``host`` or ``host:port`` entries a crawl may fetch even though they resolve to a loopback, private or other
+    non-public address (an intranet mirror, a photo CDN on the LAN). Every other such address is refused with
+    reason ``blocked_address``; a source's own ``base_url`` host:port and operator start URLs need no entry."""
     petfinder_key: str | None = field(default=None, repr=False, metadata=SECRET)
     petfinder_secret: str | None = field(default=None, repr=False, metadata=SECRET)
 

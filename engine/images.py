@@ -7,6 +7,12 @@ error pages saved as ``.jpg`` and the odd decompression bomb. :func:`decode_imag
 * the size is read from the header **before** any pixel is decoded; a JPEG larger than ``max_pixels`` is decoded
   directly at 1/2, 1/4 or 1/8 scale (``Image.draft``, no full-size buffer is ever allocated), any other format over
   the limit is refused with reason ``too_large``;
+* a decompression bomb under the pixel cap is refused too (``too_large``, :func:`refuse_bomb`): a 300 KiB PNG can
+  declare 80 MP, and Pillow holds 4 bytes per RGB(A) pixel, so decoding it costs 300+ MiB per copy. A lossless
+  file (PNG, GIF, WebP, TIFF, BMP …) over :data:`BOMB_FLOOR_PIXELS` that declares more than
+  :data:`MAX_PIXELS_PER_BYTE` pixels per byte of file is one: a real photo stored losslessly takes a byte or more
+  per pixel, and even a flat poster scan stays far below 100 pixels per byte at that size. JPEG is exempt: its
+  decoder can reduce while decoding, and its pixels are capped by ``max_pixels``;
 * EXIF orientation is applied, animated images give their first frame, every mode ends as 8-bit RGB (alpha is
   composited on white, 16-bit channels are scaled rather than clipped);
 * failures raise :class:`ImageError` whose ``reason`` is one of :data:`REASONS`.
@@ -37,6 +43,12 @@ REASONS = ("not_an_image", "corrupt_image", "truncated", "too_large")
 
 #: Default pixel cap (the crawl's ``max_image_pixels`` default): 80 MP, i.e. a ~10k×8k photo.
 DEFAULT_MAX_PIXELS = 80_000_000
+
+#: Below this many pixels (64 MiB decoded at 4 bytes per pixel) no image is taken for a decompression bomb.
+BOMB_FLOOR_PIXELS = 16_000_000
+
+#: A lossless image declaring more pixels than this per byte of file, above :data:`BOMB_FLOOR_PIXELS`, is a bomb.
+MAX_PIXELS_PER_BYTE = 100
 
 
 class ImageError(HomewardError):
@@ -101,6 +113,26 @@ def _sniff(data: bytes) -> str:
     return "unknown format"
 
 
+def refuse_bomb(fmt: str, width: int, height: int, nbytes: int) -> None:
+    """Raise ``too_large`` for a non-JPEG image whose declared size dwarfs its file (see the module docstring)."""
+    pixels = width * height
+    if fmt != "JPEG" and pixels > BOMB_FLOOR_PIXELS and pixels > MAX_PIXELS_PER_BYTE * nbytes:
+        raise ImageError("too_large", f"decompression bomb: {width}x{height} {fmt} from {nbytes} bytes")
+
+
+def open_bounded(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open ``data`` (header only) for a full-size decode, refusing first what would cost too much memory: more
+    than ``max_pixels`` pixels in any format, or a decompression bomb. ``load()`` on the result is then bounded."""
+    im = _open(data)
+    width, height = im.size
+    if width <= 0 or height <= 0:
+        raise ImageError("corrupt_image", f"header declares size {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageError("too_large", f"{width}x{height} {im.format} exceeds {max_pixels} pixels")
+    refuse_bomb(str(im.format), width, height, len(data))
+    return im
+
+
 def probe_image(data: bytes) -> ImageInfo:
     """Format, size and frame count from the header alone (no pixel decoding); raises :class:`ImageError`."""
     im = _open(data)
@@ -149,6 +181,7 @@ def decode_image(
     width, height = im.size
     if width <= 0 or height <= 0:
         raise ImageError("corrupt_image", f"header declares size {width}x{height}")
+    refuse_bomb(str(im.format), width, height, len(data))
     pixels = width * height
     target = None
     if max_side and max(width, height) > max_side:
@@ -214,6 +247,8 @@ __all__ = [
     "ImageError",
     "ImageInfo",
     "decode_image",
+    "open_bounded",
     "probe_image",
+    "refuse_bomb",
     "to_array",
 ]

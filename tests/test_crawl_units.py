@@ -285,7 +285,15 @@ def test_scrapy_settings_from_homeward_settings() -> None:
     assert s["CONCURRENT_REQUESTS_PER_DOMAIN"] == 1 and s["DOWNLOAD_MAXSIZE"] == 2 * 1024 * 1024
     assert s["RETRY_TIMES"] == 1 and s["DOWNLOAD_TIMEOUT"] == 30.0 and s["HOMEWARD_RECHECK_HOURS"] == 0.0
     assert s["REMOTE_CONTROL_ENABLED"] is False and s["TELNETCONSOLE_ENABLED"] is False
-    assert s["DOWNLOADER_MIDDLEWARES"] == {"crawlers.middlewares.HttpOnlyMiddleware": 40}
+    assert s["DOWNLOADER_MIDDLEWARES"] == {
+        "crawlers.middlewares.HttpOnlyMiddleware": 40,
+        "crawlers.middlewares.AddressGuard": 45,
+    }
+    assert s["HOMEWARD_ALLOW_HOSTS"] == [] and s["DNSCACHE_ENABLED"] is True
+    allowed = load_settings(overrides={"crawl": {"allow_hosts": ["photos.lan", "10.0.0.5:8080"]}}, environ={})
+    assert scrapy_settings(allowed)["HOMEWARD_ALLOW_HOSTS"] == ["photos.lan", "10.0.0.5:8080"]
+    from_env = load_settings(environ={"HOMEWARD_CRAWL__ALLOW_HOSTS": "photos.lan,10.0.0.5:8080"})
+    assert from_env.crawl.allow_hosts == ["photos.lan", "10.0.0.5:8080"]
     assert list(s["ITEM_PIPELINES"]) == [
         "crawlers.pipelines.validate.ValidatePipeline",
         "crawlers.pipelines.normalize.NormalizePipeline",

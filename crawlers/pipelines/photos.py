@@ -2,17 +2,23 @@
 
 Downloads go through Scrapy's own downloader (``engine.download_async``), so a photo request gets exactly the
 politeness of a page: robots.txt, the identifying User-Agent, AutoThrottle, the per-domain concurrency limit, the
-http(s)-only middleware, retries and timeouts. The size limit is ``crawl.max_image_mb`` (per request
+http(s)-only middleware, the address guard, retries and timeouts. Redirects are followed, at most 5 hops, each hop
+a new request through the same middlewares. The size limit is ``crawl.max_image_mb`` (per request
 ``download_maxsize``: a larger body is cancelled while it streams, or before it starts when ``Content-Length``
 says so).
 
 Each download is checked, in order, and a failure becomes a row with ``status = failed`` and ``error`` =
 
 * ``http_<code>``, ``timeout``, ``dns_error``, ``connection_refused``, ``robots_disallowed`` … — the download failed;
-* ``too_large`` — over ``max_image_mb`` bytes or ``max_image_pixels`` pixels;
+* ``blocked_address`` — the URL, or a hop of its redirects, points at a loopback, private or other non-public
+  address (:class:`crawlers.middlewares.AddressGuard`); ``redirect_loop`` — more than 5 redirect hops;
+* ``too_large`` — over ``max_image_mb`` bytes or ``max_image_pixels`` pixels, or a decompression bomb (a small
+  lossless file that declares a huge picture, :func:`engine.images.refuse_bomb`), refused from the header before
+  any pixel is decoded;
 * ``not_an_image`` — the bytes are not JPEG/PNG/GIF/WebP/BMP/TIFF by their magic numbers (an HTML error page
   served as ``.jpg``);
-* ``corrupt_image`` — the magic says image but Pillow cannot decode every pixel (truncated or damaged).
+* ``corrupt_image`` — the magic says image but Pillow cannot decode every pixel (truncated or damaged), or raises
+  anything at all on it.
 
 A good photo is stored **without metadata**: EXIF (GPS position, camera serial, owner name), XMP, IPTC and
 comments are removed. A JPEG that needs no rotation keeps its compressed data untouched (the metadata segments are
@@ -28,30 +34,50 @@ The item leaves this stage with ``photo_ids`` (the ok photos, in page order) and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import struct
+import warnings
 from datetime import UTC, datetime
 from typing import Any
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 from scrapy import Request
 from scrapy.utils.defer import maybe_deferred_to_future
 from scrapy.utils.reactor import is_asyncio_reactor_installed
 from twisted.internet import threads
 
+from crawlers.addresses import BLOCKED_REASON
 from crawlers.items import ListingItem
 from crawlers.pipelines import Stage
 from crawlers.spiders.base import failure_reason
 from engine import ids
+from engine.images import ImageError, open_bounded
 from engine.storage import LanceStore, PhotoStore
 
 log = logging.getLogger(__name__)
 
 #: Reasons that a later crawl will not fix (the card counts as complete despite them).
 PERMANENT_REASONS = frozenset(
-    {"not_an_image", "corrupt_image", "too_large", "http_404", "http_410", "robots_disallowed", "scheme_not_allowed"}
+    {
+        "not_an_image",
+        "corrupt_image",
+        "too_large",
+        "http_404",
+        "http_410",
+        "robots_disallowed",
+        "scheme_not_allowed",
+        BLOCKED_REASON,
+    }
 )
+
+#: :class:`engine.images.ImageError` reasons as photo-row reasons: the magic bytes already said "image", so one that
+#: Pillow cannot identify or finds cut short is a corrupt photo.
+IMAGE_REASONS = {"truncated": "corrupt_image", "not_an_image": "corrupt_image"}
+
+#: Redirect hops a photo URL may take (each one through the address guard) before it is ``redirect_loop``.
+PHOTO_MAX_REDIRECTS = 5
 
 
 class PhotoError(Exception):
@@ -120,7 +146,11 @@ def strip_jpeg_metadata(data: bytes) -> bytes:
 
 
 def process_image(data: bytes, max_bytes: int, max_pixels: int) -> tuple[bytes, str, int, int, str]:
-    """Check and clean one downloaded photo: ``(stored_bytes, ext, width, height, source_format)``."""
+    """Check and clean one downloaded photo: ``(stored_bytes, ext, width, height, source_format)``.
+
+    Raises :class:`PhotoError` only: the bytes are a stranger's, so whatever Pillow's decoders raise on them (a
+    bomb, a bad chunk, a struct error deep in a plugin) is this photo's ``corrupt_image``, never the listing's end.
+    """
     if len(data) > max_bytes:
         raise PhotoError("too_large", f"{len(data)} bytes")
     fmt = sniff(data)
@@ -129,28 +159,29 @@ def process_image(data: bytes, max_bytes: int, max_pixels: int) -> tuple[bytes, 
         kind = "html" if head.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"<body")) else "unknown bytes"
         raise PhotoError("not_an_image", kind)
     try:
-        with Image.open(io.BytesIO(data)) as probe:
-            width, height = probe.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise PhotoError("corrupt_image", str(exc)[:200]) from exc
-    if width * height > max_pixels:
-        raise PhotoError("too_large", f"{width}x{height} pixels")
-    try:
-        img = Image.open(io.BytesIO(data))
-        img.load()  # decode every pixel: a truncated or damaged file fails here
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise PhotoError("corrupt_image", str(exc)[:200]) from exc
+        return _clean(data, fmt, max_pixels)
+    except PhotoError:
+        raise
+    except ImageError as exc:
+        raise PhotoError(IMAGE_REASONS.get(exc.reason, exc.reason), exc.detail) from exc
+    except Exception as exc:
+        raise PhotoError("corrupt_image", f"{type(exc).__name__}: {exc}"[:200]) from exc
+
+
+def _clean(data: bytes, fmt: str, max_pixels: int) -> tuple[bytes, str, int, int, str]:
+    img = open_bounded(data, max_pixels)  # header only: the pixel cap and the bomb check come before any decoding
+    width, height = img.size
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img.load()  # decode every pixel (the first frame): a truncated or damaged file fails here
     orientation = 1
-    try:
+    with contextlib.suppress(Exception):  # unreadable EXIF is no reason to refuse the pixels
         orientation = int(img.getexif().get(0x0112, 1) or 1)
-    except Exception:
-        orientation = 1
     if fmt == "JPEG" and orientation == 1:
         stripped = strip_jpeg_metadata(data)
         return stripped, "jpg", width, height, fmt
-    upright = ImageOps.exif_transpose(img) or img
-    if getattr(upright, "n_frames", 1) > 1:
-        upright.seek(0)
+    # exif_transpose copies even an upright image: only call it when there is something to turn (one full copy less)
+    upright = (ImageOps.exif_transpose(img) or img) if orientation != 1 else img
     buf = io.BytesIO()
     if fmt == "JPEG":
         if upright.mode not in ("RGB", "L"):
@@ -252,7 +283,8 @@ class PhotosPipeline(Stage):
     async def _download(self, url: str) -> bytes:
         request = Request(
             url,
-            meta={"download_maxsize": self.max_bytes, "handle_httpstatus_all": True, "hw_photo": True},
+            # no handle_httpstatus_all: it would stop Scrapy's redirect middleware, and a 30x is then a dead end
+            meta={"download_maxsize": self.max_bytes, "redirect_ttl": PHOTO_MAX_REDIRECTS, "hw_photo": True},
             dont_filter=True,
             priority=10,
         )

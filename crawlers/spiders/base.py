@@ -21,7 +21,8 @@ What the base does so that subclasses do not have to:
 * **Dispatch.** :meth:`parse` sends a card URL to :meth:`parse_card`, anything else to :meth:`parse_listing_page`.
 * **Errors never crash a crawl.** An exception in a parser becomes reason ``parse_error:<ExceptionName>``; a card
   page that yields no listing is ``empty_card``; HTTP errors (``http_404``, ``http_500`` …), timeouts, DNS errors,
-  refused connections, redirect loops, oversize pages and robots.txt refusals arrive at :meth:`on_error`. Every
+  refused connections, redirect loops, oversize pages, robots.txt refusals and non-public addresses
+  (``blocked_address``, :class:`crawlers.middlewares.AddressGuard`) arrive at :meth:`on_error`. Every
   reason is counted in the crawl stats under ``homeward/errors/<reason>`` and one line per failed URL goes to the
   run's error log (see :func:`record_error`); ``crawlers/run.py`` turns the counts into ``crawl_runs``.
 * **Incremental crawls.** When the crawl runs with a data dir (``crawlers/run.py`` sets ``HOMEWARD_INCREMENTAL``),
@@ -29,8 +30,8 @@ What the base does so that subclasses do not have to:
   stored is not fetched again unless its catalog ``fingerprint`` changed or it is due for a (conditional) re-check.
   Build card requests with :meth:`card_request` (pass ``fingerprint=`` the catalog tile's text when the catalog
   shows one). Operator ``start_urls`` are always fetched.
-* **Politeness** lives in the settings and middlewares (robots.txt, AutoThrottle, per-domain concurrency, http(s)
-  only); spiders need not repeat it.
+* **Politeness and safety** live in the settings and middlewares (robots.txt, AutoThrottle, per-domain
+  concurrency, http(s) only, public addresses only); spiders need not repeat it.
 """
 
 from __future__ import annotations
@@ -82,7 +83,12 @@ def failure_reason(failure: Any, crawler: Any = None) -> str:
     from twisted.internet import defer
     from twisted.internet import error as terr
 
+    from crawlers.addresses import BLOCKED_REASON
+    from crawlers.middlewares import BlockedAddress
+
     exc = getattr(failure, "value", failure)
+    if isinstance(exc, BlockedAddress):
+        return BLOCKED_REASON
     if isinstance(exc, HttpError):
         return f"http_{exc.response.status}"
     if isinstance(exc, sx.IgnoreRequest):

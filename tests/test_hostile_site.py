@@ -1,0 +1,186 @@
+"""A hostile site, crawled end to end: links, redirects and photos aimed at an internal server, redirect chains,
+decompression bombs. Nothing reaches the internal server, every card keeps its listing, every bad photo is a row
+with its reason, and the run reports each refusal. Plus the decode bounds on their own (crawl and enrich paths)."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from scrapy.resolver import CachingThreadedResolver
+from twisted.internet import defer
+
+from crawlers.pipelines.photos import PhotoError, process_image
+from engine.images import ImageError, decode_image, open_bounded
+from ray_jobs.crawl import crawl
+from tests.mock_site import ListingSite, MockSite, crawl_settings, jsonld_card_html, listings, photos, site_source
+
+MAX_PIXELS = 80_000_000
+
+
+class IntranetResolver(CachingThreadedResolver):
+    """The crawl's DNS resolver (``DNS_RESOLVER``) with an intranet: every ``*.intranet.test`` name answers
+    127.0.0.1, as an internal name (or a rebinding attacker's) would. The guard must see that answer through the
+    resolver the connection uses, and refuse it."""
+
+    def getHostByName(self, name: str, timeout: object = ()) -> defer.Deferred[str]:
+        if name.endswith(".intranet.test"):
+            return defer.succeed("127.0.0.1")
+        return super().getHostByName(name, timeout)
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def png(width: int, height: int, idat: bytes, extra: bytes = b"") -> bytes:
+    """An 8-bit RGB PNG with the given (already compressed) pixel data."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + extra + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+
+
+def png_bomb(width: int = 7000, height: int = 7000) -> bytes:
+    """49 MP of black, under the 80 MP cap: ~150 KiB of file, 196 MiB as Pillow holds it."""
+    z = zlib.compressobj(9)
+    row = b"\x00" * (1 + 3 * width)
+    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    return png(width, height, idat)
+
+
+def png_huge_header() -> bytes:
+    """A header declaring 200000 x 200000 pixels over a few bytes of data (Pillow's own check raises on it)."""
+    return png(200_000, 200_000, zlib.compress(b"\x00" * 64))
+
+
+def png_text_bomb() -> bytes:
+    """A small PNG whose compressed text chunk inflates past Pillow's text limit (a ValueError inside Pillow)."""
+    text = _chunk(b"zTXt", b"comment\x00\x00" + zlib.compress(b"a" * 2_000_000, 9))
+    return png(2, 2, zlib.compress(b"\x00" + b"\x00" * 6 + b"\x00" + b"\x00" * 6), extra=text)
+
+
+def flat(fmt: str, **save: object) -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (4500, 4500)).save(buf, fmt, **save)  # 20 MP of one grey: a few KiB in any lossless format
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "save"), [("PNG", {}), ("GIF", {}), ("TIFF", {"compression": "tiff_deflate"}), ("WEBP", {"lossless": True})]
+)
+def test_lossless_bombs_are_refused_before_decoding(fmt: str, save: dict[str, object]) -> None:
+    data = flat(fmt, **save)
+    for decode in (lambda: open_bounded(data, MAX_PIXELS), lambda: decode_image(data, max_side=1280)):
+        with pytest.raises(ImageError) as info:
+            decode()
+        assert info.value.reason == "too_large" and "bomb" in info.value.detail
+    with pytest.raises(PhotoError) as photo:
+        process_image(data, 15 << 20, MAX_PIXELS)
+    assert photo.value.reason == "too_large"
+
+
+def test_every_pillow_failure_is_a_photo_reason() -> None:
+    cases = {
+        png_bomb(): "too_large",
+        png_huge_header(): "too_large",
+        png_text_bomb(): "corrupt_image",
+        png(64, 64, b"not zlib at all"): "corrupt_image",
+        b"\x89PNG\r\n\x1a\n" + b"\x00" * 40: "corrupt_image",
+        b"<!doctype html><p>gone</p>": "not_an_image",
+    }
+    for data, reason in cases.items():
+        with pytest.raises(PhotoError) as info:
+            process_image(data, 15 << 20, MAX_PIXELS)
+        assert info.value.reason == reason, (reason, info.value)
+    # an ordinary photo still goes through, and a real (noisy) lossless image of the same size is no bomb
+    noisy = io.BytesIO()
+    Image.effect_noise((1200, 900), 60).convert("RGB").save(noisy, "PNG")
+    stored, ext, width, height, fmt = process_image(noisy.getvalue(), 15 << 20, MAX_PIXELS)
+    assert (ext, width, height, fmt) == ("png", 1200, 900, "PNG")
+    assert Image.open(io.BytesIO(stored)).size == (1200, 900)
+
+
+def redirect(site: MockSite, path: str, location: str) -> None:
+    site.page(path, b"", status=302, headers={"Location": location})
+
+
+@pytest.mark.slow
+def test_hostile_site_reaches_nothing_internal_and_keeps_every_card(tmp_path: Path) -> None:
+    with MockSite() as site, MockSite() as inner:
+        port = inner.server.server_address[1]
+        inner.page("/admin.html", jsonld_card_html({"@type": "homeward:Listing", "identifier": "admin",
+                                                    "kind": "lost", "species": "dog", "name": "Admin"}))  # fmt: skip
+        inner.page("/p.jpg", ListingSite.photo(1), content_type="image/jpeg")
+        internal_pages = [
+            f"{inner.url}/admin.html",
+            f"http://localhost:{port}/admin.html",
+            f"http://2130706433:{port}/admin.html",
+            f"http://0x7f.1:{port}/admin.html",
+            f"http://[::ffff:127.0.0.1]:{port}/admin.html",
+            f"http://admin.intranet.test:{port}/admin.html",  # a name: resolved, then refused
+        ]
+        data = ListingSite(site, n=3, per_page=50)
+        hostile_photos = [
+            f"{inner.url}/p.jpg",  # straight at the internal server
+            f"http://localhost:{port}/p.jpg",
+            "/img/hop1.jpg",  # two redirects, then a good image: followed
+            "/img/evil.jpg",  # a redirect into the internal server: blocked at the hop
+            "/img/loop.jpg",  # a redirect loop: bounded
+            "/img/bomb.png",
+            "/img/tall.png",
+            "/img/ok.jpg",
+        ]
+        base = {"@type": "homeward:Listing", "kind": "lost", "species": "dog", "gender": "male",
+                "eventDate": "2026-10-02", "description": "Lost near the park."}  # fmt: skip
+        data.posts["hostile"] = {**base, "identifier": "hostile", "name": "Hostile", "image": hostile_photos}
+        data.posts["bombonly"] = {**base, "identifier": "bombonly", "name": "Bomb", "image": ["/img/bomb.png"]}
+        data.posts["hop"] = {**base, "identifier": "hop", "name": "Redirected card"}
+        data.render()
+        redirect(site, data.card_path("hop"), f"{inner.url}/admin.html?from=hop")  # a card redirected inside
+        redirect(site, "/img/hop1.jpg", "/img/hop2.jpg")
+        redirect(site, "/img/hop2.jpg", f"{site.url}/img/good.jpg")
+        redirect(site, "/img/evil.jpg", f"http://127.0.0.1:{port}/p.jpg")
+        site.misbehave("/img/loop.jpg", "redirect_loop")
+        site.page("/img/good.jpg", ListingSite.photo(2), content_type="image/jpeg")
+        site.page("/img/ok.jpg", ListingSite.photo(3), content_type="image/jpeg")
+        site.page("/img/bomb.png", png_bomb(), content_type="image/png")
+        site.page("/img/tall.png", png_huge_header(), content_type="image/png")
+        links = "".join(f'<a class="card" href="{u}">x</a>' for u in internal_pages)
+        site.page("/catalog/1.html", site.pages["/catalog/1.html"].body.decode().replace("</ul>", f"</ul>{links}"))
+
+        resolver = {"DNS_RESOLVER": "tests.test_hostile_site.IntranetResolver"}
+        settings = crawl_settings(tmp_path, [site_source(site.url, scrapy_settings=resolver)])
+        run = crawl(settings, source=["mock"])["runs"][0]
+
+        assert inner.paths() == []  # not one request (not even robots.txt) reached the internal server
+        reasons = run["errors_by_reason"]
+        assert reasons["blocked_address"] == len(internal_pages) + 1, reasons  # the links and the card's redirect
+        assert reasons["photo:blocked_address"] == 3 and reasons["photo:redirect_loop"] == 1
+        assert reasons["photo:too_large"] == 3
+        failures = {k: v for k, v in reasons.items() if not k.startswith("warning:")}
+        assert run["errors"] == sum(failures.values()) and run["log_errors"] == 0  # recorded, nothing dropped
+        lines = [json.loads(x) for x in Path(run["error_log"]).read_text().splitlines()]
+        blocked = {x["url"] for x in lines if x["reason"] == "blocked_address"}
+        assert blocked == {*internal_pages, f"{inner.url}/admin.html?from=hop"}
+
+        rows = listings(settings)
+        assert {"l100", "f101", "f102", "hostile", "bombonly"} <= set(rows) and "admin" not in rows
+        by_url = {p["source_url"]: p for p in photos(settings) if p["listing_id"] == rows["hostile"]["listing_id"]}
+        assert {u.replace(site.url, ""): (p["status"], p["error"]) for u, p in by_url.items()} == {
+            f"{inner.url}/p.jpg": ("failed", "blocked_address"),
+            f"http://localhost:{port}/p.jpg": ("failed", "blocked_address"),
+            "/img/hop1.jpg": ("ok", None),
+            "/img/evil.jpg": ("failed", "blocked_address"),
+            "/img/loop.jpg": ("failed", "redirect_loop"),
+            "/img/bomb.png": ("failed", "too_large"),
+            "/img/tall.png": ("failed", "too_large"),
+            "/img/ok.jpg": ("ok", None),
+        }
+        assert len(rows["hostile"]["photo_ids"]) == 2
+        bomb_rows = [p for p in photos(settings) if p["listing_id"] == rows["bombonly"]["listing_id"]]
+        assert [(p["status"], p["error"]) for p in bomb_rows] == [("failed", "too_large")]
+        assert site.hits("/img/good.jpg") == 1 and site.hits("/img/loop.jpg") >= 3
