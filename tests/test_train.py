@@ -292,3 +292,37 @@ def test_training_starts_from_the_train_from_profile(tiny, identity_dir: Path, t
     with pytest.raises(HomewardError, match=r"'ensemble'.*train_from"):
         train(tiny.with_overrides({"enrich": {"profile": str(pair)}}), str(identity_dir), **_kwargs(tmp_path))
     assert "train_from" not in profile(tiny, "cpu-imagenet") and "train_from" not in profile(tiny, "cpu-lite0")
+
+
+def test_several_sets_split_each_alone_and_validate_per_set_and_species(
+    tiny, identity_dir: Path, tmp_path: Path
+) -> None:
+    """Two sets train together: each keeps the held-out animals it has alone, and validation reports each set and
+    species (the manifest's) as a group; the kept epoch is chosen on the groups' mean."""
+    import os
+
+    from engine.train.data import split_datasets
+
+    cats = tmp_path / "cats" / "images"
+    for i in range(9):
+        (cats / f"c{i}").mkdir(parents=True)
+        for n in range(3):
+            _animal(40 + i, n).save(cats / f"c{i}" / f"{n}.jpg", quality=92)
+    (tmp_path / "cats" / "manifest.csv").write_text(
+        "identity,species\n" + "".join(f"c{i},{'dog' if i == 8 else 'cat'}\n" for i in range(9))
+    )
+    both = os.pathsep.join([str(identity_dir), str(cats)])
+    split = split_datasets(both, 0.34, seed=0)
+    alone = split_identities(list_identities(identity_dir), 0.34, seed=0)
+    assert {k for k in split.val if k.startswith("ids-")} == {f"ids-{k}" for k in alone.val}
+    assert {split.groups[k] for k in split.train | split.val} == {"ids", "cats/cat", "cats/dog"}
+    assert split.groups["cats-c0"] == "cats/cat" and split.groups["cats-c8"] == "cats/dog"
+
+    result = train(tiny, both, **_kwargs(tmp_path, recipe="top-only", epochs=1))
+    meta = json.loads((Path(result["checkpoint"]) / "homeward.json").read_text())
+    groups = meta["metrics"]["finetuned"]["by_group"]
+    # a group needs two animals held out to be scored: the lone dog of the cat set never is
+    assert set(groups) == {"ids", "cats/cat"}
+    for figures in groups.values():
+        assert 0.0 <= figures["eer"] <= 1.0 and "degraded_eer" in figures
+    assert meta["data"]["path"].split(os.pathsep) == [str(identity_dir.resolve()), str(cats.resolve())]

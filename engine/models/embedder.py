@@ -40,7 +40,7 @@ from engine.models.registry import (
 )
 
 CHECKPOINT_FORMAT = "homeward-timm-v1"
-KINDS = "timm, open_clip, ensemble"
+KINDS = "timm, open_clip, ensemble, coat"
 
 
 def _l2(x: Any) -> Any:
@@ -493,6 +493,10 @@ def embedder_id(spec: dict[str, Any], settings: Any) -> str:
         from engine.models.ensemble import ensemble_id
 
         return ensemble_id(spec, settings)
+    if kind == "coat":
+        from engine.models.coat import coat_id
+
+        return coat_id(spec)
     base = _weights_id(kind, spec, settings)
     return f"{base}:flip" if spec.get("flip") else base
 
@@ -531,4 +535,8 @@ def build_embedder(spec: dict[str, Any], settings: Any) -> Embedder:
         from engine.models.ensemble import EnsembleEmbedder
 
         return EnsembleEmbedder(spec, settings)
+    if kind == "coat":
+        from engine.models.coat import CoatEmbedder
+
+        return CoatEmbedder(spec, settings)
     raise ModelError(f"unknown embedder kind {kind!r} (known: {KINDS})")

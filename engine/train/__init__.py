@@ -28,7 +28,8 @@ def train(
     already fine-tuned, as `cpu`'s is) on identity folders; validate on held-out identities each epoch.
 
     Args:
-        images_dir: one sub-folder of photos per animal identity (e.g. ../shared/data/dogfacenet/images)
+        images_dir: one sub-folder of photos per animal identity (e.g. ../shared/data/dogfacenet/images); several
+            folders separated by ":" train together, split and validated per folder and species
         recipe: a named recipe of engine/train/recipes.py (blocks3-pca-degrade, top-only, ...) or a recipe file
         out: checkpoint folder to write (default <data_dir>/models/reid-<recipe>-<time>)
         epochs: length of the cosine schedule; early stopping and max_minutes may stop sooner

@@ -2,17 +2,25 @@
 
 ``images_dir/<identity>/<file>.jpg`` (DogFaceNet's layout): every folder is one animal. Validation identities never
 appear in training, so validation measures what matters in production — telling apart animals the model never saw.
+
+Several data sets train together when ``images_dir`` names several folders separated by ``os.pathsep`` (``:`` on
+Linux, as in ``PATH``), e.g. dog faces and real lost/found photos. Each set is split on its own with the same seed
+(so a set's held-out animals do not change when another set joins), and validation is reported per **group**: the
+set, and within it each species its ``manifest.csv`` names. A model chosen on the pooled figure would be chosen for
+whichever set has the most photos; :func:`group_of` lets the loop weigh every group alike.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.errors import HomewardError
+from engine.eval import identity_species
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
@@ -22,6 +30,8 @@ class Split:
     train: dict[str, list[Path]]
     val: dict[str, list[Path]]
     seed: int
+    groups: dict[str, str] = field(default_factory=dict)
+    """Identity → validation group (data set, and species where known); empty for one set without species."""
 
     def items(self, part: str) -> tuple[list[Path], list[int], list[str]]:
         """Flattened ``(paths, integer labels, identity names)`` of ``part`` (``train`` or ``val``)."""
@@ -48,6 +58,41 @@ def list_identities(images_dir: str | Path, min_images: int = 2) -> dict[str, li
     if len(out) < 4:
         raise HomewardError(f"{root} holds {len(out)} identity folders with >= {min_images} images; need at least 4")
     return out
+
+
+def dataset_dirs(images_dir: str | Path) -> list[Path]:
+    """The folders ``images_dir`` names (one, or several separated by ``os.pathsep``)."""
+    dirs = [Path(p) for p in str(images_dir).split(os.pathsep) if p]
+    if not dirs:
+        raise HomewardError("no images folder given")
+    return dirs
+
+
+def dataset_name(folder: Path) -> str:
+    """``../shared/data/realpets/images`` → ``realpets``: a folder called ``images`` is named by its parent."""
+    folder = folder.resolve()
+    return folder.parent.name if folder.name == "images" else folder.name
+
+
+def split_datasets(images_dir: str | Path, val_fraction: float, seed: int, min_images: int = 2) -> Split:
+    """Every data set of ``images_dir`` listed and split on its own (:func:`split_identities`, the same seed), then
+    joined. With several sets, identities are named ``<set>-<identity>``; groups name the set and species."""
+    dirs = dataset_dirs(images_dir)
+    names = [dataset_name(d) for d in dirs]
+    if len(set(names)) != len(names):
+        raise HomewardError(f"two training sets share a name ({', '.join(names)}): give each its own folder name")
+    train: dict[str, list[Path]] = {}
+    val: dict[str, list[Path]] = {}
+    groups: dict[str, str] = {}
+    for folder, name in zip(dirs, names, strict=True):
+        part = split_identities(list_identities(folder, min_images), val_fraction, seed)
+        species = identity_species(folder)
+        for ident in [*part.train, *part.val]:
+            key = f"{name}-{ident}" if len(dirs) > 1 else ident
+            (train if ident in part.train else val)[key] = (part.train | part.val)[ident]
+            if len(dirs) > 1 or species:
+                groups[key] = f"{name}/{species[ident]}" if ident in species else name
+    return Split(train=train, val=val, seed=seed, groups=groups)
 
 
 def split_identities(identities: dict[str, list[Path]], val_fraction: float, seed: int) -> Split:
@@ -79,8 +124,13 @@ def link_identities(groups: dict[str, list[Path]], dest: str | Path) -> Path:
 
 
 def data_fingerprint(images_dir: str | Path, identities: dict[str, list[Path]]) -> str:
-    """sha256 of ``manifest.csv`` beside (or inside) the images folder, else of the sorted relative paths + sizes."""
-    root = Path(images_dir)
+    """sha256 of ``manifest.csv`` beside (or inside) the images folder, else of the sorted relative paths + sizes;
+    several data sets: of their fingerprints."""
+    dirs = dataset_dirs(images_dir)
+    if len(dirs) > 1:
+        parts = [data_fingerprint(d, list_identities(d)) for d in dirs]
+        return "sets:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    root = dirs[0]
     for manifest in (root / "manifest.csv", root.parent / "manifest.csv"):
         if manifest.is_file():
             return "manifest:" + hashlib.sha256(manifest.read_bytes()).hexdigest()

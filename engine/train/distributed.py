@@ -9,6 +9,7 @@ writes the checkpoint folder (``out`` must be storage every worker's node can re
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,7 @@ def train_distributed(
             _worker,
             train_loop_config={
                 "settings": settings,
-                "images_dir": str(Path(images_dir).resolve()),
+                "images_dir": os.pathsep.join(str(Path(d).resolve()) for d in str(images_dir).split(os.pathsep) if d),
                 "recipe": recipe,
                 "kwargs": {**kwargs, "out": out},
                 "threads": 0 if gpus > 0 else 1,

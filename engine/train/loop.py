@@ -29,7 +29,7 @@ from tqdm import tqdm
 from engine.degrade import degrade
 from engine.errors import HomewardError
 from engine.scoring.metrics import reid_metrics
-from engine.train.data import PKSampler, Split, data_fingerprint, list_identities, split_identities
+from engine.train.data import PKSampler, Split, data_fingerprint, dataset_dirs, split_datasets
 from engine.train.model import Criterion, ReIDNet, pca_head, random_head
 from engine.train.recipes import Recipe
 
@@ -158,16 +158,17 @@ def validate(
     *,
     pooled: bool = False,
     tta: bool = False,
-) -> dict[str, float]:
-    """Clean and (when cached) degraded-query metrics on the validation identities; ``tta_*`` with flip averaging."""
+    groups: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Clean and (when cached) degraded-query metrics on the validation identities; ``tta_*`` with flip averaging;
+    with ``groups`` (one per image), ``by_group`` repeats clean and degraded figures within each group."""
 
     def emb(view: str) -> np.ndarray:
         return embed_cached(net, val[view], device, pooled=pooled)
 
     clean = emb("clean")
-    out = protocol_metrics(clean, clean, labels)
-    if "degrade" in val:
-        out.update({f"degraded_{k}": v for k, v in protocol_metrics(emb("degrade"), clean, labels).items()})
+    degraded = emb("degrade") if "degrade" in val else None
+    out: dict[str, Any] = _query_metrics(clean, degraded, labels)
     if tta and "flip" in val:
 
         def avg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -179,10 +180,29 @@ def validate(
         if "degrade_flip" in val:
             deg_t = avg(emb("degrade"), emb("degrade_flip"))
             out.update({f"tta_degraded_{k}": v for k, v in protocol_metrics(deg_t, clean_t, labels).items()})
+    if groups is not None and len(set(groups)) > 1:
+        g, lab = np.asarray(groups), np.asarray(labels)
+        # a group of one animal has no different-animal pair to score
+        scored = sorted(name for name in set(groups) if len(set(lab[g == name])) > 1)
+        out["by_group"] = {
+            name: _query_metrics(clean[g == name], None if degraded is None else degraded[g == name], lab[g == name])
+            for name in scored
+        }
     return out
 
 
-def _score(metrics: dict[str, float], recipe: Recipe) -> float:
+def _query_metrics(clean: np.ndarray, degraded: np.ndarray | None, labels: Sequence[int]) -> dict[str, float]:
+    out = protocol_metrics(clean, clean, labels)
+    if degraded is not None:
+        out.update({f"degraded_{k}": v for k, v in protocol_metrics(degraded, clean, labels).items()})
+    return out
+
+
+def _score(metrics: dict[str, Any], recipe: Recipe) -> float:
+    """The validation score to minimise; with several groups, their mean (each data set and species counts alike,
+    however many photos it has)."""
+    if "by_group" in metrics:
+        return float(np.mean([_score(m, recipe) for m in metrics["by_group"].values()]))
     if recipe.select_on == "eer_mean" and "degraded_eer" in metrics:
         return (metrics["eer"] + metrics["degraded_eer"]) / 2
     return metrics["eer"]
@@ -256,10 +276,11 @@ def run(
     def prep(imgs: list[Image.Image]) -> torch.Tensor:
         return torch.from_numpy(prepare(imgs, base.img_size, base.mean, base.std, base.resize))
 
-    identities = list_identities(images_dir)
-    split: Split = split_identities(identities, val_fraction, seed)
+    split: Split = split_datasets(images_dir, val_fraction, seed)
+    identities = {**split.train, **split.val}
     train_paths, train_labels, train_names = split.items("train")
     val_paths, val_labels, val_names = split.items("val")
+    val_groups = [split.groups.get(val_names[lab], "") for lab in val_labels] if split.groups else None
     log.info(
         "train: %d identities / %d images; val: %d identities / %d images",
         len(train_names),
@@ -281,7 +302,7 @@ def run(
         train_cache = {v: enc.cache(train_paths, v, f"cache train/{v}") for v in train_views}
         _advance_cache(net, [(enc, train_paths, train_cache), (val_enc, val_paths, val_cache)], device)
     # After the advance: the frozen middle stages then run once over the validation views, not twice.
-    baseline = validate(net, val_cache, val_labels, device, pooled=True, tta=recipe.tta_flip)
+    baseline = validate(net, val_cache, val_labels, device, pooled=True, tta=recipe.tta_flip, groups=val_groups)
     log.info("baseline (pretrained, no head): %s", _fmt(baseline))
 
     history: list[dict[str, Any]] = []
@@ -301,7 +322,7 @@ def run(
         if criterion.arcface is not None and recipe.proxy_init == "class_mean":
             criterion.arcface.init_from_means(emb_train, torch.tensor(train_labels), seed)
 
-        epoch0 = validate(net, val_cache, val_labels, device, tta=recipe.tta_flip)
+        epoch0 = validate(net, val_cache, val_labels, device, tta=recipe.tta_flip, groups=val_groups)
         history.append({"epoch": 0, "minutes": _minutes(started), **epoch0})
         best_metrics, best_epoch = epoch0, 0
         best_state = copy.deepcopy(_trainable_state(net))
@@ -363,7 +384,7 @@ def run(
                 step += 1
                 losses.append(float(loss.detach()))
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-            metrics = validate(net, val_cache, val_labels, device, tta=recipe.tta_flip)
+            metrics = validate(net, val_cache, val_labels, device, tta=recipe.tta_flip, groups=val_groups)
             epoch_s = time.monotonic() - t_epoch
             row = {
                 "epoch": epoch,
@@ -403,7 +424,7 @@ def run(
     metadata = {
         "recipe": recipe.to_dict(),
         "data": {
-            "path": str(Path(images_dir).resolve()),
+            "path": os.pathsep.join(str(d.resolve()) for d in dataset_dirs(images_dir)),
             "fingerprint": data_fingerprint(images_dir, identities),
             "identities": len(identities),
             "images": sum(len(v) for v in identities.values()),
@@ -559,6 +580,9 @@ def _minutes(started: float) -> float:
     return (time.monotonic() - started) / 60
 
 
-def _fmt(m: dict[str, float]) -> str:
+def _fmt(m: dict[str, Any]) -> str:
     keys = [k for k in ("top1", "eer", "degraded_top1", "degraded_eer", "tta_eer", "tta_degraded_eer") if k in m]
-    return " ".join(f"{k}={m[k]:.4f}" for k in keys)
+    text = " ".join(f"{k}={m[k]:.4f}" for k in keys)
+    for name, g in m.get("by_group", {}).items():
+        text += f" | {name}: top1={g['top1']:.3f} eer={g['eer']:.4f}"
+    return text
