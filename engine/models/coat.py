@@ -6,10 +6,11 @@ any pose, at any resolution. As an ensemble member (:mod:`engine.models.ensemble
 image similarity at the cost of a 48×48 resize per crop, no network.
 
 The vector is the square root of the normalised hue × saturation × value histogram of the crop's central area
-(corners of a detector box are mostly background; hue counts only where saturation is above the lowest bin), so the cosine of two vectors is their Bhattacharyya coefficient:
-1 for identical colour distributions, 0 for disjoint ones. Near-black pixels are left out when the crop has enough
-others (posts often cut the animal out onto black). Trade-off: colour alone confuses animals of one coat (two black
-dogs) and changes under coloured or infrared light, so it is a member with a small weight, never the embedder alone.
+(corners of a detector box are mostly background; hue counts only where saturation is above the lowest bin), so the
+cosine of two vectors is their Bhattacharyya coefficient: 1 for identical colour distributions, 0 for disjoint
+ones. Near-black pixels are left out when the crop has enough others (posts often cut the animal out onto black).
+Trade-off: colour alone confuses animals of one coat (two black dogs) and changes under coloured or infrared light,
+so it is a member with a small weight, never the embedder alone.
 """
 
 from __future__ import annotations
