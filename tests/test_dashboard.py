@@ -28,6 +28,14 @@ from engine.errors import HomewardError
 from engine.storage import RunsDB
 
 REPO = Path(__file__).resolve().parents[1]
+SEAS, ASTN = "petango:SEAS", "petharbor:ASTN"  # shelter keys: source:shelter_id
+LOCAL = "127.0.0.1:8501"
+
+
+def call(app: Dashboard, method: str, path: str, query=None, headers=None, body: bytes = b""):
+    """A request straight to the app, as a browser on the dashboard's own page sends it (Host, and Origin on POST)."""
+    hdrs = {"host": LOCAL, **({"origin": f"http://{LOCAL}"} if method == "POST" else {}), **(headers or {})}
+    return app.handle(Request(method, path, query or {}, hdrs, body))
 
 
 class Client:
@@ -35,7 +43,8 @@ class Client:
         self.base = base
 
     def request(self, method: str, path: str, data: bytes | None = None, headers: dict[str, str] | None = None):
-        req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers or {})
+        headers = {**({"Origin": self.base} if method == "POST" else {}), **(headers or {})}  # as a browser does
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
         opener = urllib.request.build_opener(NoRedirect)
         try:
             with opener.open(req, timeout=30) as resp:
@@ -140,7 +149,7 @@ def test_analyst_page(site):
 
 def test_shelter_page_shows_open_candidates_with_stored_photos(site):
     info = site["info"]
-    page = site["client"].page("/shelter/SEAS")
+    page = site["client"].page("/shelter/petango:SEAS")
     assert "Seattle Animal Shelter" in page and "Never pay anyone" in page
     assert page.count('class="candidate') == 2
     assert info["listings"]["shelter_a102"] in page and info["listings"]["shelter_a101"] in page
@@ -165,19 +174,19 @@ def test_photo_endpoint_serves_small_exif_free_jpegs(site):
 
 def test_feedback_form_post_writes_duckdb_and_the_pair_leaves_reports(site):
     c, info, settings = site["client"], site["info"], site["settings"]
-    key = form_key(c.page("/shelter/SEAS"))
+    key = form_key(c.page("/shelter/petango:SEAS"))
     pair = {"lost_listing_id": info["listings"]["lost_buddy"], "found_listing_id": info["listings"]["shelter_a102"]}
     # no form key: refused (another site cannot post verdicts through a browser)
-    assert c.post_form("/shelter/SEAS/feedback", {**pair, "verdict": "rejected"})[0] == 403
-    assert c.post_form("/shelter/SEAS/feedback", {**pair, "verdict": "maybe", "form_key": key})[0] == 400
+    assert c.post_form("/shelter/petango:SEAS/feedback", {**pair, "verdict": "rejected"})[0] == 403
+    assert c.post_form("/shelter/petango:SEAS/feedback", {**pair, "verdict": "maybe", "form_key": key})[0] == 400
     # a pair of another shelter cannot be decided from this shelter's page
     other = {"lost_listing_id": info["listings"]["lost_misha"], "found_listing_id": info["listings"]["found_cat"]}
-    assert c.post_form("/shelter/SEAS/feedback", {**other, "verdict": "rejected", "form_key": key})[0] == 404
+    assert c.post_form("/shelter/petango:SEAS/feedback", {**other, "verdict": "rejected", "form_key": key})[0] == 404
     note = "not him; owner says call +1 (206) 555-0142, chip 985112003456789"
     status, headers, _ = c.post_form(
-        "/shelter/SEAS/feedback", {**pair, "verdict": "rejected", "form_key": key, "who": "Dana", "note": note}
+        "/shelter/petango:SEAS/feedback", {**pair, "verdict": "rejected", "form_key": key, "who": "Dana", "note": note}
     )
-    assert status == 303 and headers["Location"] == "/shelter/SEAS"
+    assert status == 303 and headers["Location"] == "/shelter/petango%3ASEAS"
     rows = RunsDB(settings.duckdb).query(
         "SELECT verdict, who, note FROM feedback WHERE lost_listing_id = ? AND found_listing_id = ?",
         [pair["lost_listing_id"], pair["found_listing_id"]],
@@ -185,9 +194,9 @@ def test_feedback_form_post_writes_duckdb_and_the_pair_leaves_reports(site):
     assert [r[:2] for r in rows] == [("rejected", "Dana")]
     stored_note = rows[0][2]
     assert stored_note.startswith("not him") and "555-0142" not in stored_note and "985112003456789" not in stored_note
-    page = c.page("/shelter/SEAS")
+    page = c.page("/shelter/petango:SEAS")
     assert info["listings"]["shelter_a102"] not in page and page.count('class="candidate') == 1
-    seas = next(e for e in report(settings, shelter="SEAS")["reports"])
+    seas = next(e for e in report(settings, shelter=SEAS)["reports"])
     assert seas["rows"] == 1
 
 
@@ -279,7 +288,7 @@ def test_a_failing_search_is_shown_not_swallowed(settings):
     app = Dashboard(settings, host="127.0.0.1", search_fn=broken)
     photo = sample.make_photo((20, 20, 24), (120, 170, 90), size=(200, 150), exif=False)
     body, ctype = multipart({"form_key": app.form_key}, {"photo": ("q.jpg", photo)})
-    resp = app.handle(Request("POST", "/search", {}, {"content-type": ctype}, body))
+    resp = call(app, "POST", "/search", headers={"content-type": ctype}, body=body)
     assert resp.status == 500 and b"search failed: RuntimeError: index is corrupt" in resp.body
 
 
@@ -291,7 +300,7 @@ def test_search_with_engine_search(settings):
     app = Dashboard(cfg, host="127.0.0.1")
     photo = sample.make_photo((20, 20, 24), (120, 170, 90), size=(400, 300), exif=False)
     body, ctype = multipart({"form_key": app.form_key, "species": "dog", "k": "3"}, {"photo": ("q.jpg", photo)})
-    resp = app.handle(Request("POST", "/search", {}, {"content-type": ctype}, body))
+    resp = call(app, "POST", "/search", headers={"content-type": ctype}, body=body)
     html = resp.body.decode()
     assert resp.status == 200, html[:800]
     assert 'id="search-message"' in html and "nothing to search yet" in html
@@ -329,14 +338,14 @@ def test_exposed_shelter_views_need_the_shelter_token(settings):
     assert app.exposed
 
     def get(path: str, **query: str):
-        return app.handle(Request("GET", path, query, {}, b""))
+        return call(app, "GET", path, query)
 
-    seas, astn = shelter_token(cfg, "SEAS"), shelter_token(cfg, "ASTN")
-    assert seas != shelter_token(settings, "SEAS")  # derived from the salt
-    assert get("/shelter/SEAS").status == 403
-    assert get("/shelter/SEAS", token=astn).status == 403  # another shelter's token
-    assert get("/shelter/SEAS", token=seas).status == 200
-    assert get("/shelter/SEAS", token="operator-secret").status == 200
+    seas, astn = shelter_token(cfg, SEAS), shelter_token(cfg, ASTN)
+    assert seas != shelter_token(settings, SEAS)  # derived from the salt
+    assert get("/shelter/petango:SEAS").status == 403
+    assert get("/shelter/petango:SEAS", token=astn).status == 403  # another shelter's token
+    assert get("/shelter/petango:SEAS", token=seas).status == 200
+    assert get("/shelter/petango:SEAS", token="operator-secret").status == 200
     assert get("/shelters").status == 403 and get("/shelters", token=seas).status == 403
     index = get("/shelters", token="operator-secret")
     assert index.status == 200 and f"token={seas}".encode() in index.body
@@ -349,13 +358,12 @@ def test_exposed_shelter_views_need_the_shelter_token(settings):
         "form_key": app.form_key,
     }
     hdrs = {"content-type": "application/x-www-form-urlencoded"}
-    denied = app.handle(Request("POST", "/shelter/SEAS/feedback", {}, hdrs, urllib.parse.urlencode(fields).encode()))
+    denied = call(app, "POST", f"/shelter/{SEAS}/feedback", headers=hdrs, body=urllib.parse.urlencode(fields).encode())
     assert denied.status == 403
-    ok = app.handle(
-        Request("POST", "/shelter/SEAS/feedback", {}, hdrs, urllib.parse.urlencode({**fields, "token": seas}).encode())
-    )
-    assert ok.status == 303 and ok.headers["Location"] == f"/shelter/SEAS?token={seas}"
-    assert RunsDB(cfg.duckdb).query("SELECT count(*) FROM feedback WHERE who = 'dashboard:SEAS'") == [(1,)]
+    body = urllib.parse.urlencode({**fields, "token": seas}).encode()
+    ok = call(app, "POST", f"/shelter/{SEAS}/feedback", headers=hdrs, body=body)
+    assert ok.status == 303 and ok.headers["Location"] == f"/shelter/petango%3ASEAS?token={seas}"
+    assert RunsDB(cfg.duckdb).query("SELECT count(*) FROM feedback WHERE who = 'dashboard:petango:SEAS'") == [(1,)]
 
 
 def test_report_prints_the_tokens_the_dashboard_accepts(settings):
@@ -364,7 +372,7 @@ def test_report_prints_the_tokens_the_dashboard_accepts(settings):
     tokens = {e["shelter"]: e["token"] for e in report(cfg, all=True)["reports"]}
     app = Dashboard(cfg, host="0.0.0.0")
     for key, token in tokens.items():
-        resp = app.handle(Request("GET", f"/shelter/{urllib.parse.quote(key)}", {"token": token}, {}, b""))
+        resp = call(app, "GET", f"/shelter/{urllib.parse.quote(key)}", {"token": token})
         assert resp.status == 200, key
 
 
@@ -388,7 +396,7 @@ def test_cli_dashboard_serves_until_interrupted(settings, stop):
         assert m, line + proc.stderr.read() if proc.poll() is not None else line
         status, _, body = Client(m.group(1)).get("/healthz")
         assert status == 200 and json.loads(body) == {"ok": True, "exposed": False}
-        assert "Seattle Animal Shelter" in Client(m.group(1)).page("/shelter/SEAS")
+        assert "Seattle Animal Shelter" in Client(m.group(1)).page("/shelter/petango:SEAS")
         proc.send_signal(getattr(signal, stop))
         out, err = proc.communicate(timeout=30)
     finally:
@@ -409,7 +417,7 @@ def test_cli_dashboard_flags(capsys):
 def test_every_page_renders_on_an_empty_data_dir(settings):
     app = Dashboard(settings, host="127.0.0.1")  # no job has run: the file, schema and views are created
     for path in ("/", "/operators", "/analysts", "/search", "/shelters"):
-        resp = app.handle(Request("GET", path, {}, {}, b""))
+        resp = call(app, "GET", path)
         assert resp.status == 200, (path, resp.body[:300])
-    assert b"No published match run yet" in app.handle(Request("GET", "/", {}, {}, b"")).body
-    assert app.handle(Request("GET", "/shelter/SEAS", {}, {}, b"")).status == 404
+    assert b"No published match run yet" in call(app, "GET", "/").body
+    assert call(app, "GET", f"/shelter/{SEAS}").status == 404
