@@ -97,7 +97,9 @@ def host_allowed(host_header: str | None, bound: str, allowed_hosts: Iterable[st
 def same_origin(url: str, host_header: str, allowed_hosts: Iterable[str] = ()) -> bool:
     """Whether ``url`` (an ``Origin`` or ``Referer`` value) is the dashboard's own origin: an http(s) URL on the host
     and port of the request's ``Host``, or on a name of ``dashboard.allowed_hosts`` (behind a proxy that rewrites
-    ``Host``; an entry with a port must match it too). ``Origin: null`` (sandboxed frames, ``data:`` pages) never is."""
+    ``Host``; an entry with a port must match it too). ``Origin: null`` (sandboxed frames, ``data:`` pages) never is.
+    The scheme is not compared: behind a TLS proxy the dashboard cannot know it, and one host and port is one server.
+    A missing port is the scheme's default on both sides."""
     try:
         parts = urllib.parse.urlsplit(url.strip())
         port = parts.port

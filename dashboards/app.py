@@ -56,7 +56,15 @@ import jinja2
 from PIL import Image
 
 from dashboards import views
-from dashboards.access import DEFAULT_SALT, check_token, host_allowed, is_loopback, same_origin, shelter_token
+from dashboards.access import (
+    DEFAULT_SALT,
+    check_token,
+    host_allowed,
+    is_loopback,
+    same_origin,
+    shelter_token,
+    split_host,
+)
 from dashboards.photos import PHOTO_ID, PhotoLookup
 from engine.config import Settings
 from engine.errors import HomewardError
@@ -207,6 +215,9 @@ class Dashboard:
                 f"refusing to serve on {host}: shelter tokens derive from `salt`, which is still the public default; "
                 "set your own (HOMEWARD_SALT or --set salt=...) or bind 127.0.0.1"
             )
+        bad = [h for h in settings.dashboard.allowed_hosts if split_host(h) is None]
+        if bad:
+            raise HomewardError(f"dashboard.allowed_hosts: not a host name: {', '.join(map(repr, bad))}")
         self.runs = RunsDB(settings.duckdb, busy_timeout_s=10.0)
         views.ensure_views(self.runs)
         self.photos = PhotoLookup(settings)

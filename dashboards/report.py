@@ -382,7 +382,7 @@ def report(
         top: at most this many candidates per report, highest score first.
     """
     if shelter and all:
-        raise HomewardError("give either --shelter ID or --all, not both")
+        raise HomewardError("give either --shelter KEY or --all, not both")
     if top < 1:
         raise HomewardError(f"--top must be at least 1, got {top}")
     if email and not settings.report.smtp_host:
