@@ -582,7 +582,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _read_body(self, path: str) -> bytes:
         """The request body, framed by exactly one valid ``Content-Length``; :class:`HTTPError` otherwise, before
-        anything beyond the limit is read."""
+        anything beyond the limit is read. Several ``Host`` headers are refused here too (which one would count?)."""
+        if len(self.headers.get_all("Host") or []) > 1:
+            raise HTTPError(400, "one Host header, please")
         if self.headers.get("Transfer-Encoding"):
             raise HTTPError(411, "send the body with a Content-Length (Transfer-Encoding is not supported)")
         values = {v.strip() for v in self.headers.get_all("Content-Length") or []}
@@ -661,7 +663,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 _BUSY_TEXT = b"the dashboard is busy: try again in a few seconds\n"
 BUSY = (
     b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 5\r\n"
-    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_TEXT), _BUSY_TEXT)
+    + b"".join(f"{k}: {v}\r\n".encode() for k, v in DEFAULT_HEADERS.items())
+    + b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_TEXT), _BUSY_TEXT)
 )
 
 

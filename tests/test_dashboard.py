@@ -532,6 +532,7 @@ FRAMINGS = [
     ("Transfer-Encoding: chunked\r\n", 411),
     ("Content-Length: 99999999999999\r\n", 413),
     (f"Content-Length: {64 * 1024 + 1}\r\n", 413),  # a verdict form has a small limit
+    ("Content-Length: 16\r\nHost: evil.example\r\n", 400),  # a second Host
 ]
 
 
@@ -572,7 +573,7 @@ def test_connections_beyond_the_cap_get_503(settings):
         with socket.create_connection(server.server_address[:2], timeout=15) as idle:
             idle.sendall(b"GET /healthz HTTP/1.1\r\n")  # holds the only slot, mid-request
             got = raw(server, b"")
-            assert status_of(got) == 503 and b"Retry-After: 5" in got
+            assert status_of(got) == 503 and b"Retry-After: 5" in got and b"X-Content-Type-Options: nosniff" in got
         status = None
         for _ in range(100):  # the slot frees once the server thread sees the idle client leave
             status = Client(server.url).get("/healthz")[0]
