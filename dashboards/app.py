@@ -13,6 +13,15 @@ vanilla JavaScript for the review buttons; no web framework, nothing fetched fro
   pages and its verdicts need that shelter's token (:mod:`dashboards.access`), the shelter index needs the operator
   token (``--token``), and the server refuses to start with the default ``salt``. Every verdict also needs the
   per-process form key embedded in the page, so another web site cannot post verdicts through a browser.
+* **Host and Origin.** Every request must name this dashboard in its ``Host`` header (the bound address, loopback
+  names when bound to loopback, ``dashboard.allowed_hosts``): a DNS-rebinding page gets 400 and no data. Every POST
+  (verdicts, photo uploads) must carry an ``Origin`` (else a ``Referer``) of the dashboard itself, else 403: every
+  browser in use sends ``Origin`` on a POST, so a request with neither is refused too (a script adds the header).
+  Pages are sent with ``Referrer-Policy: same-origin``: under ``no-referrer`` browsers send ``Origin: null`` even on a
+  page's own POSTs.
+* **Request limits** (:class:`DashboardServer`): a body needs one non-negative integer ``Content-Length`` within the
+  path's limit (411/400/413 otherwise, answered, never a dropped connection); an idle or stalled socket is closed
+  after ``idle_timeout_s``; at most ``max_connections`` connections are served at once.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import tempfile
 import threading
 import time
@@ -46,7 +56,15 @@ import jinja2
 from PIL import Image
 
 from dashboards import views
-from dashboards.access import DEFAULT_SALT, check_token, is_loopback, shelter_token
+from dashboards.access import (
+    DEFAULT_SALT,
+    check_token,
+    host_allowed,
+    is_loopback,
+    same_origin,
+    shelter_token,
+    split_host,
+)
 from dashboards.photos import PHOTO_ID, PhotoLookup
 from engine.config import Settings
 from engine.errors import HomewardError
@@ -58,6 +76,16 @@ log = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).with_name("templates")
 MAX_FORM_BYTES = 64 * 1024
 VERDICTS = ("confirmed", "rejected")
+SAFE_METHODS = ("GET", "HEAD")
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
+DEFAULT_HEADERS = {
+    "Referrer-Policy": "same-origin",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+    "script-src 'self' 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+    "Cache-Control": "no-store",
+}
 
 
 @dataclass
@@ -187,6 +215,9 @@ class Dashboard:
                 f"refusing to serve on {host}: shelter tokens derive from `salt`, which is still the public default; "
                 "set your own (HOMEWARD_SALT or --set salt=...) or bind 127.0.0.1"
             )
+        bad = [h for h in settings.dashboard.allowed_hosts if split_host(h) is None]
+        if bad:
+            raise HomewardError(f"dashboard.allowed_hosts: not a host name: {', '.join(map(repr, bad))}")
         self.runs = RunsDB(settings.duckdb, busy_timeout_s=10.0)
         views.ensure_views(self.runs)
         self.photos = PhotoLookup(settings)
@@ -222,6 +253,7 @@ class Dashboard:
 
     def handle(self, req: Request) -> Response:
         try:
+            self.check_origin(req)
             resp = self.route(req)
         except HTTPError as exc:
             if req.wants_json() or req.path.startswith("/api/"):
@@ -231,16 +263,7 @@ class Dashboard:
         except Exception as exc:  # a bug must not kill the server thread; it is logged with its trace
             log.exception("error serving %s %s", req.method, req.path)
             resp = Response(500, f"internal error: {type(exc).__name__}".encode(), "text/plain; charset=utf-8")
-        resp.headers.setdefault("Referrer-Policy", "no-referrer")
-        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
-        resp.headers.setdefault("X-Frame-Options", "DENY")
-        resp.headers.setdefault(
-            "Content-Security-Policy",
-            "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
-            "script-src 'self' 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
-        )
-        resp.headers.setdefault("Cache-Control", "no-store")
-        return resp
+        return with_default_headers(resp)
 
     def route(self, req: Request) -> Response:
         path = req.path.rstrip("/") or "/"
@@ -271,6 +294,19 @@ class Dashboard:
         raise HTTPError(404, f"no page at {req.path}")
 
     # --- access ------------------------------------------------------------------------------------------------
+    def check_origin(self, req: Request) -> None:
+        """Refuse a request whose ``Host`` is not this dashboard (400), and a state-changing one that does not come
+        from one of its own pages (403), before anything is read or written."""
+        allowed = self.settings.dashboard.allowed_hosts
+        host = req.headers.get("host", "")
+        if not host_allowed(host, self.host, allowed):
+            raise HTTPError(400, "unknown Host: this dashboard answers only its own names (dashboard.allowed_hosts)")
+        if req.method in SAFE_METHODS:
+            return
+        source = req.headers.get("origin") or req.headers.get("referer")
+        if not source or not same_origin(source, host, allowed):
+            raise HTTPError(403, "cross-origin request refused: post from the dashboard's own pages")
+
     def _token(self, req: Request, form: dict[str, str] | None = None) -> str | None:
         auth = req.headers.get("authorization", "")
         if auth.lower().startswith("bearer "):
@@ -362,9 +398,7 @@ class Dashboard:
             [key],
         )
         name = rows[0]["shelter_name"] if rows else key
-        if not rows and not self.q(
-            "SELECT 1 FROM listings WHERE shelter_id = $1 OR (shelter_id IS NULL AND source = $1) LIMIT 1", [key]
-        ):
+        if not rows and not self.q("SELECT 1 FROM listings WHERE shelter_key(source, shelter_id) = $1 LIMIT 1", [key]):
             raise HTTPError(404, f"no shelter {key!r} in the listings")
         for r in rows:
             for side in ("lost", "found"):
@@ -527,28 +561,63 @@ class Dashboard:
 # --- HTTP server ---------------------------------------------------------------------------------------------------
 
 
+def with_default_headers(resp: Response) -> Response:
+    """Add the security headers every answer carries (no framing, no MIME sniffing, CSP, no caching) unless set."""
+    for name, value in DEFAULT_HEADERS.items():
+        resp.headers.setdefault(name, value)
+    return resp
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
+    """One connection, one request (HTTP/1.0: no keep-alive, so a slot is held for one request only). ``timeout``
+    (the server's ``idle_timeout_s``) is the socket timeout: ``BaseHTTPRequestHandler`` closes the connection when a
+    request line, a header or the body stalls that long."""
+
     server_version = "Homeward"
     sys_version = ""
     app: Dashboard  # set on the subclass made per server
 
-    def _serve(self, method: str) -> None:
-        parsed = urllib.parse.urlsplit(self.path)
-        length = int(self.headers.get("Content-Length") or 0)
-        limit = self.app.max_upload + MAX_FORM_BYTES
-        if length > limit:
-            self.send_error(413, "upload too large")
-            return
-        body = self.rfile.read(length) if length else b""
-        req = Request(
-            method=method,
-            path=parsed.path,
-            query={k: v[-1] for k, v in urllib.parse.parse_qs(parsed.query).items()},
-            headers={k.lower(): v for k, v in self.headers.items()},
-            body=body,
-            client=self.client_address[0],
-        )
-        resp = self.app.handle(req)
+    def _body_limit(self, path: str) -> int:
+        return self.app.max_upload + MAX_FORM_BYTES if path.rstrip("/") == "/search" else MAX_FORM_BYTES
+
+    def _read_body(self, path: str) -> bytes:
+        """The request body, framed by exactly one valid ``Content-Length``; :class:`HTTPError` otherwise, before
+        anything beyond the limit is read. Several ``Host`` headers are refused here too (which one would count?)."""
+        if len(self.headers.get_all("Host") or []) > 1:
+            raise HTTPError(400, "one Host header, please")
+        if self.headers.get("Transfer-Encoding"):
+            raise HTTPError(411, "send the body with a Content-Length (Transfer-Encoding is not supported)")
+        values = {v.strip() for v in self.headers.get_all("Content-Length") or []}
+        if not values:
+            if self.command in SAFE_METHODS:
+                return b""
+            raise HTTPError(411, "a request body needs a Content-Length header")
+        length = values.pop()
+        if values or not _CONTENT_LENGTH.fullmatch(length):
+            raise HTTPError(400, "Content-Length must be one non-negative integer")
+        limit = self._body_limit(path)
+        if int(length) > limit:
+            raise HTTPError(413, f"request body too large: at most {limit:,} bytes here")
+        body = self.rfile.read(int(length))
+        if len(body) < int(length):
+            raise HTTPError(400, "the request body ended before its Content-Length")
+        return body
+
+    def _drain(self) -> None:
+        """Lingering close: half-close, then read and drop what the client still sends (at most 1 MiB, 2 s), since
+        closing a socket with unread input resets the connection and the client may lose the answer before reading
+        it."""
+        deadline, left = time.monotonic() + 2.0, 1 << 20
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_WR)
+            self.connection.settimeout(0.5)
+            while left > 0 and time.monotonic() < deadline:
+                chunk = self.connection.recv(min(left, 65536))
+                if not chunk:
+                    break
+                left -= len(chunk)
+
+    def _send(self, method: str, resp: Response) -> None:
         self.send_response(resp.status)
         self.send_header("Content-Type", resp.content_type)
         self.send_header("Content-Length", str(len(resp.body)))
@@ -557,6 +626,26 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if method != "HEAD":
             self.wfile.write(resp.body)
+
+    def _serve(self, method: str) -> None:
+        parsed = urllib.parse.urlsplit(self.path)
+        try:
+            body = self._read_body(parsed.path)
+        except HTTPError as exc:
+            # The unread body would be taken for the next request: answer, then close.
+            resp = Response(exc.status, exc.message.encode(), "text/plain; charset=utf-8", {"Connection": "close"})
+            self._send(method, with_default_headers(resp))
+            self._drain()
+            return
+        req = Request(
+            method=method,
+            path=parsed.path,
+            query={k: v[-1] for k, v in urllib.parse.parse_qs(parsed.query).items()},
+            headers={k.lower(): v for k, v in self.headers.items()},
+            body=body,
+            client=self.client_address[0],
+        )
+        self._send(method, self.app.handle(req))
 
     def do_GET(self) -> None:
         self._serve("GET")
@@ -571,13 +660,62 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         log.debug("%s %s", self.client_address[0], format % args)
 
 
+_BUSY_TEXT = b"the dashboard is busy: try again in a few seconds\n"
+BUSY = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 5\r\n"
+    + b"".join(f"{k}: {v}\r\n".encode() for k, v in DEFAULT_HEADERS.items())
+    + b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_TEXT), _BUSY_TEXT)
+)
+
+
 class DashboardServer(http.server.ThreadingHTTPServer):
+    """A thread per connection, with two bounds.
+
+    * ``idle_timeout_s`` (socket timeout, default 30 s): a client that opens a connection and sends nothing, or stops
+      mid-request, is disconnected after that long, so idle sockets do not pile up. A slow upload keeps going as long
+      as every read makes progress; a client dripping a byte just under the timeout can still hold its connection,
+      which is what the next bound is for.
+    * ``max_connections`` (default 32): connections served at once. One more is answered ``503`` with
+      ``Retry-After`` straight from the accepting thread and closed, instead of queueing (a queue would let idle
+      sockets delay everyone and would hold up ``shutdown``). The cost: a burst beyond the cap is refused rather than
+      delayed, and the 503 is best effort (a client that already sent its request may see a reset instead). Requests
+      read the database one at a time anyway (:attr:`Dashboard.db_lock`), so a larger cap buys little.
+
+    Behind a reverse proxy (nginx, Caddy) in a hostile network, let the proxy enforce per-client limits too.
+    """
+
     daemon_threads = True
 
-    def __init__(self, app: Dashboard, host: str, port: int) -> None:
-        handler = type("Handler", (_Handler,), {"app": app})
+    def __init__(
+        self, app: Dashboard, host: str, port: int, *, idle_timeout_s: float = 30.0, max_connections: int = 32
+    ) -> None:
+        if idle_timeout_s <= 0 or max_connections < 1:
+            raise HomewardError(
+                f"idle_timeout_s must be > 0 and max_connections >= 1, got {idle_timeout_s} and {max_connections}"
+            )
+        handler = type("Handler", (_Handler,), {"app": app, "timeout": idle_timeout_s})
         self.app = app
+        self.slots = threading.BoundedSemaphore(max_connections)
         super().__init__((host, port), handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.settimeout(1.0)
+                request.sendall(BUSY)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # the thread did not start: its slot is free again
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
     @property
     def url(self) -> str:
@@ -593,13 +731,16 @@ def make_server(
     port: int | None = None,
     token: str | None = None,
     search_fn: Callable[..., dict[str, Any]] | None = None,
+    idle_timeout_s: float = 30.0,
+    max_connections: int = 32,
 ) -> DashboardServer:
-    """A ready server (not yet serving); ``port=0`` picks a free port (see ``server.url``)."""
+    """A ready server (not yet serving); ``port=0`` picks a free port (see ``server.url``). ``idle_timeout_s`` and
+    ``max_connections``: see :class:`DashboardServer`."""
     host = host or settings.dashboard.host
     port = settings.dashboard.port if port is None else port
     app = Dashboard(settings, host=host, token=token, search_fn=search_fn)
     try:
-        return DashboardServer(app, host, port)
+        return DashboardServer(app, host, port, idle_timeout_s=idle_timeout_s, max_connections=max_connections)
     except OSError as exc:
         raise HomewardError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 

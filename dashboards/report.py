@@ -1,16 +1,20 @@
 """``homeward report``: one match report per shelter, as self-contained HTML, CSV and Parquet.
 
 What a report holds: the open candidates of the latest PUBLISHED match run (``open_candidates``: pairs a shelter
-rejected are gone, confirmed ones stay marked) whose found side belongs to the shelter — its ``shelter_id``, or for
-found posts and sightings without one, their ``source``. Highest score first, at most ``top`` rows. Each row shows
-both photos side by side (thumbnails re-encoded without EXIF, embedded as ``data:`` URIs, so the file opens offline
-and can be mailed), the score and every evidence term, the dates, the distance and links to both original posts.
+rejected are gone, confirmed ones stay marked) whose found side belongs to the shelter: its ``shelter_key``, which is
+``source:shelter_id`` (``petango:SEAS``; a shelter id only counts within the source that listed it, so another source
+claiming "SEAS" gets its own key and never lands in this report), or the bare ``source`` for found posts and sightings
+without a shelter id (the SQL macro ``shelter_key`` in ``views.sql``). Highest score first, at most ``top`` rows.
+Each row shows both photos side by side (thumbnails re-encoded without EXIF, embedded as ``data:`` URIs, so the file
+opens offline and can be mailed), the score and every evidence term, the dates, the distance and links to both
+original posts.
 Every report carries a scam warning. No contact detail appears: the tables hold only salted hashes, and free-text
 fields are scrubbed of anything shaped like an e-mail address or phone number once more on the way out.
 
 Files land in ``<settings.reports>/<run_id>/<shelter-slug>.{html,csv,parquet}``; each is written to a temp file in
 the same folder and renamed over the target, so a reader (or a mail job) never sees half a report. Rerunning after
-new feedback rewrites the same files.
+new feedback rewrites the same files. CSV cells that a spreadsheet would run as a formula are escaped
+(:func:`csv_cell`); the Parquet file keeps every value raw.
 
 With ``--email``, each shelter listed in ``report.recipients`` gets its report by SMTP (``report.smtp_*``): the HTML
 as the message body, a plain-text summary for text-only readers, the CSV attached.
@@ -197,12 +201,12 @@ def shelters(runs: RunsDB) -> list[dict[str, Any]]:
 
 
 def known_shelter(runs: RunsDB, key: str) -> str | None:
-    """The display name of ``key`` when the listing snapshot knows it (as a shelter_id or a source)."""
+    """The display name of ``key`` when some listing of the snapshot has that shelter key."""
     with runs.read() as con:
         got = views.rows(
             con,
-            "SELECT coalesce(any_value(shelter_name) FILTER (WHERE shelter_id = $1), $1) AS name, count(*) AS n "
-            "FROM listings WHERE shelter_id = $1 OR (shelter_id IS NULL AND source = $1)",
+            "SELECT coalesce(any_value(coalesce(shelter_name, shelter_id)), $1) AS name, count(*) AS n "
+            "FROM listings WHERE shelter_key(source, shelter_id) = $1",
             [key],
         )
     return got[0]["name"] if got and got[0]["n"] else None
@@ -260,12 +264,28 @@ def render_html(
     )
 
 
+#: First characters that make Excel, LibreOffice or Google Sheets read a cell as a formula (OWASP's list, plus the
+#: full-width forms some spreadsheets fold to the ASCII ones).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+def csv_cell(value: Any) -> Any:
+    """One CSV cell, safe to open in a spreadsheet: a string starting like a formula (``=HYPERLINK(…)`` in a crawled
+    location) gets a leading single quote, OWASP's rule, so it shows as text and never runs. Only strings: a number
+    stays a number (a negative ``days_apart`` is not a formula), and nothing inside a cell is rewritten."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def _csv_bytes(rows: list[dict[str, Any]]) -> bytes:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=REPORT_SCHEMA.names, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: ("" if v is None else v) for k, v in r.items()})
+        writer.writerow({k: csv_cell(v) for k, v in r.items()})
     return buf.getvalue().encode("utf-8")
 
 
@@ -356,13 +376,13 @@ def report(
     """Write each shelter's match report (HTML, CSV, Parquet) from the latest published match run.
 
     Args:
-        shelter: one shelter key (its shelter_id, or the source of found posts without one).
+        shelter: one shelter key: source:shelter_id (petango:SEAS), or the source of found posts without one.
         all: every shelter with open candidates (the default when no --shelter is given).
         email: also send each report to the shelter's address in report.recipients over SMTP.
         top: at most this many candidates per report, highest score first.
     """
     if shelter and all:
-        raise HomewardError("give either --shelter ID or --all, not both")
+        raise HomewardError("give either --shelter KEY or --all, not both")
     if top < 1:
         raise HomewardError(f"--top must be at least 1, got {top}")
     if email and not settings.report.smtp_host:
@@ -380,7 +400,8 @@ def report(
         if name is None:
             known = ", ".join(s["shelter_key"] for s in shelters(runs)) or "none"
             raise HomewardError(
-                f"unknown shelter {shelter!r}: no listing has that shelter_id or source (with candidates now: {known})"
+                f"unknown shelter {shelter!r}: no listing has that shelter key; keys are source:shelter_id, or the "
+                f"source alone for found posts (with candidates now: {known})"
             )
         targets = [(shelter, name)]
     else:
@@ -430,6 +451,11 @@ def report(
         "rows": sum(e["rows"] for e in written),
         "emailed": sum(1 for e in written if e.get("emailed_to")),
     }
+    if email:
+        unknown = sorted(k for k in settings.report.recipients if known_shelter(runs, k) is None)
+        if unknown:  # e.g. a key from before shelter keys carried their source ("SEAS" is now "petango:SEAS")
+            log.warning("report.recipients names no known shelter key: %s", ", ".join(unknown))
+            result["recipients_unknown"] = unknown
     if failed:
         for key, err in failed.items():
             log.error("e-mail for %s failed: %s", key, err)

@@ -3,13 +3,16 @@
 :func:`populate` writes, through the real stores, what the crawl, enrich and match jobs would have left:
 
 * a DuckDB ``listings`` snapshot: lost posts (craigslist, pet911, austin), shelter intakes of two shelters (Seattle
-  Animal Shelter via petango, Austin Animal Center via petharbor) and a found post with no shelter (pet911);
+  Animal Shelter via petango, shelter key ``petango:SEAS``; Austin Animal Center via petharbor, ``petharbor:ASTN``)
+  and a found post with no shelter (pet911, keyed by its source: ``pet911``);
 * ``crawl_runs`` (one source healthy, one whose latest run failed, one that never succeeded), ``enrich_runs``;
 * three ``match_runs``: an old published one, the latest published one, and a newer one still ``running`` whose
   rows must stay invisible (it holds a pair no published run has: :data:`GHOST_PAIR`);
 * ``feedback``: one pair confirmed, one rejected, one rejected then confirmed;
 * photos made with Pillow, stored in the PhotoStore WITH an EXIF block (GPS and camera tags), and their LanceDB
   ``photos`` rows, so the tests can prove that what Homeward shows is EXIF-free.
+
+:func:`add_impostor` adds, on request, a listing of another source that claims Seattle Animal Shelter's id and name.
 
 Run ``python -m dashboards.sample --data-dir DIR`` to fill a data dir, then ``homeward dashboard --data-dir DIR``.
 """
@@ -172,6 +175,25 @@ _PALETTE = {
     "shelter_k9": ((175, 135, 75), (210, 205, 195)),
 }
 
+#: A listing of another source whose page claims Seattle Animal Shelter's shelter_id and name (:func:`add_impostor`).
+IMPOSTOR: dict[str, Any] = dict(
+    source="rehome-board",
+    source_id="p-666",
+    kind="shelter",
+    species="dog",
+    breed="labrador retriever",
+    colors=["black"],
+    sex="male",
+    name=None,
+    location_text='=HYPERLINK("https://rehome-board.example/pay","Seattle Animal Shelter")',
+    lat=47.5890,
+    lon=-122.3170,
+    days_ago=3,
+    url="https://rehome-board.example/p-666",
+    shelter_id="SEAS",
+    shelter_name="Seattle Animal Shelter",
+)
+
 GHOST_PAIR = ("lost_luna", "shelter_a102")
 """Only the ``running`` match run holds this pair: no view, report or page may show it."""
 
@@ -179,6 +201,77 @@ GHOST_PAIR = ("lost_luna", "shelter_a102")
 def lid(name: str) -> str:
     spec = LISTINGS[name]
     return ids.listing_id(spec["source"], spec["source_id"])
+
+
+def _insert_listing(con: Any, spec: dict[str, Any], photo_id: str, now: dt.datetime) -> str:
+    listing_id = ids.listing_id(spec["source"], spec["source_id"])
+    event = (now - dt.timedelta(days=spec["days_ago"])).date()
+    posted = now - dt.timedelta(days=spec["days_ago"]) + dt.timedelta(hours=6)
+    con.execute(
+        "INSERT INTO listings VALUES (?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, 'adult', 'medium', ?, ?, ?, ?, ?, "
+        "?, ?, ?, ?, ?, ?, 1)",
+        [
+            listing_id,
+            spec["source"],
+            spec["source_id"],
+            spec["url"],
+            spec["kind"],
+            spec["species"],
+            spec["breed"],
+            spec["colors"],
+            spec["sex"],
+            spec["name"],
+            f"{spec['species']} {spec.get('breed') or ''} seen near {spec['location_text']}",
+            spec["location_text"],
+            spec["lat"],
+            spec["lon"],
+            event,
+            posted,
+            now - dt.timedelta(hours=3),
+            spec.get("shelter_id"),
+            spec.get("shelter_name"),
+            [photo_id],
+        ],
+    )
+    return listing_id
+
+
+def _insert_match(con: Any, run_id: str, rank: int, pair: tuple[Any, ...], photos: tuple[str, str]) -> None:
+    """One ``matches`` row: ``pair`` is (lost id, found id, score, image, text, attrs, geo, time, km, days)."""
+    lost, found, score, img, txt, att, geo, tim, km, days = pair
+    con.execute(
+        "INSERT INTO matches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, 1, FALSE, ?, ?, ?)",
+        [
+            run_id,
+            lost,
+            found,
+            score,
+            img,
+            txt,
+            att,
+            geo,
+            tim,
+            km,
+            days,
+            rank,
+            *photos,
+            f"image {img:.2f}; same species; {km:.1f} km apart; {days:+.0f} days",
+        ],
+    )
+
+
+def add_impostor(settings: Settings, now: dt.datetime | None = None) -> str:
+    """Add :data:`IMPOSTOR` to a populated database, matched to Buddy (lost) with the best score of the latest
+    published run; return its listing id. Its shelter key is ``rehome-board:SEAS``: it must never reach
+    ``petango:SEAS``'s report, page or token. Its location is a spreadsheet formula, for the CSV tests."""
+    now = now or dt.datetime.now(UTC)
+    with RunsDB(settings.duckdb).write() as con:
+        photo = con.execute("SELECT photo_ids[1] FROM listings WHERE listing_id = ?", [lid("shelter_a101")]).fetchone()
+        found = _insert_listing(con, IMPOSTOR, photo[0], now)
+        lost_photo = con.execute("SELECT photo_ids[1] FROM listings WHERE listing_id = ?", [lid("lost_buddy")])
+        pair = (lid("lost_buddy"), found, 0.97, 0.98, 0.70, 0.9, 0.9, 0.9, 2.0, -7.0)
+        _insert_match(con, "match-latest", 1, pair, (lost_photo.fetchone()[0], photo[0]))
+    return found
 
 
 def make_photo(
@@ -288,34 +381,7 @@ def populate(settings: Settings, now: dt.datetime | None = None) -> dict[str, An
         for table in ("matches", "match_runs", "feedback", "listings", "crawl_runs", "enrich_runs"):
             con.execute(f"DELETE FROM {table}")
         for name, spec in LISTINGS.items():
-            event = (now - dt.timedelta(days=spec["days_ago"])).date()
-            posted = now - dt.timedelta(days=spec["days_ago"]) + dt.timedelta(hours=6)
-            con.execute(
-                "INSERT INTO listings VALUES (?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, 'adult', 'medium', ?, ?, ?, ?, ?, "
-                "?, ?, ?, ?, ?, ?, 1)",
-                [
-                    lid(name),
-                    spec["source"],
-                    spec["source_id"],
-                    spec["url"],
-                    spec["kind"],
-                    spec["species"],
-                    spec["breed"],
-                    spec["colors"],
-                    spec["sex"],
-                    spec["name"],
-                    f"{spec['species']} {spec.get('breed') or ''} seen near {spec['location_text']}",
-                    spec["location_text"],
-                    spec["lat"],
-                    spec["lon"],
-                    event,
-                    posted,
-                    now - dt.timedelta(hours=3),
-                    spec.get("shelter_id"),
-                    spec.get("shelter_name"),
-                    [photo_ids[name]],
-                ],
-            )
+            _insert_listing(con, spec, photo_ids[name], now)
         for key, (run_id, started, finished, status) in runs_info.items():
             rows = pairs[key]
             con.execute(
@@ -333,26 +399,9 @@ def populate(settings: Settings, now: dt.datetime | None = None) -> dict[str, An
                     (finished - started).total_seconds() if finished else None,
                 ],
             )
-            for rank, (lost, found, score, img, txt, att, geo, tim, km, days) in enumerate(rows):
-                con.execute(
-                    "INSERT INTO matches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, 1, FALSE, ?, ?, ?)",
-                    [
-                        run_id,
-                        lid(lost),
-                        lid(found),
-                        score,
-                        img,
-                        txt,
-                        att,
-                        geo,
-                        tim,
-                        km,
-                        days,
-                        rank + 1,
-                        photo_ids[lost],
-                        photo_ids[found],
-                        f"image {img:.2f}; same species; {km:.1f} km apart; {days:+.0f} days",
-                    ],
+            for rank, (lost, found, *terms) in enumerate(rows):
+                _insert_match(
+                    con, run_id, rank + 1, (lid(lost), lid(found), *terms), (photo_ids[lost], photo_ids[found])
                 )
         for lost, found, verdict, who, at, note in feedback:
             con.execute(

@@ -8,10 +8,20 @@
 -- * Only PUBLISHED match runs are visible: a run still 'running' (or 'failed') never reaches a view, so readers
 --   never see half a run.
 -- * A pair's verdict is its LATEST feedback row (a shelter may confirm and later reject, or the reverse).
--- * "Shelter" of a candidate = the found-side listing's shelter_id; found-side listings without one (found posts,
---   sightings) group under their source. shelter_key is that grouping key.
+-- * "Shelter" of a candidate = the found-side listing's shelter, keyed by shelter_key(source, shelter_id) below:
+--   'petango:SEAS' for a shelter_id, the bare source ('pet911') for found posts and sightings without one.
 -- * Times are TIMESTAMPTZ; "this week" is the rolling last 7 days from now().
 -- Each statement is separated by a line holding only ";;" so the loader can split the file without parsing SQL.
+
+-- shelter_key(source, shelter_id): the one definition of a shelter's key (views, reports, dashboard, tokens).
+-- A shelter_id is text from a crawled page, so any source could claim any id: the id only names a shelter WITHIN the
+-- source that listed it ('petango:SEAS'; a page on another source claiming "SEAS" becomes 'evilsite:SEAS'). A listing
+-- without a shelter_id belongs to its source alone ('pet911': no colon). The source part has '%' and ':' escaped
+-- ('%25', '%3A'), so the first ':' always ends the source and a shelter key never equals a source-only key.
+CREATE OR REPLACE MACRO shelter_key(source, shelter_id) AS
+    replace(replace(coalesce(source, 'unknown'), '%', '%25'), ':', '%3A')
+    || CASE WHEN nullif(trim(shelter_id), '') IS NULL THEN '' ELSE ':' || trim(shelter_id) END
+;;
 
 -- published_match_runs: every match run whose results are visible, newest first.
 CREATE OR REPLACE VIEW published_match_runs AS
@@ -102,7 +112,7 @@ SELECT
     f.location_text AS found_location,
     f.event_date AS found_event_date,
     f.photo_ids AS found_photo_ids,
-    coalesce(f.shelter_id, f.source, 'unknown') AS shelter_key,
+    shelter_key(f.source, f.shelter_id) AS shelter_key,
     coalesce(f.shelter_name, f.shelter_id, f.source, 'unknown') AS shelter_name,
     v.verdict,
     v.decided_at
@@ -176,7 +186,7 @@ SELECT
     v.found_listing_id,
     l.source AS lost_source,
     f.source AS found_source,
-    coalesce(f.shelter_id, f.source, 'unknown') AS shelter_key,
+    shelter_key(f.source, f.shelter_id) AS shelter_key,
     l.species,
     l.event_date AS lost_event_date,
     h.first_matched_at,

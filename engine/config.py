@@ -124,14 +124,19 @@ class ReportSettings:
     smtp_starttls: bool = False
     smtp_timeout_s: float = 30.0
     recipients: dict[str, str] = field(default_factory=dict)
-    """Shelter key (``shelter_id``, or ``source`` for found posts) → e-mail address(es, comma-separated) that
-    ``homeward report --email`` sends that shelter's report to; shelters not listed get files only."""
+    """Shelter key (``source:shelter_id`` such as ``petango:SEAS``, or the ``source`` alone for found posts) →
+    e-mail address(es, comma-separated) that ``homeward report --email`` sends that shelter's report to; shelters not
+    listed get files only."""
 
 
 @dataclass(frozen=True)
 class DashboardSettings:
     host: str = "127.0.0.1"
     port: int = 8501
+    allowed_hosts: list[str] = field(default_factory=list)
+    """Host names (``Host`` header, port ignored) the dashboard answers besides the address it binds (and, bound to
+    loopback, ``localhost``/``127.0.0.1``/``[::1]``): the public name(s) of a deployment behind a reverse proxy, e.g.
+    ``[dash.example.org]``. Any other name is refused (400), which stops DNS-rebinding pages."""
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
+import socket
 import subprocess
 import sys
 import textwrap
@@ -13,6 +15,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +23,22 @@ import pytest
 from PIL import Image
 
 from dashboards import sample
-from dashboards.access import shelter_token
-from dashboards.app import Dashboard, Request, make_server
+from dashboards.access import host_allowed, same_origin, shelter_token
+from dashboards.app import Dashboard, DashboardServer, Request, make_server
 from dashboards.report import report
 from engine import cli
 from engine.errors import HomewardError
 from engine.storage import RunsDB
 
 REPO = Path(__file__).resolve().parents[1]
+SEAS, ASTN = "petango:SEAS", "petharbor:ASTN"  # shelter keys: source:shelter_id
+LOCAL = "127.0.0.1:8501"
+
+
+def call(app: Dashboard, method: str, path: str, query=None, headers=None, body: bytes = b""):
+    """A request straight to the app, as a browser on the dashboard's own page sends it (Host, and Origin on POST)."""
+    hdrs = {"host": LOCAL, **({"origin": f"http://{LOCAL}"} if method == "POST" else {}), **(headers or {})}
+    return app.handle(Request(method, path, query or {}, hdrs, body))
 
 
 class Client:
@@ -35,7 +46,8 @@ class Client:
         self.base = base
 
     def request(self, method: str, path: str, data: bytes | None = None, headers: dict[str, str] | None = None):
-        req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers or {})
+        headers = {**({"Origin": self.base} if method == "POST" else {}), **(headers or {})}  # as a browser does
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
         opener = urllib.request.build_opener(NoRedirect)
         try:
             with opener.open(req, timeout=30) as resp:
@@ -89,11 +101,18 @@ def site(settings):
             ],
         }
 
-    server = make_server(settings, port=0, search_fn=recording_search)
+    with serving(settings, search_fn=recording_search) as server:
+        yield {"info": info, "client": Client(server.url), "server": server, "calls": calls, "settings": settings}
+
+
+@contextlib.contextmanager
+def serving(settings, **kwargs: Any) -> Iterator[DashboardServer]:
+    """A dashboard server thread on 127.0.0.1 and a free port (``kwargs`` go to make_server)."""
+    server = make_server(settings, port=0, **kwargs)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield {"info": info, "client": Client(server.url), "server": server, "calls": calls, "settings": settings}
+        yield server
     finally:
         server.shutdown()
         server.server_close()
@@ -140,7 +159,7 @@ def test_analyst_page(site):
 
 def test_shelter_page_shows_open_candidates_with_stored_photos(site):
     info = site["info"]
-    page = site["client"].page("/shelter/SEAS")
+    page = site["client"].page("/shelter/petango:SEAS")
     assert "Seattle Animal Shelter" in page and "Never pay anyone" in page
     assert page.count('class="candidate') == 2
     assert info["listings"]["shelter_a102"] in page and info["listings"]["shelter_a101"] in page
@@ -165,19 +184,19 @@ def test_photo_endpoint_serves_small_exif_free_jpegs(site):
 
 def test_feedback_form_post_writes_duckdb_and_the_pair_leaves_reports(site):
     c, info, settings = site["client"], site["info"], site["settings"]
-    key = form_key(c.page("/shelter/SEAS"))
+    key = form_key(c.page("/shelter/petango:SEAS"))
     pair = {"lost_listing_id": info["listings"]["lost_buddy"], "found_listing_id": info["listings"]["shelter_a102"]}
     # no form key: refused (another site cannot post verdicts through a browser)
-    assert c.post_form("/shelter/SEAS/feedback", {**pair, "verdict": "rejected"})[0] == 403
-    assert c.post_form("/shelter/SEAS/feedback", {**pair, "verdict": "maybe", "form_key": key})[0] == 400
+    assert c.post_form("/shelter/petango:SEAS/feedback", {**pair, "verdict": "rejected"})[0] == 403
+    assert c.post_form("/shelter/petango:SEAS/feedback", {**pair, "verdict": "maybe", "form_key": key})[0] == 400
     # a pair of another shelter cannot be decided from this shelter's page
     other = {"lost_listing_id": info["listings"]["lost_misha"], "found_listing_id": info["listings"]["found_cat"]}
-    assert c.post_form("/shelter/SEAS/feedback", {**other, "verdict": "rejected", "form_key": key})[0] == 404
+    assert c.post_form("/shelter/petango:SEAS/feedback", {**other, "verdict": "rejected", "form_key": key})[0] == 404
     note = "not him; owner says call +1 (206) 555-0142, chip 985112003456789"
     status, headers, _ = c.post_form(
-        "/shelter/SEAS/feedback", {**pair, "verdict": "rejected", "form_key": key, "who": "Dana", "note": note}
+        "/shelter/petango:SEAS/feedback", {**pair, "verdict": "rejected", "form_key": key, "who": "Dana", "note": note}
     )
-    assert status == 303 and headers["Location"] == "/shelter/SEAS"
+    assert status == 303 and headers["Location"] == "/shelter/petango%3ASEAS"
     rows = RunsDB(settings.duckdb).query(
         "SELECT verdict, who, note FROM feedback WHERE lost_listing_id = ? AND found_listing_id = ?",
         [pair["lost_listing_id"], pair["found_listing_id"]],
@@ -185,9 +204,9 @@ def test_feedback_form_post_writes_duckdb_and_the_pair_leaves_reports(site):
     assert [r[:2] for r in rows] == [("rejected", "Dana")]
     stored_note = rows[0][2]
     assert stored_note.startswith("not him") and "555-0142" not in stored_note and "985112003456789" not in stored_note
-    page = c.page("/shelter/SEAS")
+    page = c.page("/shelter/petango:SEAS")
     assert info["listings"]["shelter_a102"] not in page and page.count('class="candidate') == 1
-    seas = next(e for e in report(settings, shelter="SEAS")["reports"])
+    seas = next(e for e in report(settings, shelter=SEAS)["reports"])
     assert seas["rows"] == 1
 
 
@@ -279,7 +298,7 @@ def test_a_failing_search_is_shown_not_swallowed(settings):
     app = Dashboard(settings, host="127.0.0.1", search_fn=broken)
     photo = sample.make_photo((20, 20, 24), (120, 170, 90), size=(200, 150), exif=False)
     body, ctype = multipart({"form_key": app.form_key}, {"photo": ("q.jpg", photo)})
-    resp = app.handle(Request("POST", "/search", {}, {"content-type": ctype}, body))
+    resp = call(app, "POST", "/search", headers={"content-type": ctype}, body=body)
     assert resp.status == 500 and b"search failed: RuntimeError: index is corrupt" in resp.body
 
 
@@ -291,7 +310,7 @@ def test_search_with_engine_search(settings):
     app = Dashboard(cfg, host="127.0.0.1")
     photo = sample.make_photo((20, 20, 24), (120, 170, 90), size=(400, 300), exif=False)
     body, ctype = multipart({"form_key": app.form_key, "species": "dog", "k": "3"}, {"photo": ("q.jpg", photo)})
-    resp = app.handle(Request("POST", "/search", {}, {"content-type": ctype}, body))
+    resp = call(app, "POST", "/search", headers={"content-type": ctype}, body=body)
     html = resp.body.decode()
     assert resp.status == 200, html[:800]
     assert 'id="search-message"' in html and "nothing to search yet" in html
@@ -329,14 +348,14 @@ def test_exposed_shelter_views_need_the_shelter_token(settings):
     assert app.exposed
 
     def get(path: str, **query: str):
-        return app.handle(Request("GET", path, query, {}, b""))
+        return call(app, "GET", path, query)
 
-    seas, astn = shelter_token(cfg, "SEAS"), shelter_token(cfg, "ASTN")
-    assert seas != shelter_token(settings, "SEAS")  # derived from the salt
-    assert get("/shelter/SEAS").status == 403
-    assert get("/shelter/SEAS", token=astn).status == 403  # another shelter's token
-    assert get("/shelter/SEAS", token=seas).status == 200
-    assert get("/shelter/SEAS", token="operator-secret").status == 200
+    seas, astn = shelter_token(cfg, SEAS), shelter_token(cfg, ASTN)
+    assert seas != shelter_token(settings, SEAS)  # derived from the salt
+    assert get("/shelter/petango:SEAS").status == 403
+    assert get("/shelter/petango:SEAS", token=astn).status == 403  # another shelter's token
+    assert get("/shelter/petango:SEAS", token=seas).status == 200
+    assert get("/shelter/petango:SEAS", token="operator-secret").status == 200
     assert get("/shelters").status == 403 and get("/shelters", token=seas).status == 403
     index = get("/shelters", token="operator-secret")
     assert index.status == 200 and f"token={seas}".encode() in index.body
@@ -349,13 +368,12 @@ def test_exposed_shelter_views_need_the_shelter_token(settings):
         "form_key": app.form_key,
     }
     hdrs = {"content-type": "application/x-www-form-urlencoded"}
-    denied = app.handle(Request("POST", "/shelter/SEAS/feedback", {}, hdrs, urllib.parse.urlencode(fields).encode()))
+    denied = call(app, "POST", f"/shelter/{SEAS}/feedback", headers=hdrs, body=urllib.parse.urlencode(fields).encode())
     assert denied.status == 403
-    ok = app.handle(
-        Request("POST", "/shelter/SEAS/feedback", {}, hdrs, urllib.parse.urlencode({**fields, "token": seas}).encode())
-    )
-    assert ok.status == 303 and ok.headers["Location"] == f"/shelter/SEAS?token={seas}"
-    assert RunsDB(cfg.duckdb).query("SELECT count(*) FROM feedback WHERE who = 'dashboard:SEAS'") == [(1,)]
+    body = urllib.parse.urlencode({**fields, "token": seas}).encode()
+    ok = call(app, "POST", f"/shelter/{SEAS}/feedback", headers=hdrs, body=body)
+    assert ok.status == 303 and ok.headers["Location"] == f"/shelter/petango%3ASEAS?token={seas}"
+    assert RunsDB(cfg.duckdb).query("SELECT count(*) FROM feedback WHERE who = 'dashboard:petango:SEAS'") == [(1,)]
 
 
 def test_report_prints_the_tokens_the_dashboard_accepts(settings):
@@ -364,7 +382,7 @@ def test_report_prints_the_tokens_the_dashboard_accepts(settings):
     tokens = {e["shelter"]: e["token"] for e in report(cfg, all=True)["reports"]}
     app = Dashboard(cfg, host="0.0.0.0")
     for key, token in tokens.items():
-        resp = app.handle(Request("GET", f"/shelter/{urllib.parse.quote(key)}", {"token": token}, {}, b""))
+        resp = call(app, "GET", f"/shelter/{urllib.parse.quote(key)}", {"token": token})
         assert resp.status == 200, key
 
 
@@ -388,7 +406,7 @@ def test_cli_dashboard_serves_until_interrupted(settings, stop):
         assert m, line + proc.stderr.read() if proc.poll() is not None else line
         status, _, body = Client(m.group(1)).get("/healthz")
         assert status == 200 and json.loads(body) == {"ok": True, "exposed": False}
-        assert "Seattle Animal Shelter" in Client(m.group(1)).page("/shelter/SEAS")
+        assert "Seattle Animal Shelter" in Client(m.group(1)).page("/shelter/petango:SEAS")
         proc.send_signal(getattr(signal, stop))
         out, err = proc.communicate(timeout=30)
     finally:
@@ -409,7 +427,171 @@ def test_cli_dashboard_flags(capsys):
 def test_every_page_renders_on_an_empty_data_dir(settings):
     app = Dashboard(settings, host="127.0.0.1")  # no job has run: the file, schema and views are created
     for path in ("/", "/operators", "/analysts", "/search", "/shelters"):
-        resp = app.handle(Request("GET", path, {}, {}, b""))
+        resp = call(app, "GET", path)
         assert resp.status == 200, (path, resp.body[:300])
-    assert b"No published match run yet" in app.handle(Request("GET", "/", {}, {}, b"")).body
-    assert app.handle(Request("GET", "/shelter/SEAS", {}, {}, b"")).status == 404
+    assert b"No published match run yet" in call(app, "GET", "/").body
+    assert call(app, "GET", f"/shelter/{SEAS}").status == 404
+
+
+# --- hardening: Host, Origin, request framing, idle sockets, connection cap -----------------------------------------
+
+
+def raw(server: DashboardServer, data: bytes) -> bytes:
+    """Send ``data`` on a fresh socket and read until the server closes it (raises if it never does)."""
+    with socket.create_connection(server.server_address[:2], timeout=15) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def status_of(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1])
+
+
+def test_a_foreign_host_gets_no_data(site):
+    """DNS rebinding: a page on evil.example re-pointed at 127.0.0.1 reaches the socket, but says Host: evil.example."""
+    server, port = site["server"], site["server"].server_address[1]
+    for path in ("/shelter/petango:SEAS", "/shelters", "/healthz", "/operators"):
+        for host in (f"evil.example:{port}", "evil.example", "127.0.0.1.evil.example", "10.0.0.1", "bad host", ""):
+            got = raw(server, f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            assert status_of(got) == 400, (path, host, got[:200])
+            assert b"Seattle" not in got and b"petango" not in got and b'"ok": true' not in got
+        assert status_of(raw(server, f"GET {path} HTTP/1.0\r\n\r\n".encode())) == 400  # no Host at all
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "LOCALHOST"):
+        got = raw(server, f"GET /shelter/petango:SEAS HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        assert status_of(got) == 200 and b"Seattle Animal Shelter" in got, host
+
+
+def test_allowed_hosts_for_a_reverse_proxy_and_wildcard_binds(settings):
+    cfg = settings.with_overrides({"salt": "s3cret-salt", "dashboard": {"allowed_hosts": "dash.example.org"}})
+    behind_proxy = Dashboard(cfg, host="127.0.0.1")
+    assert call(behind_proxy, "GET", "/healthz", headers={"host": "dash.example.org"}).status == 200
+    assert call(behind_proxy, "GET", "/healthz", headers={"host": "evil.example"}).status == 400
+    # a proxy that rewrites Host: the browser's Origin on the public name is still this dashboard's own
+    fields = urllib.parse.urlencode({"verdict": "confirmed"}).encode()
+    post = {"content-type": "application/x-www-form-urlencoded"}
+    own = call(behind_proxy, "POST", f"/shelter/{SEAS}/feedback", body=fields,
+               headers={**post, "origin": "https://dash.example.org"})  # fmt: skip
+    assert own.status == 403 and b"form key" in own.body  # past the Origin check, stopped by the missing form key
+    with pytest.raises(HomewardError, match=r"allowed_hosts: not a host name: '\*\.example\.org'"):
+        Dashboard(cfg.with_overrides({"dashboard": {"allowed_hosts": ["*.example.org"]}}), host="127.0.0.1")
+    wildcard = Dashboard(settings.with_overrides({"salt": "s3cret-salt"}), host="0.0.0.0")
+    for host, status in (("192.168.1.20:8501", 200), ("[fd00::5]", 200), ("localhost", 200), ("evil.example", 400)):
+        assert call(wildcard, "GET", "/healthz", headers={"host": host}).status == status, host
+
+
+def test_cross_origin_posts_are_refused_and_not_recorded(site):
+    c, info, settings, calls = site["client"], site["info"], site["settings"], site["calls"]
+    key = form_key(c.page(f"/shelter/{SEAS}"))
+    fields = {
+        "lost_listing_id": info["listings"]["lost_buddy"],
+        "found_listing_id": info["listings"]["shelter_a102"],
+        "verdict": "rejected",
+        "form_key": key,
+    }
+    path = f"/shelter/{SEAS}/feedback"
+    for headers in (
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},  # sandboxed frame, data: page
+        {"Origin": c.base.replace("127.0.0.1", "localhost")},  # another origin, although the same machine
+        {"Origin": c.base.rsplit(":", 1)[0] + ":1"},  # another port
+        {"Origin": "", "Referer": "http://evil.example/page"},
+        {"Origin": "", "Referer": ""},  # neither: refused too
+    ):
+        status, _, body = c.post_form(path, fields, headers)
+        assert status == 403 and b"cross-origin" in body, headers
+    # DNS rebinding: Host and Origin agree, but the name is not this dashboard's
+    port = site["server"].server_address[1]
+    data = urllib.parse.urlencode(fields)
+    got = raw(
+        site["server"],
+        f"POST {path} HTTP/1.1\r\nHost: evil.example:{port}\r\nOrigin: http://evil.example:{port}\r\n"
+        f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(data)}\r\n\r\n{data}".encode(),
+    )
+    assert status_of(got) == 400
+    body, ctype = multipart({"form_key": form_key(c.page("/search"))}, {"photo": ("x.jpg", sample.make_photo(
+        (20, 20, 24), (120, 170, 90), size=(64, 64), exif=False))})  # fmt: skip
+    assert c.request("POST", "/search", body, {"Content-Type": ctype, "Origin": "http://evil.example"})[0] == 403
+    assert calls == []
+    assert RunsDB(settings.duckdb).query("SELECT count(*) FROM feedback WHERE who LIKE 'dashboard:%'") == [(0,)]
+    # the same post from the page's own origin (Origin, or a same-origin Referer alone) is recorded
+    assert c.post_form(path, fields, {"Origin": "", "Referer": f"{c.base}/shelter/{SEAS}"})[0] == 303
+    assert RunsDB(settings.duckdb).query("SELECT count(*) FROM feedback WHERE who LIKE 'dashboard:%'") == [(1,)]
+
+
+FRAMINGS = [
+    ("Content-Length: -1\r\n", 400),
+    ("Content-Length: -99999999999\r\n", 400),
+    ("Content-Length: abc\r\n", 400),
+    ("Content-Length: 1_0\r\n", 400),
+    ("Content-Length: +10\r\n", 400),
+    ("Content-Length: 10\r\nContent-Length: 12\r\n", 400),
+    ("", 411),
+    ("Transfer-Encoding: chunked\r\n", 411),
+    ("Content-Length: 99999999999999\r\n", 413),
+    (f"Content-Length: {64 * 1024 + 1}\r\n", 413),  # a verdict form has a small limit
+    ("Content-Length: 16\r\nHost: evil.example\r\n", 400),  # a second Host
+]
+
+
+def test_bad_content_length_is_answered_not_dropped(site):
+    port = site["server"].server_address[1]
+    for framing, status in FRAMINGS:
+        got = raw(
+            site["server"],
+            f"POST /shelter/{SEAS}/feedback HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: http://127.0.0.1:{port}\r\n"
+            f"Content-Type: application/x-www-form-urlencoded\r\n{framing}\r\nverdict=rejected".encode(),
+        )
+        head, _, body = got.partition(b"\r\n\r\n")
+        assert status_of(got) == status and body.strip(), (framing, got[:300])
+        assert b"X-Content-Type-Options: nosniff" in head and b"X-Frame-Options: DENY" in head
+    assert RunsDB(site["settings"].duckdb).query("SELECT count(*) FROM feedback WHERE who LIKE 'dashboard:%'") == [(0,)]
+    assert site["client"].get("/healthz")[0] == 200  # and the server goes on serving
+
+
+def test_security_headers_on_pages(site):
+    status, headers, _ = site["client"].get(f"/shelter/{SEAS}")
+    assert status == 200 and headers["X-Frame-Options"] == "DENY" and headers["X-Content-Type-Options"] == "nosniff"
+    assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+    assert headers["Referrer-Policy"] == "same-origin"  # under no-referrer, browsers would send Origin: null
+
+
+def test_idle_and_stalled_sockets_are_closed(settings):
+    with serving(settings, idle_timeout_s=0.5) as server:
+        assert raw(server, b"") == b""  # connected, said nothing: closed by the server, not by the 15 s client timeout
+        assert raw(server, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n") == b""  # headers never finished
+        port = server.server_address[1]
+        got = raw(server, f"POST /search HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 100\r\n\r\nab".encode())
+        assert got == b""  # the body stalls short of its Content-Length
+        assert Client(server.url).get("/healthz")[0] == 200
+
+
+def test_connections_beyond_the_cap_get_503(settings):
+    with serving(settings, idle_timeout_s=5, max_connections=1) as server:
+        with socket.create_connection(server.server_address[:2], timeout=15) as idle:
+            idle.sendall(b"GET /healthz HTTP/1.1\r\n")  # holds the only slot, mid-request
+            got = raw(server, b"")
+            assert status_of(got) == 503 and b"Retry-After: 5" in got and b"X-Content-Type-Options: nosniff" in got
+        status = None
+        for _ in range(100):  # the slot frees once the server thread sees the idle client leave
+            status = Client(server.url).get("/healthz")[0]
+            if status == 200:
+                break
+        assert status == 200
+
+
+def test_same_origin_and_host_rules():
+    assert same_origin("http://127.0.0.1:8501", "127.0.0.1:8501") and same_origin("http://[::1]:8501", "[::1]:8501")
+    assert same_origin("https://dash.example.org", "dash.example.org") and same_origin("http://a.b:80", "A.B")
+    for origin in ("http://127.0.0.1:8502", "http://127.0.0.1", "null", "file:///x", "", "http://127.0.0.1:x"):
+        assert not same_origin(origin, "127.0.0.1:8501"), origin
+    assert not same_origin("http://127.0.0.1.evil.example:8501", "127.0.0.1:8501")
+    assert same_origin("https://dash.example.org", "127.0.0.1:8501", ["dash.example.org"])  # proxy rewrote Host
+    assert not same_origin("https://dash.example.org:8443", "127.0.0.1:8501", ["dash.example.org:443"])
+    assert host_allowed("127.0.0.2:1", "127.0.0.1") and not host_allowed("127.0.0.1", "192.168.1.5")
+    assert host_allowed("192.168.1.5:8501", "192.168.1.5") and not host_allowed("dash.local", "192.168.1.5")
+    assert host_allowed("DASH.local.", "192.168.1.5", ["dash.local"])
+    for bad in ("", "a b", "a/b", "a@b", "[::1", "x:99999", "x:"):
+        assert not host_allowed(bad, "127.0.0.1"), bad

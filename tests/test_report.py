@@ -20,11 +20,12 @@ from PIL import Image
 
 from dashboards import sample
 from dashboards.access import shelter_token
-from dashboards.report import REPORT_SCHEMA, atomic_write, report
+from dashboards.report import REPORT_SCHEMA, atomic_write, csv_cell, report
 from engine import cli
 from engine.errors import HomewardError
 from engine.storage import RunsDB
 
+SEAS, ASTN = "petango:SEAS", "petharbor:ASTN"  # shelter keys: source:shelter_id
 PHONE = "+1 (206) 555-0199"
 MAIL = "jo.owner@example.com"
 
@@ -53,11 +54,11 @@ def test_report_for_every_shelter(settings, populated):
     result = report(settings, all=True)
     assert result["run_id"] == "match-latest"
     shelters = by_shelter(result)
-    assert set(shelters) == {"SEAS", "ASTN", "pet911"}  # pet911: a found post with no shelter groups by source
-    assert shelters["SEAS"]["rows"] == 2  # buddy/a101 (confirmed), buddy/a102; luna/a101 was rejected
-    assert shelters["ASTN"]["rows"] == 1 and shelters["pet911"]["rows"] == 1
+    assert set(shelters) == {SEAS, ASTN, "pet911"}  # pet911: a found post with no shelter groups by source
+    assert shelters[SEAS]["rows"] == 2  # buddy/a101 (confirmed), buddy/a102; luna/a101 was rejected
+    assert shelters[ASTN]["rows"] == 1 and shelters["pet911"]["rows"] == 1
     assert result["rows"] == 4
-    assert shelters["SEAS"]["token"] == shelter_token(settings, "SEAS")
+    assert shelters[SEAS]["token"] == shelter_token(settings, SEAS)
     for entry in shelters.values():
         for kind in ("html", "csv", "parquet"):
             assert Path(entry[kind]).is_file() and Path(entry[kind]).stat().st_size > 0
@@ -67,7 +68,7 @@ def test_report_for_every_shelter(settings, populated):
 
 
 def test_html_is_self_contained_with_photos_evidence_links_and_warning(settings, populated):
-    entry = by_shelter(report(settings, shelter="SEAS"))["SEAS"]
+    entry = by_shelter(report(settings, shelter=SEAS))[SEAS]
     html = Path(entry["html"]).read_text()
     assert "Never pay anyone who claims to have your pet" in html
     assert "Seattle Animal Shelter" in html
@@ -108,7 +109,7 @@ def test_html_is_self_contained_with_photos_evidence_links_and_warning(settings,
 
 
 def test_no_contact_details_anywhere(settings, populated):
-    entry = by_shelter(report(settings, shelter="SEAS"))["SEAS"]
+    entry = by_shelter(report(settings, shelter=SEAS))[SEAS]
     for kind in ("html", "csv"):
         text = Path(entry[kind]).read_text()
         assert "555-0199" not in text and MAIL not in text and "555" not in text
@@ -120,7 +121,7 @@ def test_no_contact_details_anywhere(settings, populated):
 
 
 def test_csv_and_parquet_hold_the_same_rows(settings, populated):
-    entry = by_shelter(report(settings, shelter="SEAS"))["SEAS"]
+    entry = by_shelter(report(settings, shelter=SEAS))[SEAS]
     table = pq.read_table(entry["parquet"])
     assert table.schema.equals(REPORT_SCHEMA)
     rows = table.to_pylist()
@@ -136,21 +137,53 @@ def test_csv_and_parquet_hold_the_same_rows(settings, populated):
     assert rows[0]["lost_photo_id"] == populated["photos"]["lost_buddy"]
 
 
+def test_a_source_claiming_another_shelters_id_gets_its_own_report(settings, populated):
+    """A page on another source says shelter_id "SEAS" (and Seattle's name): its candidate goes to that source's
+    key, never into petango:SEAS's report or token, although it outscores everything there."""
+    impostor = sample.add_impostor(settings)
+    shelters = by_shelter(report(settings, all=True))
+    assert set(shelters) == {SEAS, ASTN, "pet911", "rehome-board:SEAS"}
+    seas, fake = shelters[SEAS], shelters["rehome-board:SEAS"]
+    assert seas["rows"] == 2 and fake["rows"] == 1 and fake["name"] == "Seattle Animal Shelter"  # names stay human
+    for kind in ("html", "csv"):
+        assert impostor not in Path(seas[kind]).read_text() and "rehome-board" not in Path(seas[kind]).read_text()
+    assert impostor not in {r["found_listing_id"] for r in pq.read_table(seas["parquet"]).to_pylist()}
+    assert seas["token"] != fake["token"] and Path(seas["html"]) != Path(fake["html"])
+    with pytest.raises(HomewardError, match=r"unknown shelter 'SEAS'.*source:shelter_id"):
+        report(settings, shelter="SEAS")  # a bare shelter id names no shelter
+
+
+def test_csv_escapes_formula_cells_and_keeps_numbers(settings, populated):
+    sample.add_impostor(settings)  # its location, from a crawled page, is =HYPERLINK(...)
+    entry = by_shelter(report(settings, shelter="rehome-board:SEAS"))["rehome-board:SEAS"]
+    with open(entry["csv"], newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["found_location"] == "'" + sample.IMPOSTOR["location_text"]
+    assert row["days_apart"] == "-7.0" and row["score"] == "0.97"  # a negative number is a number, not text
+    (raw,) = pq.read_table(entry["parquet"]).to_pylist()
+    assert raw["found_location"] == sample.IMPOSTOR["location_text"] and raw["days_apart"] == -7.0  # Parquet: raw
+    for attack in ("=1+1", "+SUM(A1)", "-2+3", "@SUM(A1)", "\tx", "\rx", "\uff1dcmd|' /C calc'!A0"):
+        assert csv_cell(attack) == "'" + attack
+    for safe in ("Buddy", "Green Lake, Seattle", "a=b", " 2 km", -3, -2.5, 0):
+        assert csv_cell(safe) == safe
+    assert csv_cell(None) == ""
+
+
 def test_rejected_pairs_leave_future_reports(settings, populated):
-    first = by_shelter(report(settings, shelter="SEAS"))["SEAS"]
+    first = by_shelter(report(settings, shelter=SEAS))[SEAS]
     assert first["rows"] == 2
     with RunsDB(settings.duckdb).write() as con:
         con.execute(
             "INSERT INTO feedback VALUES (?, ?, 'rejected', 'seas-staff', now(), 'not him')",
             [sample.lid("lost_buddy"), sample.lid("shelter_a102")],
         )
-    second = by_shelter(report(settings, shelter="SEAS"))["SEAS"]
+    second = by_shelter(report(settings, shelter=SEAS))[SEAS]
     assert second["rows"] == 1 and second["html"] == first["html"]
     assert "Dog-Pit-Bull-A102" not in Path(second["html"]).read_text()
 
 
 def test_top_limits_rows_and_the_best_score_comes_first(settings, populated):
-    entry = by_shelter(report(settings, shelter="SEAS", top=1))["SEAS"]
+    entry = by_shelter(report(settings, shelter=SEAS, top=1))[SEAS]
     rows = pq.read_table(entry["parquet"]).to_pylist()
     assert len(rows) == 1 and rows[0]["score"] == pytest.approx(0.91)
     with pytest.raises(HomewardError, match="top"):
@@ -161,7 +194,7 @@ def test_unknown_shelter_and_conflicting_flags_are_errors(settings, populated):
     with pytest.raises(HomewardError, match=r"unknown shelter 'NOPE'.*SEAS"):
         report(settings, shelter="NOPE")
     with pytest.raises(HomewardError, match="either"):
-        report(settings, shelter="SEAS", all=True)
+        report(settings, shelter=SEAS, all=True)
     with pytest.raises(HomewardError, match="smtp_host"):
         report(settings, all=True, email=True)
 
@@ -184,10 +217,10 @@ def test_atomic_write_replaces_whole_files(tmp_path):
 
 
 def test_cli_report_prints_json(settings, populated, capsys):
-    code = cli.main(["report", "--data-dir", settings.data_dir, "--shelter", "ASTN", "--top", "5"])
+    code = cli.main(["report", "--data-dir", settings.data_dir, "--shelter", ASTN, "--top", "5"])
     assert code == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["reports"][0]["shelter"] == "ASTN" and result["reports"][0]["rows"] == 1
+    assert result["reports"][0]["shelter"] == ASTN and result["reports"][0]["rows"] == 1
     assert Path(result["reports"][0]["html"]).is_file()
 
 
@@ -230,13 +263,17 @@ def test_email_delivers_each_shelter_report(settings, populated, smtp_server):
                 "smtp_host": "127.0.0.1",
                 "smtp_port": port,
                 "smtp_sender": "reports@homeward.test",
-                "recipients": {"SEAS": "intake@seas.test, vet@seas.test", "ASTN": "astn@astn.test"},
+                "recipients": {
+                    SEAS: "intake@seas.test, vet@seas.test",
+                    ASTN: "astn@astn.test",
+                    "SEAS": "old-key@seas.test",  # a key from before keys carried their source
+                },
             }
         }
     )
     result = report(cfg, all=True, email=True)
     shelters = by_shelter(result)
-    assert result["emailed"] == 2
+    assert result["emailed"] == 2 and result["recipients_unknown"] == ["SEAS"]
     assert shelters["pet911"]["emailed_to"] is None and "no address" in shelters["pet911"]["email_skipped"]
     deadline = time.monotonic() + 5
     while len(inbox.messages) < 2 and time.monotonic() < deadline:
@@ -249,10 +286,10 @@ def test_email_delivers_each_shelter_report(settings, populated, smtp_server):
     text = msg.get_body(("plain",)).get_content()
     html = msg.get_body(("html",)).get_content()
     assert "Never pay anyone" in text and "https://seattle.craigslist.org/laf/7781.html" in text
-    assert html.replace("\r\n", "\n").strip() == Path(shelters["SEAS"]["html"]).read_text().strip()
+    assert html.replace("\r\n", "\n").strip() == Path(shelters[SEAS]["html"]).read_text().strip()
     attachments = {a.get_filename(): a.get_content() for a in msg.iter_attachments()}
     ((name, body),) = attachments.items()
-    assert name.endswith(".csv") and body.replace("\r\n", "\n") == Path(shelters["SEAS"]["csv"]).read_text()
+    assert name.endswith(".csv") and body.replace("\r\n", "\n") == Path(shelters[SEAS]["csv"]).read_text()
     assert "555-0199" not in raw.decode("utf-8", "replace")
 
 
@@ -264,13 +301,13 @@ def test_email_failure_is_loud_and_keeps_the_files(settings, populated):
                 "smtp_host": "127.0.0.1",
                 "smtp_port": port,
                 "smtp_timeout_s": 3,
-                "recipients": {"SEAS": "intake@seas.test"},
+                "recipients": {SEAS: "intake@seas.test"},
             }
         }
     )
     with pytest.raises(HomewardError, match=r"e-mail failed for 1 shelter.*SEAS.*cannot connect"):
         report(cfg, all=True, email=True)
-    assert list((Path(settings.reports) / "match-latest").glob("seas-*.html"))
+    assert list((Path(settings.reports) / "match-latest").glob("petango-seas-*.html"))
 
 
 class Picky(Inbox):
@@ -293,7 +330,7 @@ def test_email_refused_recipient_is_reported_and_others_still_delivered(settings
                 "report": {
                     "smtp_host": "127.0.0.1",
                     "smtp_port": port,
-                    "recipients": {"SEAS": "x@blocked.test", "ASTN": "astn@astn.test"},
+                    "recipients": {SEAS: "x@blocked.test", ASTN: "astn@astn.test"},
                 }
             }
         )
@@ -328,10 +365,10 @@ def test_email_logs_in_when_a_user_is_configured(settings, populated):
     server.start()
     try:
         base = {"smtp_host": "127.0.0.1", "smtp_port": port, "smtp_user": "homeward"}
-        base["recipients"] = {"ASTN": "a@b.test"}
-        report(settings.with_overrides({"report": {**base, "smtp_password": "s3cret"}}), shelter="ASTN", email=True)
-        with pytest.raises(HomewardError, match="ASTN"):
-            report(settings.with_overrides({"report": {**base, "smtp_password": "wrong"}}), shelter="ASTN", email=True)
+        base["recipients"] = {ASTN: "a@b.test"}
+        report(settings.with_overrides({"report": {**base, "smtp_password": "s3cret"}}), shelter=ASTN, email=True)
+        with pytest.raises(HomewardError, match=ASTN):
+            report(settings.with_overrides({"report": {**base, "smtp_password": "wrong"}}), shelter=ASTN, email=True)
     finally:
         server.stop()
     assert seen[0] == ("homeward", "s3cret") and set(seen[1:]) == {("homeward", "wrong")}  # smtplib tries 2 ways
@@ -341,7 +378,7 @@ def test_email_logs_in_when_a_user_is_configured(settings, populated):
 def test_a_missing_photo_file_shows_as_no_photo(settings, populated, caplog):
     gone = populated["photos"]["shelter_k9"]
     next(Path(settings.photos).rglob(f"{gone}.jpg")).unlink()
-    entry = by_shelter(report(settings, shelter="ASTN"))["ASTN"]
+    entry = by_shelter(report(settings, shelter=ASTN))[ASTN]
     html = Path(entry["html"]).read_text()
     assert len(embedded_jpegs(html)) == 1 and "no photo" in html
     assert any(gone in rec.getMessage() for rec in caplog.records)  # logged with the photo id, not silent

@@ -51,7 +51,7 @@ def test_ensure_views_is_idempotent_and_visible_to_read_only_readers(db, setting
     finally:
         con.close()
     assert set(views.VIEW_NAMES) <= names
-    assert len(views.statements()) == len(views.VIEW_NAMES)
+    assert len(views.statements()) == len(views.VIEW_NAMES) + 1  # and the shelter_key macro
 
 
 def test_ensure_views_refreshes_a_stale_version(db):
@@ -69,11 +69,27 @@ def test_latest_matches_show_only_the_latest_published_run(db):
     assert pair(*sample.GHOST_PAIR) not in pairs(rows)  # only the running run has it
     buddy = next(r for r in rows if (r["lost_listing_id"], r["found_listing_id"]) == pair("lost_buddy", "shelter_a101"))
     assert buddy["score"] == pytest.approx(0.91)  # the latest published score, not the running run's 0.95
-    assert buddy["shelter_key"] == "SEAS" and buddy["shelter_name"] == "Seattle Animal Shelter"
+    assert buddy["shelter_key"] == "petango:SEAS" and buddy["shelter_name"] == "Seattle Animal Shelter"
     assert buddy["lost_url"].startswith("https://seattle.craigslist.org/")
     assert buddy["verdict"] == "confirmed"
     cat = next(r for r in rows if r["found_listing_id"] == sample.lid("found_cat"))
     assert cat["shelter_key"] == "pet911" and cat["shelter_name"] == "pet911"  # no shelter_id: grouped by source
+
+
+def test_shelter_key_scopes_a_shelter_id_by_its_source(db):
+    """A shelter id is page text: another source claiming "SEAS" gets its own key, and no spelling of a source or an
+    id makes a shelter key equal another source's key (the source part escapes ':' and '%')."""
+    impostor = sample.add_impostor(db["settings"])
+    keys = {r["found_listing_id"]: r["shelter_key"] for r in q(db["runs"], "SELECT * FROM latest_matches")}
+    assert keys[impostor] == "rehome-board:SEAS" and keys[sample.lid("shelter_a101")] == "petango:SEAS"
+    assert q(db["runs"], "SELECT count(*) AS n FROM open_candidates WHERE shelter_key = 'petango:SEAS'")[0]["n"] == 2
+    cases = [("a:b", "c"), ("a", "b:c"), ("a", None), ("a", "  "), ("a%3Ab", "c"), ("a", " c "), (None, None)]
+    got = q(
+        db["runs"],
+        "SELECT shelter_key(s, i) AS k FROM (VALUES " + ", ".join(["(?, ?)"] * len(cases)) + ") t(s, i)",
+        [v for case in cases for v in case],
+    )
+    assert [r["k"] for r in got] == ["a%3Ab:c", "a:b:c", "a", "a", "a%253Ab:c", "a:c", "unknown"]
 
 
 def test_publishing_a_run_switches_every_view_at_once(db):
