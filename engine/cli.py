@@ -39,6 +39,7 @@ VERBS: dict[str, Any] = {
     "dashboard": ("dashboards.app:dashboard", "Serve the operator / shelter / analyst dashboard."),
     "train": ("engine.train:train", "Fine-tune the re-identification embedder on identity folders."),
     "eval": ("engine.eval:evaluate", "Measure re-identification quality on identity folders (JSON last line)."),
+    "crops": ("engine.train.crops:crop_folders", "Cut identity folders as enrichment does, to train on the crops."),
     "bench": {
         "crawl": ("engine.bench.crawl:bench_crawl", "Crawl throughput vs `scrapy bench` (JSON last line)."),
         "enrich": ("engine.bench.enrich:bench_enrich", "Enrich pipeline efficiency vs each model alone."),

@@ -68,7 +68,7 @@ def _natural(name: str) -> tuple[int, str]:
     return (int(name), "") if name.isdigit() else (1 << 62, name)
 
 
-def _load(path: Path) -> Any:
+def load_photo(path: Path) -> Any:
     from engine.images import decode_image
 
     try:
@@ -92,7 +92,7 @@ def _embed_all(
     detected: list[bool] = []
     with tqdm(total=len(paths), desc=desc, unit="img", leave=False) as bar:
         for s in range(0, len(paths), batch_size):
-            batch = [_load(p) for p in paths[s : s + batch_size]]
+            batch = [load_photo(p) for p in paths[s : s + batch_size]]
             if transform is not None:
                 batch = [transform(im, s + i) for i, im in enumerate(batch)]
             if detector is not None:
