@@ -2,18 +2,21 @@
 
 A regex alone cannot tell ``8 (999) 123-45-67`` from ``12.05.2025 18`` or a price range, and it cannot say that
 ``(206) 555-0123`` and ``+1 206 555 0123`` are one number. So the text is cut into *runs* of digits joined by phone
-separators (spaces, ``().-``), dates and times masked first; every window of consecutive digit groups in a run
-(longest first, so ``8 999 123 45 67 с 18:30`` yields the whole number and not ``45 67``) is parsed by
+separators (spaces, ``().-``; dates, times and coordinates masked first); every window of consecutive digit groups
+in a run (longest first, so ``8 999 123 45 67 с 18:30`` yields the whole number and not ``45 67``) is parsed by
 ``phonenumbers`` in each likely region, the source's own first. A window is a phone when:
 
 * it is a **valid** number in one of the regions (10+ digits, or 8+ after a ``+``: 9-digit national numbers are
-  too easily a price or a count), canonical form E.164 (``+12065550123``), so every spelling hashes alike;
+  too easily a price or a count) written as dialled there — with the trunk prefix (UK/UA ``0``, BY ``8``) except
+  in the US and Russia, where ``206 555 0123`` and ``916 123-45-67`` are usual. Canonical form E.164
+  (``+12065550123``), so every spelling hashes alike;
 * or it is only **possible** (right length, e.g. the fictional ``(555) 123-4567`` or UK drama ``07700 900123``) and
   written the way people write phones: a ``+`` prefix, US ``(206) 555-0123``, Russian ``8 (999) 123-45-67``, or
   a trunk ``0`` (UK/UA). E.164 too;
 * or it is a local number without an area code written with dashes, US ``555-0123`` or Russian ``123-45-67``
   (canonical: its digits — without an area code there is nothing to make it international).
 
+A bare run of digits (``89161234567``, but also an order number) counts only when valid in the first region.
 Thousands-grouped amounts (``150 000 - 200 000``) are never phones, whatever their digit count. The caller passes
 the text with letters O between digits already read as zeros (``8 9OO 123 45 67``).
 
@@ -31,14 +34,21 @@ import phonenumbers
 
 DEFAULT_REGIONS: tuple[str, ...] = ("RU", "US", "UA", "BY", "GB")
 
-_RUN = re.compile(r"(?<![A-Za-z0-9_*+])(?:\+\s?)?\(?[0-9](?:[\s().\-]{0,3}[0-9])*\)?(?![A-Za-z0-9_*])")
+_RUN = re.compile(r"(?<![A-Za-z0-9_*+#№])(?:\+\s?)?\(?[0-9](?:[\s().\-]{0,3}[0-9])*\)?(?![A-Za-z0-9_*])")
 _GROUP = re.compile(r"\+?\s?\(?[0-9]+\)?")
-# Dates, ISO dates and clock times are blanked before runs are cut: "12.05.2025 18:30" holds ten digits.
-_DATE_TIME = re.compile(
+# Dates, ISO dates, clock times and coordinates are blanked before runs are cut: "12.05.2025 18:30" and
+# "55.755826 37.617300" hold ten digits and more.
+_NOT_PHONE = re.compile(
     r"(?<![0-9])(?:[0-9]{1,2}[./][0-9]{1,2}[./](?:[0-9]{4}|[0-9]{2})|[0-9]{1,2}-[0-9]{1,2}-[0-9]{4}"
     r"|[0-9]{4}[-./][0-9]{1,2}[-./][0-9]{1,2}|[0-9]{1,2}:[0-9]{2}(?::[0-9]{2})?)(?![0-9])"
+    r"|(?<![0-9.])[0-9]{1,3}\.[0-9]{5,}(?![0-9.])"
 )
-_AMOUNT = re.compile(r"[0-9]{1,3}(?:[ .][0-9]{3})+(?:\s*-\s*[0-9]{1,3}(?:[ .][0-9]{3})+)?")
+# Amounts and amount ranges in thousands groups: "150 000 - 200 000", "30 000 40 000".
+_AMOUNT = re.compile(r"[0-9]{1,3}(?:[ .][0-9]{3})+(?:\s*[-,;/]?\s*[0-9]{1,3}(?:[ .][0-9]{3})+)*")
+# Countries where a national number is commonly written without its trunk prefix (US "206 555 0123", RU
+# "916 123-45-67"). Elsewhere (GB, UA, BY) it is not: "1234567890" is a valid UK number without its 0, but nobody in
+# the UK writes it so, and taking it would redact every ten-digit id.
+_TRUNKLESS_COUNTRY_CODES = frozenset({1, 7})
 _PHONE_SHAPED = re.compile(
     r"\+.*"
     r"|(?:1[\s.\-]?)?\(?[0-9]{3}\)?[\s.\-]?[0-9]{3}[\s.\-][0-9]{4}"
@@ -46,7 +56,7 @@ _PHONE_SHAPED = re.compile(
     r"|0[0-9]{2,4}\)?[\s\-]?[0-9]{3}[\s\-]?[0-9]{3,4}"
 )
 _LOCAL = re.compile(r"[0-9]{3}-[0-9]{4}|[0-9]{3}-[0-9]{2}-[0-9]{2}")
-_MAX_GROUPS = 8
+_MAX_GROUPS = 15  # "8 9 1 6 1 2 3 4 5 6 7": one group per digit
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,16 @@ def _digit_count(s: str) -> int:
     return sum(ch.isdigit() for ch in s)
 
 
+def _written_as_dialled(window: str, number: phonenumbers.PhoneNumber, region: str) -> bool:
+    """True when a national ``window`` carries its region's trunk prefix, or the country writes numbers without."""
+    if number.country_code in _TRUNKLESS_COUNTRY_CODES:
+        return True
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+    prefix = metadata.national_prefix if metadata is not None else None
+    digits = "".join(ch for ch in window if ch.isdigit())
+    return bool(prefix) and digits.startswith(prefix) and len(digits) > len(str(number.national_number))
+
+
 def canonical(window: str, tries: Sequence[str]) -> str | None:
     """The canonical form of ``window`` when it is a phone by the module's rules, else ``None``."""
     digits = _digit_count(window)
@@ -84,24 +104,29 @@ def canonical(window: str, tries: Sequence[str]) -> str | None:
     international = window.lstrip("(").startswith("+")
     if digits > 15 or digits < (8 if international else 10) or (not international and _AMOUNT.fullmatch(window)):
         return None
+    # A bare run of digits is as often an id as a phone: only the source's own region may read it, and only a
+    # valid number counts.
+    bare = window.isdigit()
     possible: phonenumbers.PhoneNumber | None = None
-    for region in tries:
+    for region in tries[:1] if bare else tries:
         try:
             number = phonenumbers.parse(window, region)
         except phonenumbers.NumberParseException:
+            continue
+        if not international and not _written_as_dialled(window, number, region):
             continue
         if phonenumbers.is_valid_number(number):
             return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
         if possible is None and phonenumbers.is_possible_number(number):
             possible = number
-    if possible is not None and _PHONE_SHAPED.fullmatch(window):
+    if possible is not None and not bare and _PHONE_SHAPED.fullmatch(window):
         return phonenumbers.format_number(possible, phonenumbers.PhoneNumberFormat.E164)
     return None
 
 
 def find(text: str, tries: Sequence[str] = DEFAULT_REGIONS) -> Iterator[Phone]:
     """Every phone in ``text`` (left to right, non-overlapping)."""
-    masked = _DATE_TIME.sub(lambda m: "#" * len(m.group()), text)
+    masked = _NOT_PHONE.sub(lambda m: "#" * len(m.group()), text)
     for run in _RUN.finditer(masked):
         groups = list(_GROUP.finditer(run.group()))
         i = 0

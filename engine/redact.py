@@ -50,19 +50,22 @@ _INVISIBLE = frozenset("\u00ad\u200b\u200c\u200d\u2060\ufeff")
 # A letter O (Latin or Cyrillic) next to a digit, possibly across one separator: "9OO-OOO" is "900-000".
 _O_AS_ZERO = re.compile(r"(?:(?<=[0-9])|(?<=[0-9][\s.\-]))[OoОо]+|[OoОо]+(?=[\s.\-]?[0-9])")
 
-_AT_WORD = r"(?:at|собака|собачка|эт)"
-_DOT_WORD = r"(?:dot|точка|тчк)"
-_AT = rf"(?P<at>\s?@\s?|\s*[\[({{<]\s*{_AT_WORD}\s*[\])}}>]\s*|\s+{_AT_WORD}\s+)"
-_DOT = rf"(?:\.|\s*[\[({{<]\s*{_DOT_WORD}\s*[\])}}>]\s*|\s+{_DOT_WORD}\s+)"
+_AT_SIGN = r"\s*@\s*|\s*[\[({<]\s*(?:at|собака|собачка|эт)\s*[\])}>]\s*"
+_AT_WORD = r"\s+(?:at|собака|собачка)\s+"
+_DOT_SPELLED = r"\s*[\[({<]\s*(?:dot|точка|тчк)\s*[\])}>]\s*|\s+(?:dot|точка|тчк)\s+"
+_AT = f"{_AT_SIGN}|{_AT_WORD}"
+_DOT = rf"\s?\.\s?|{_DOT_SPELLED}"
+# Top-level domains an obfuscated address may end in: with a spelled-out "at", any word after a dot is too often prose.
+_COMMON_TLDS = r"ru|com|net|org|ua|by|kz|uk|de|fr|it|es|pl|io|me|su|info|biz|edu|gov|us|ca|au|eu|ch|nl|рф|укр|бел"
+_LABEL = r"\w[\w-]*"
 _EMAIL = re.compile(
-    rf"(?<![\w.+%-])(?P<local>\w[\w.+%-]*){_AT}(?P<domain>\w[\w-]*(?:{_DOT}\w[\w-]*)*{_DOT}(?P<tld>[^\W\d_]{{2,24}}))"
+    rf"(?<![\w.+%-])\w[\w.+%-]*(?:"
+    rf"@{_LABEL}(?:\.{_LABEL})*\.[^\W\d_]{{2,24}}"  # plain: any top-level domain
+    rf"|(?:{_AT_SIGN}){_LABEL}(?:(?:{_DOT}){_LABEL})*(?:{_DOT})(?:{_COMMON_TLDS})"  # spaced, or an [at]
+    # a bare "at" word: no spaced dots, or "found at home. It was" would be an address
+    rf"|(?:{_AT_WORD}){_LABEL}(?:(?:\.|{_DOT_SPELLED}){_LABEL})*(?:\.|{_DOT_SPELLED})(?:{_COMMON_TLDS}))"
     r"(?![\w-])",
     re.IGNORECASE,
-)
-_PLAIN_DOMAIN = re.compile(r"[\w-]+(?:\.[\w-]+)+")
-# Top-level domains an obfuscated address may end in: a spelled-out "at" with any word after a dot is too often prose.
-_COMMON_TLDS = frozenset(
-    re.split(r"\s+", "ru com net org ua by kz uk de fr it es pl io me su info biz edu gov us ca au рф укр бел eu ch nl")
 )
 _SOCIAL_HOSTS = (
     r"t\.me|telegram\.(?:me|dog|org)|vk\.(?:com|ru|me|cc)|vkontakte\.ru|ok\.ru|odnoklassniki\.ru|"
@@ -188,13 +191,6 @@ def _replace(text: str, finder: Finder, placeholder: str, found: list[str]) -> s
     return "".join(out) + text[last:] if out else text
 
 
-def _emails(text: str) -> Iterable[tuple[int, int]]:
-    for m in _EMAIL.finditer(text):
-        plain = m.group("at") == "@" and _PLAIN_DOMAIN.fullmatch(m.group("domain"))
-        if plain or m.group("tld").lower() in _COMMON_TLDS:
-            yield m.span()
-
-
 def _profiles(text: str) -> Iterable[tuple[int, int]]:
     for m in _PROFILE.finditer(text):
         yield m.start(), m.start() + len(m.group().rstrip(".,;:!?)]}"))
@@ -248,7 +244,7 @@ def redact(text: str | None, regions: Sequence[str] = phones.DEFAULT_REGIONS) ->
     passes: list[tuple[Finder, str, list[str]]] = [
         (_chips_after_keyword, "[chip]", out.chips),
         (_pattern(_BARE_CHIP), "[chip]", out.chips),
-        (_emails, "[email]", out.emails),
+        (_pattern(_EMAIL), "[email]", out.emails),
         (_profiles, "[profile]", out.handles),
         (_handles, "[handle]", out.handles),
         (_mentions, "[handle]", out.handles),
@@ -276,11 +272,8 @@ def canonical_chip(raw: str) -> str:
 
 
 def _canonical_email(raw: str) -> str:
-    m = _EMAIL.match(raw)
-    if m is None:
-        return raw.lower()
-    domain = re.sub(rf"\s*[\[({{<]?\s*\b{_DOT_WORD}\b\s*[\])}}>]?\s*", ".", m.group("domain"), flags=re.IGNORECASE)
-    return (m.group("local") + "@" + re.sub(r"\s+", "", domain)).lower()
+    at = re.sub(_AT, "@", raw, count=1, flags=re.IGNORECASE)
+    return re.sub(_DOT, ".", at, flags=re.IGNORECASE).lower()
 
 
 def _canonical_profile(raw: str) -> str:
@@ -296,9 +289,9 @@ def canonical_contact(raw: str, regions: Sequence[str] = phones.DEFAULT_REGIONS)
     cased, or as its digits when it has five or more, so the same odd value still hashes alike.
     """
     view = _view(raw).text
-    email = next(iter(_emails(view)), None)
+    email = _EMAIL.search(view)
     if email:
-        return _canonical_email(view[email[0] : email[1]])
+        return _canonical_email(email.group())
     profile = next(iter(_profiles(view)), None)
     if profile:
         return _canonical_profile(view[profile[0] : profile[1]])
