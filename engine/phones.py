@@ -26,6 +26,7 @@ national number is valid in two (``916 555 1234`` is a Moscow mobile and a Sacra
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -82,38 +83,46 @@ def regions(hint: str | None = None) -> tuple[str, ...]:
     return (code, *(r for r in DEFAULT_REGIONS if r != code))
 
 
-def _digit_count(s: str) -> int:
-    return sum(ch.isdigit() for ch in s)
-
-
-def _written_as_dialled(window: str, number: phonenumbers.PhoneNumber, region: str) -> bool:
-    """True when a national ``window`` carries its region's trunk prefix, or the country writes numbers without."""
-    if number.country_code in _TRUNKLESS_COUNTRY_CODES:
-        return True
+def _dialled_in(digits: str, region: str) -> bool:
+    """True when a national number of ``digits`` is written as dialled in ``region``: its trunk prefix, then a
+    length the region's numbers have — or, where numbers are written without a trunk prefix, just such a length
+    (country code first allowed). Cheap, so the costly ``phonenumbers.parse`` runs only on plausible windows."""
     metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
-    prefix = metadata.national_prefix if metadata is not None else None
-    digits = "".join(ch for ch in window if ch.isdigit())
-    return bool(prefix) and digits.startswith(prefix) and len(digits) > len(str(number.national_number))
+    if metadata is None:
+        return False
+    lengths = metadata.general_desc.possible_length
+    prefix = metadata.national_prefix or ""
+    if prefix and digits.startswith(prefix) and len(digits) - len(prefix) in lengths:
+        return True
+    if metadata.country_code not in _TRUNKLESS_COUNTRY_CODES:
+        return False
+    code = str(metadata.country_code)
+    return len(digits) in lengths or (digits.startswith(code) and len(digits) - len(code) in lengths)
 
 
-def canonical(window: str, tries: Sequence[str]) -> str | None:
+@functools.lru_cache(maxsize=4096)
+def canonical(window: str, tries: tuple[str, ...]) -> str | None:
     """The canonical form of ``window`` when it is a phone by the module's rules, else ``None``."""
-    digits = _digit_count(window)
+    digits = "".join(ch for ch in window if ch.isdigit())
     if _LOCAL.fullmatch(window):
-        return "".join(ch for ch in window if ch.isdigit())
+        return digits
     international = window.lstrip("(").startswith("+")
-    if digits > 15 or digits < (8 if international else 10) or (not international and _AMOUNT.fullmatch(window)):
+    if len(digits) > 15 or len(digits) < (8 if international else 10):
+        return None
+    if not international and _AMOUNT.fullmatch(window):
         return None
     # A bare run of digits is as often an id as a phone: only the source's own region may read it, and only a
-    # valid number counts.
+    # valid number counts. After a "+" the region is irrelevant: one parse.
     bare = window.isdigit()
+    if international:
+        regions: Sequence[str] = tries[:1]
+    else:
+        regions = [r for r in (tries[:1] if bare else tries) if _dialled_in(digits, r)]
     possible: phonenumbers.PhoneNumber | None = None
-    for region in tries[:1] if bare else tries:
+    for region in regions:
         try:
             number = phonenumbers.parse(window, region)
         except phonenumbers.NumberParseException:
-            continue
-        if not international and not _written_as_dialled(window, number, region):
             continue
         if phonenumbers.is_valid_number(number):
             return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
@@ -134,7 +143,7 @@ def find(text: str, tries: Sequence[str] = DEFAULT_REGIONS) -> Iterator[Phone]:
             for j in range(min(i + _MAX_GROUPS, len(groups)) - 1, i - 1, -1):
                 start, end = run.start() + groups[i].start(), run.start() + groups[j].end()
                 window = text[start:end].strip()
-                value = canonical(window, tries)
+                value = canonical(window, tuple(tries))
                 if value is not None:
                     lead = len(text[start:end]) - len(text[start:end].lstrip())
                     yield Phone(start + lead, start + lead + len(window), value)
