@@ -124,3 +124,24 @@ def test_phone_region_comes_from_the_source_and_a_bad_one_is_refused(tmp_path: P
     extra.write_text("sources:\n  - {name: demo, spider: configurable, phone_region: XX}\n")
     with pytest.raises(SourceError, match=r"demo.*unknown phone region 'XX'"):
         load_sources(load_settings(overrides={"crawl": {"sources_file": str(extra)}}, environ={}))
+
+
+def test_petfinder_shelter_directory_is_redacted(settings: Settings) -> None:
+    """The API spider's shelter directory is written by the spider, not the item pipeline: it redacts too."""
+    import json
+
+    from crawlers.spiders.petfinder import PetfinderSpider
+
+    crawler = get_crawler(
+        PetfinderSpider,
+        {"HOMEWARD_SETTINGS": settings.to_dict(), "HOMEWARD_INCREMENTAL": True, "HOMEWARD_PHONE_REGION": "US"},
+    )
+    spider = PetfinderSpider.from_crawler(crawler)
+    spider.shelters = {
+        "WA01": {"shelter_id": "WA01", "shelter_name": "Paws (206) 555-0123", "location_text": "Seattle, WA, 98101"}
+    }
+    spider.closed("finished")
+    saved = json.loads((Path(settings.data_dir) / "shelters" / "petfinder.json").read_text())
+    assert saved["shelters"] == [
+        {"shelter_id": "WA01", "shelter_name": "Paws [phone]", "location_text": "Seattle, WA, 98101"}
+    ]
