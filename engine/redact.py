@@ -47,8 +47,12 @@ from engine import phones
 
 _DASHES = dict.fromkeys(map(ord, "\u2010\u2011\u2012\u2013\u2014\u2015\u2043\u2212\ufe58\ufe63\uff0d"), "-")
 _INVISIBLE = frozenset("\u00ad\u200b\u200c\u200d\u2060\ufeff")
-# A letter O (Latin or Cyrillic) next to a digit, possibly across one separator: "9OO-OOO" is "900-000".
-_O_AS_ZERO = re.compile(r"(?:(?<=[0-9])|(?<=[0-9][\s.\-]))[OoОо]+|[OoОо]+(?=[\s.\-]?[0-9])")
+# Letters O (Latin or Cyrillic) that are no part of a word, next to a digit (across one separator at most):
+# "9OO-OOO" is "900-000" (applied until nothing changes), the "о" of "по 8 916..." stays a letter.
+_O_AS_ZERO = re.compile(
+    r"(?<![^\W\d_])(?:(?<=[0-9])|(?<=[0-9][\s.\-]))[OoОо]+(?![^\W\d_])"
+    r"|(?<![^\W\d_])[OoОо]+(?![^\W\d_])(?=[\s.\-]?[0-9])"
+)
 
 _AT_SIGN = r"\s*@\s*|\s*[\[({<]\s*(?:at|собака|собачка|эт)\s*[\])}>]\s*"
 _AT_WORD = r"\s+(?:at|собака|собачка)\s+"
