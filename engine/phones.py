@@ -2,14 +2,14 @@
 
 A regex alone cannot tell ``8 (999) 123-45-67`` from ``12.05.2025 18`` or a price range, and it cannot say that
 ``(206) 555-0123`` and ``+1 206 555 0123`` are one number. So the text is cut into *runs* of digits joined by phone
-separators (spaces, ``().-``; dates, times and coordinates masked first); every window of consecutive digit groups
+separators (spaces, ``()./-``; dates, times and coordinates masked first); every window of consecutive digit groups
 in a run (longest first, so ``8 999 123 45 67 с 18:30`` yields the whole number and not ``45 67``) is parsed by
 ``phonenumbers`` in each likely region, the source's own first. A window is a phone when:
 
-* it is a **valid** number in one of the regions (10+ digits, or 8+ after a ``+``: 9-digit national numbers are
-  too easily a price or a count) written as dialled there — with the trunk prefix (UK/UA ``0``, BY ``8``) except
-  in the US and Russia, where ``206 555 0123`` and ``916 123-45-67`` are usual. Canonical form E.164
-  (``+12065550123``), so every spelling hashes alike;
+* it is a **valid** number in one of the regions (10+ digits, or 8+ after a ``+`` or ``00``: 9-digit national
+  numbers are too easily a price or a count) written as dialled there — with the trunk prefix (UK/UA ``0``,
+  BY ``8``) except in the US and Russia, where ``206 555 0123`` and ``916 123-45-67`` are usual. Canonical form
+  E.164 (``+12065550123``), so every spelling hashes alike;
 * or it is only **possible** (right length, e.g. the fictional ``(555) 123-4567`` or UK drama ``07700 900123``) and
   written the way people write phones: a ``+`` prefix, US ``(206) 555-0123``, Russian ``8 (999) 123-45-67``, or
   a trunk ``0`` (UK/UA). E.164 too;
@@ -35,7 +35,7 @@ import phonenumbers
 
 DEFAULT_REGIONS: tuple[str, ...] = ("RU", "US", "UA", "BY", "GB")
 
-_RUN = re.compile(r"(?<![A-Za-z0-9_*+#№])(?:\+\s?)?\(?[0-9](?:[\s().\-]{0,3}[0-9])*\)?(?![A-Za-z0-9_*])")
+_RUN = re.compile(r"(?<![A-Za-z0-9_*+#№])(?:\+\s?)?\(?[0-9](?:[\s()./\-]{0,3}[0-9])*\)?(?![A-Za-z0-9_*])")
 _GROUP = re.compile(r"\+?\s?\(?[0-9]+\)?")
 # Dates, ISO dates, clock times and coordinates are blanked before runs are cut: "12.05.2025 18:30" and
 # "55.755826 37.617300" hold ten digits and more.
@@ -106,6 +106,10 @@ def canonical(window: str, tries: tuple[str, ...]) -> str | None:
     digits = "".join(ch for ch in window if ch.isdigit())
     if _LOCAL.fullmatch(window):
         return digits
+    # "0044 20 7946 0018": the international call prefix most countries dial; only a valid number after it counts
+    idd = window.startswith("00")
+    if idd:
+        window = "+" + window[2:].lstrip()
     international = window.lstrip("(").startswith("+")
     if len(digits) > 15 or len(digits) < (8 if international else 10):
         return None
@@ -128,7 +132,7 @@ def canonical(window: str, tries: tuple[str, ...]) -> str | None:
             return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
         if possible is None and phonenumbers.is_possible_number(number):
             possible = number
-    if possible is not None and not bare and _PHONE_SHAPED.fullmatch(window):
+    if possible is not None and not (bare or idd) and _PHONE_SHAPED.fullmatch(window):
         return phonenumbers.format_number(possible, phonenumbers.PhoneNumberFormat.E164)
     return None
 

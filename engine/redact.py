@@ -6,15 +6,16 @@ keeps contacts and microchip/tattoo numbers only as salted hashes (:func:`engine
 never written anywhere.
 
 Matching runs on a *view* of the text: NFKC (full-width ``＠`` and digits become ASCII), every dash (en/em dash,
-non-breaking hyphen U+2011, minus) a ``-``, zero-width characters and soft hyphens gone; for phones only, a letter
-O between digits reads as 0 (``8 9OO 123-45-67``). Each match is mapped back to its span in the original, so the
-text around a contact is stored exactly as written.
+non-breaking hyphen U+2011, minus) a ``-``, zero-width characters, soft hyphens and bidi controls gone; for phones
+only, a letter O or I/l next to digits reads as 0 or 1 (``8 9OO 123-45-67``, ``8 (9I6)...``). Each match is mapped
+back to its span in the original, so the text around a contact is stored exactly as written.
 
 What counts as what (English and Russian posts):
 
 * **email** — ``name@host.tld``, spaced or obfuscated: ``name [at] host [dot] ru``, ``name(собака)mail.ru``,
-  ``name at mail dot ru``, ``name собака mail точка ru``. A spelled-out ``at``/``dot`` needs a common top-level
-  domain (``ru``, ``com``...), so a sentence such as "seen at Green Lake" stays. ``[email]``.
+  ``name at mail dot ru``, ``name dot surname at mail dot ru``, ``name собака mail точка ru``, ``name@mail,ru``.
+  A spelled-out ``at``/``dot`` needs a common top-level domain (``ru``, ``com``...), so a sentence such as "seen
+  at Green Lake" stays. ``[email]``.
 * **profile** — a link to a social or messenger profile (``t.me/…``, ``vk.com/id…``, ``ok.ru/profile/…``,
   ``instagram.com/…``, ``facebook.com/…``, ``wa.me/…``, viber, tiktok, youtube, ``tg://`` links...). Other links
   (the listing itself, a shelter's site) stay. ``[profile]``.
@@ -46,13 +47,17 @@ from dataclasses import dataclass, field
 from engine import phones
 
 _DASHES = dict.fromkeys(map(ord, "\u2010\u2011\u2012\u2013\u2014\u2015\u2043\u2212\ufe58\ufe63\uff0d"), "-")
-_INVISIBLE = frozenset("\u00ad\u200b\u200c\u200d\u2060\ufeff")
-# Letters O (Latin or Cyrillic) that are no part of a word, next to a digit (across one separator at most):
-# "9OO-OOO" is "900-000" (applied until nothing changes), the "о" of "по 8 916..." stays a letter.
-_O_AS_ZERO = re.compile(
-    r"(?<![^\W\d_])(?:(?<=[0-9])|(?<=[0-9][\s.\-]))[OoОо]+(?![^\W\d_])"
-    r"|(?<![^\W\d_])[OoОо]+(?![^\W\d_])(?=[\s.\-]?[0-9])"
+# Zero-width characters, soft hyphens and bidi controls: invisible, and able to split a number out of a pattern.
+_INVISIBLE = frozenset(
+    "\u00ad\u200b\u200c\u200d\u200e\u200f\u2060\ufeff\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 )
+# Letters O (Latin or Cyrillic) and I/l that are no part of a word, next to a digit (across one separator at most):
+# "9OO-OOO" is "900-000" and "9I6" is "916" (applied until nothing changes); the "о" of "по 8 916..." stays.
+_DIGIT_LOOKALIKE = re.compile(
+    r"(?<![^\W\d_])(?:(?<=[0-9])|(?<=[0-9][\s.\-]))[OoОоIl]+(?![^\W\d_])"
+    r"|(?<![^\W\d_])[OoОоIl]+(?![^\W\d_])(?=[\s.\-]?[0-9])"
+)
+_AS_DIGIT = str.maketrans("OoОоIl", "000011")
 
 _AT_SIGN = r"\s*@\s*|\s*[\[({<]\s*(?:at|собака|собачка|эт)\s*[\])}>]\s*"
 _AT_WORD = r"\s+(?:at|собака|собачка)\s+"
@@ -62,12 +67,15 @@ _DOT = rf"\s?\.\s?|{_DOT_SPELLED}"
 # Top-level domains an obfuscated address may end in: with a spelled-out "at", any word after a dot is too often prose.
 _COMMON_TLDS = r"ru|com|net|org|ua|by|kz|uk|de|fr|it|es|pl|io|me|su|info|biz|edu|gov|us|ca|au|eu|ch|nl|рф|укр|бел"
 _LABEL = r"\w[\w-]*"
+_LOCAL = r"\w[\w.+%-]*"
+_LOCAL_SPELLED = rf"{_LOCAL}(?:(?:{_DOT_SPELLED}){_LOCAL})*"  # "ivan dot petrov at ..."
 _EMAIL = re.compile(
-    rf"(?<![\w.+%-])\w[\w.+%-]*(?:"
-    rf"@{_LABEL}(?:\.{_LABEL})*\.[^\W\d_]{{2,24}}"  # plain: any top-level domain
-    rf"|(?:{_AT_SIGN}){_LABEL}(?:(?:{_DOT}){_LABEL})*(?:{_DOT})(?:{_COMMON_TLDS})"  # spaced, or an [at]
+    r"(?<![\w.+%-])(?:"
+    rf"{_LOCAL}@{_LABEL}(?:\.{_LABEL})*\.[^\W\d_]{{2,24}}"  # plain: any top-level domain
+    # spaced, or an [at]; a comma for a dot ("ivan@gmail,com") too
+    rf"|{_LOCAL_SPELLED}(?:{_AT_SIGN}){_LABEL}(?:(?:{_DOT}|,\s?){_LABEL})*(?:{_DOT}|,\s?)(?:{_COMMON_TLDS})"
     # a bare "at" word: no spaced dots, or "found at home. It was" would be an address
-    rf"|(?:{_AT_WORD}){_LABEL}(?:(?:\.|{_DOT_SPELLED}){_LABEL})*(?:\.|{_DOT_SPELLED})(?:{_COMMON_TLDS}))"
+    rf"|{_LOCAL_SPELLED}(?:{_AT_WORD}){_LABEL}(?:(?:\.|{_DOT_SPELLED}){_LABEL})*(?:\.|{_DOT_SPELLED})(?:{_COMMON_TLDS}))"
     r"(?![\w-])",
     re.IGNORECASE,
 )
@@ -87,12 +95,12 @@ _HANDLE = re.compile(r"(?<![\w@./+-])@(?=[\w.]*[A-Za-z])[A-Za-z0-9_][A-Za-z0-9_.
 # Words that are also names or plain words ("Max", "line", "signal") are left out: "Max: friendly" is a dog.
 _MESSENGERS = (
     r"telegram|телеграмм?е?|телега|тг|tg|whats\s?app|ватсапп?е?|вотсапп?е?|вацапп?е?|viber|вайбере?|вибере?|skype|"
-    r"скайпе?|insta(?:gram)?|инст(?:а|аграмм?е?)|vk|вк|вконтакте|discord|дискорде?|snapchat|wechat|tiktok|тиктоке?|"
+    r"скайпе?|insta(?:gram)?|ig|инст(?:а|аграмм?е?)|vk|вк|вконтакте|discord|дискорде?|snapchat|wechat|tiktok|тиктоке?|"
     r"facebook|фейсбуке?|fb|icq|аська"
 )
 _MENTION = re.compile(
     rf"(?<!\w)(?:{_MESSENGERS})(?:\s*[/,]\s*(?:{_MESSENGERS}))*(?!\w)(?P<sep>\s*[:\-]\s*|\s+)"
-    r"(?P<handle>[A-Za-z][\w.-]*\w)",
+    r"(?P<handle>(?:live:)?[A-Za-z][\w.-]*\w(?:#\d{4})?)",  # Skype's "live:" ids, Discord's "#1234" tags
     re.IGNORECASE,
 )
 _HANDLE_SHAPED = re.compile(r"[_.0-9]")
@@ -172,10 +180,10 @@ def _view(text: str) -> _View:
 
 
 def phone_view(text: str) -> str:
-    """``text`` normalised as for matching, letters O between digits read as zeros (for phone finding only)."""
+    """``text`` as normalised for matching, with letters O and I/l next to digits read as 0 and 1 (phones only)."""
     prev = None
     while prev != text:
-        prev, text = text, _O_AS_ZERO.sub(lambda m: "0" * len(m.group()), text)
+        prev, text = text, _DIGIT_LOOKALIKE.sub(lambda m: m.group().translate(_AS_DIGIT), text)
     return text
 
 
@@ -277,7 +285,7 @@ def canonical_chip(raw: str) -> str:
 
 def _canonical_email(raw: str) -> str:
     at = re.sub(_AT, "@", raw, count=1, flags=re.IGNORECASE)
-    return re.sub(_DOT, ".", at, flags=re.IGNORECASE).lower()
+    return re.sub(rf"{_DOT}|,\s?", ".", at, flags=re.IGNORECASE).lower()
 
 
 def _canonical_profile(raw: str) -> str:
