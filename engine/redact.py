@@ -208,11 +208,6 @@ def _profiles(text: str) -> Iterable[tuple[int, int]]:
         yield m.start(), m.start() + len(m.group().rstrip(".,;:!?)]}"))
 
 
-def _handles(text: str) -> Iterable[tuple[int, int]]:
-    for m in _HANDLE.finditer(text):
-        yield m.span()
-
-
 def _mentions(text: str) -> Iterable[tuple[int, int]]:
     for m in _MENTION.finditer(text):
         handle = m.group("handle")
@@ -258,7 +253,7 @@ def redact(text: str | None, regions: Sequence[str] = phones.DEFAULT_REGIONS) ->
         (_pattern(_BARE_CHIP), "[chip]", out.chips),
         (_pattern(_EMAIL), "[email]", out.emails),
         (_profiles, "[profile]", out.handles),
-        (_handles, "[handle]", out.handles),
+        (_pattern(_HANDLE), "[handle]", out.handles),
         (_mentions, "[handle]", out.handles),
         (_masked_phones, "[phone]", out.phones),
         (_phone_finder(regions), "[phone]", out.phones),
@@ -307,11 +302,17 @@ def canonical_contact(raw: str, regions: Sequence[str] = phones.DEFAULT_REGIONS)
     profile = next(iter(_profiles(view)), None)
     if profile:
         return _canonical_profile(view[profile[0] : profile[1]])
-    phone = next(phones.find(phone_view(view), regions), None)
-    if phone:
-        return phone.canonical
-    handle = next(iter(_handles(view)), None) or next(iter(_mentions(view)), None)
+    # The value is known to be a contact: a bare number ("89161234567") may be read in any region, not just the first.
+    for first in regions:
+        tries = (first, *(r for r in regions if r != first))
+        phone = next(phones.find(phone_view(view), tries), None)
+        if phone:
+            return phone.canonical
+    handle = _HANDLE.search(view)
     if handle:
-        return "@" + view[handle[0] : handle[1]].lstrip("@").lower()
+        return handle.group().lower()
+    mention = next(iter(_mentions(view)), None)
+    if mention:
+        return "@" + view[mention[0] : mention[1]].lower()
     digits = "".join(ch for ch in view if ch.isdigit())
     return digits if len(digits) >= 5 else (raw.strip().lower() or None)

@@ -145,3 +145,13 @@ def test_petfinder_shelter_directory_is_redacted(settings: Settings) -> None:
     assert saved["shelters"] == [
         {"shelter_id": "WA01", "shelter_name": "Paws [phone]", "location_text": "Seattle, WA, 98101"}
     ]
+
+
+def test_a_contact_field_is_read_in_any_region(settings: Settings) -> None:
+    """A card's contact field holds a contact: a bare Russian number on a US source still gets its E.164 hash."""
+    us = stage(settings, HOMEWARD_PHONE_REGION="US")
+    hashes = {
+        us.process_item(ListingItem(source="petango", source_id=str(i), contact=contact)).get("contact_hash")
+        for i, contact in enumerate(["89161234567", "+7 916 123 45 67"])
+    }
+    assert hashes == {ids.salted_hash("+79161234567", settings.salt)}
