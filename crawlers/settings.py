@@ -58,7 +58,8 @@ def scrapy_settings(
         error_log: JSON-lines file that receives one line per failed page or photo.
         progress_file: JSON file the crawl's running counts are written to every 2 s (for progress bars).
         source: the source's config entry; its ``concurrency_per_domain``, ``download_delay_s``, ``recheck_hours``
-            and ``scrapy_settings`` (a mapping of raw Scrapy settings) override the defaults for this crawl.
+            and ``scrapy_settings`` (a mapping of raw Scrapy settings) override the defaults for this crawl; its
+            ``phone_region`` becomes ``HOMEWARD_PHONE_REGION`` (the redact stage reads phones there first).
     """
     c = hw.crawl
     source = source or {}
@@ -110,6 +111,8 @@ def scrapy_settings(
     }
     if source.get("recheck_hours") is not None:
         out["HOMEWARD_RECHECK_HOURS"] = float(source["recheck_hours"])
+    if source.get("phone_region"):
+        out["HOMEWARD_PHONE_REGION"] = source["phone_region"]
     if error_log:
         out["HOMEWARD_ERROR_LOG"] = error_log
     if progress_file:

@@ -12,6 +12,7 @@ overrides built-in ones key by key (an entry with the name of a built-in source 
         cadence_minutes: 60           # how often `homeward schedule` runs it (default 1440)
         enabled: true                 # crawled by `homeward crawl` without --source and by `schedule`
         max_pages: 0                  # stop after N pages (0: no limit)
+        phone_region: US              # where phones without a +country code are read first (ISO code; default RU)
         recheck_hours: 168            # re-check stored cards this old (conditional GET); 0 = every crawl
         concurrency_per_domain: 2     # politeness overrides for this source only
         download_delay_s: 0.5
@@ -35,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from engine import phones
 from engine.errors import HomewardError
 
 DEFAULT_CADENCE_MINUTES = 1440
@@ -57,6 +59,7 @@ KEYS: dict[str, type | tuple[type, ...]] = {
     "selectors": dict,
     "defaults": dict,
     "id_from_url": str,
+    "phone_region": str,
 }
 SELECTOR_KEYS = ("cards", "next_page", "fields")
 
@@ -96,6 +99,10 @@ def _check(entry: dict[str, Any], origin: str) -> dict[str, Any]:
     cadence = entry.get("cadence_minutes", DEFAULT_CADENCE_MINUTES)
     if cadence is None or cadence <= 0:
         raise SourceError(f"source {name!r} ({origin}): cadence_minutes must be > 0, got {cadence!r}")
+    try:
+        phones.regions(entry.get("phone_region"))
+    except ValueError as exc:
+        raise SourceError(f"source {name!r} ({origin}): {exc}") from exc
     for key in entry.get("selectors") or {}:
         if key not in SELECTOR_KEYS:
             raise SourceError(f"source {name!r} ({origin}): unknown selectors key {key!r} (known: {SELECTOR_KEYS})")

@@ -8,8 +8,9 @@ without a shelter id (the SQL macro ``shelter_key`` in ``views.sql``). Highest s
 Each row shows both photos side by side (thumbnails re-encoded without EXIF, embedded as ``data:`` URIs, so the file
 opens offline and can be mailed), the score and every evidence term, the dates, the distance and links to both
 original posts.
-Every report carries a scam warning. No contact detail appears: the tables hold only salted hashes, and free-text
-fields are scrubbed of anything shaped like an e-mail address or phone number once more on the way out.
+Every report carries a scam warning. No contact detail appears: the tables hold only salted hashes, and free text
+is shown as stored — the crawl's redact stage (:mod:`crawlers.pipelines.redact`) removed contacts before anything
+was written, and a second, cruder pass here would blank dates and price ranges it cannot tell from phones.
 
 Files land in ``<settings.reports>/<run_id>/<shelter-slug>.{html,csv,parquet}``; each is written to a temp file in
 the same folder and renamed over the target, so a reader (or a mail job) never sees half a report. Rerunning after
@@ -47,7 +48,6 @@ from dashboards.access import shelter_token
 from dashboards.photos import PhotoLookup, data_uri
 from engine.config import Settings
 from engine.errors import HomewardError
-from engine.redact import redact_text
 from engine.storage import RunsDB
 
 log = logging.getLogger(__name__)
@@ -103,29 +103,6 @@ REPORT_SCHEMA = pa.schema(
         ("found_photo_id", pa.string()),
     ]
 )
-_TEXT_FIELDS = (
-    "lost_name",
-    "lost_location",
-    "lost_breed",
-    "found_name",
-    "found_location",
-    "found_breed",
-    "explanation",
-)
-
-_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
-_PHONE = re.compile(r"(?<![\w/])\+?\d[\d ()\-.]{6,}\d(?![\w/])")
-
-
-def scrub(text: str | None) -> str | None:
-    """Redact contacts, chip numbers and street addresses again (:func:`engine.redact.redact_text`), then blank
-    anything still shaped like an e-mail address or a long number: a second line of defence, since stored text is
-    already redacted by the crawl."""
-    if not text:
-        return text
-    text = redact_text(text) or ""
-    text = _EMAIL.sub("[email removed]", text)
-    return _PHONE.sub(lambda m: "[phone removed]" if sum(c.isdigit() for c in m.group()) >= 7 else m.group(), text)
 
 
 def slug(key: str) -> str:
@@ -185,8 +162,6 @@ def _report_row(row: dict[str, Any], position: int) -> dict[str, Any]:
         if not out.get(f"{side}_photo_id"):
             photos = row.get(f"{side}_photo_ids") or []
             out[f"{side}_photo_id"] = photos[0] if photos else None
-    for name in _TEXT_FIELDS:
-        out[name] = scrub(out[name])
     return out
 
 

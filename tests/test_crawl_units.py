@@ -53,7 +53,8 @@ def test_redact_leaves_ordinary_numbers_and_places() -> None:
 
 def test_contacts_hash_alike_in_any_spelling() -> None:
     a = canonical_contact("8 (999) 123-45-67")
-    assert a == canonical_contact("+7 999 1234567") == canonical_contact("тел. 8-999-123-45-67, Иван") == "79991234567"
+    assert a == canonical_contact("+7 999 1234567") == canonical_contact("тел. 8-999-123-45-67, Иван") == "+79991234567"
+    assert canonical_contact("(206) 555-0123") == canonical_contact("+1 206 555 0123") == "+12065550123"
     assert canonical_contact("Jane.Doe@Example.com ") == "jane.doe@example.com"
     assert ids.salted_hash(a, "s1") != ids.salted_hash(a, "s2")
     found = redact("пишите: Jane@Example.com, чип 643094100123456")

@@ -1,10 +1,16 @@
-"""Stage 3, redact: no stored text carries a phone, an email, a street-level address or a chip number.
+"""Stage 3, redact: no stored text carries a phone, an email, a messenger handle or profile link, a street-level
+address or a chip number.
 
-* ``description``, ``name`` and ``location_text`` go through :func:`engine.redact.redact` (``[phone]``,
-  ``[email]``, ``[address]``, ``[chip]`` placeholders);
-* ``contact`` (or, when the card has none, the first phone/email found in the text) becomes ``contact_hash`` =
-  :func:`engine.ids.salted_hash` of its canonical form with ``settings.salt``; ``chip`` (or a chip/tattoo number
-  found in the text) becomes ``chip_hash`` the same way;
+* every free-text field (:data:`TEXT_FIELDS`: description, name, place, breed, colours, age, shelter name — a parser
+  may put a contact in any of them) and every ``parse_warnings`` entry (they quote raw values) goes through
+  :func:`engine.redact.redact` (``[phone]``, ``[email]``, ``[handle]``, ``[profile]``, ``[address]``, ``[chip]``
+  placeholders); identifiers and links (``source_id``, ``url``, ``photo_urls``, ``shelter_id``) are not free text
+  and stay as they are;
+* phones are read in the source's region first (``phone_region`` in its sources entry, passed as the Scrapy
+  setting ``HOMEWARD_PHONE_REGION``; without one: RU, US, UA, BY, GB in that order);
+* ``contact`` (or, when the card has none, the first email/phone/handle found in the text) becomes
+  ``contact_hash`` = :func:`engine.ids.salted_hash` of its canonical form (E.164 for a phone) with
+  ``settings.salt``; ``chip`` (or a chip/tattoo number found in the text) becomes ``chip_hash`` the same way;
 * the raw ``contact``, ``chip`` and ``author_name`` are removed from the item, so nothing downstream (the writer,
   a ``-O out.jsonl`` feed) ever sees them.
 """
@@ -15,50 +21,62 @@ from typing import Any
 
 from crawlers.items import ListingItem
 from crawlers.pipelines import Stage
-from engine import ids
-from engine.redact import canonical_chip, canonical_contact, redact
+from engine import ids, phones
+from engine.redact import Redaction, canonical_chip, canonical_contact, redact
 
-TEXT_FIELDS = ("description", "name", "location_text")
+TEXT_FIELDS = ("description", "name", "location_text", "breed", "colors", "age_text", "shelter_name")
 PRIVATE_FIELDS = ("contact", "chip", "author_name")
 
 
 class RedactPipeline(Stage):
+    def __init__(self, crawler: Any) -> None:
+        super().__init__(crawler)
+        self.regions = phones.regions(crawler.settings.get("HOMEWARD_PHONE_REGION"))
+
     def process_item(self, item: Any) -> Any:
         if not isinstance(item, ListingItem):
             return item
-        phones: list[str] = []
-        emails: list[str] = []
-        chips: list[str] = []
+        found = Redaction("")
         for key in TEXT_FIELDS:
             value = item.get(key)
             if not value:
                 continue
-            result = redact(str(value))
-            if result.changed:
-                self.stats.inc_value(f"homeward/redacted/{key}")
-            item[key] = result.text
-            phones += result.phones
-            emails += result.emails
-            chips += result.chips
+            if isinstance(value, list | tuple):
+                item[key] = [self._redact(v, key, found) if isinstance(v, str) else v for v in value]
+            else:
+                item[key] = self._redact(str(value), key, found)
+        if item.get("parse_warnings"):
+            item["parse_warnings"] = [self._redact(str(w), "parse_warnings", found) for w in item["parse_warnings"]]
 
         contact = item.get("contact")
-        if isinstance(contact, (list, tuple)):
+        if isinstance(contact, list | tuple):
             contact = next((str(c) for c in contact if c), None)
-        canonical = canonical_contact(str(contact)) if contact else None
+        canonical = canonical_contact(str(contact), self.regions) if contact else None
         if canonical is None:
-            for candidate in emails + phones:
-                canonical = canonical_contact(candidate)
+            for candidate in found.emails + found.phones + found.handles:
+                canonical = canonical_contact(candidate, self.regions)
                 if canonical:
                     break
         item["contact_hash"] = ids.salted_hash(canonical, self.hw.salt) if canonical else None
 
         chip = item.get("chip")
         chip_value = canonical_chip(str(chip)) if chip else None
-        if not chip_value and chips:
-            chip_value = canonical_chip(chips[0])
+        if not chip_value and found.chips:
+            chip_value = canonical_chip(found.chips[0])
         item["chip_hash"] = ids.salted_hash(chip_value, self.hw.salt) if chip_value else None
 
         for key in PRIVATE_FIELDS:
             if key in item:
                 del item[key]
         return item
+
+    def _redact(self, value: str, key: str, found: Redaction) -> str:
+        """``value`` redacted; what it held is added to ``found``, the field counted when it changed."""
+        result = redact(value, self.regions)
+        if result.changed:
+            self.stats.inc_value(f"homeward/redacted/{key}")
+        found.phones += result.phones
+        found.emails += result.emails
+        found.handles += result.handles
+        found.chips += result.chips
+        return result.text

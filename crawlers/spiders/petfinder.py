@@ -15,7 +15,8 @@ Rate limits: a ``429`` is retried after the server's ``Retry-After`` (seconds or
 ``401`` (expired token) fetches a new token once and retries the request. Other failures are recorded with their
 reason like any page.
 
-In a writing crawl (``homeward crawl``) the shelter directory is also saved to ``<data_dir>/shelters/<source>.json``.
+In a writing crawl (``homeward crawl``) the shelter directory is also saved to ``<data_dir>/shelters/<source>.json``,
+its free text (shelter name, place) redacted as listings are (:mod:`engine.redact`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from scrapy.http import FormRequest, Request, Response
 
 from crawlers.parsers import ParseError, petfinder
 from crawlers.spiders.base import ListingSpider, record_error
+from engine import phones
+from engine.redact import redact_text
 
 ORGANIZATIONS = "/v2/organizations?limit=100&page=1"
 ANIMALS = "/v2/animals?limit=100&page=1"
@@ -279,6 +282,10 @@ class PetfinderSpider(ListingSpider):
         target = Path(data_dir) / "shelters" / f"{self.source}.json"
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        shelters = sorted(self.shelters.values(), key=lambda s: s["shelter_id"])
+        regions = phones.regions(self.settings.get("HOMEWARD_PHONE_REGION"))
+        shelters = [
+            {**rec, **{key: redact_text(rec.get(key), regions) for key in ("shelter_name", "location_text")}}
+            for rec in sorted(self.shelters.values(), key=lambda s: s["shelter_id"])
+        ]
         tmp.write_text(json.dumps({"source": self.source, "shelters": shelters}, ensure_ascii=False, indent=1))
         tmp.replace(target)
