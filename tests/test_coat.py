@@ -27,7 +27,7 @@ def _coat(colours: list[tuple[int, int, int]], size: int = 96, background: tuple
 
 def test_same_coat_is_close_and_other_coats_far() -> None:
     emb = CoatEmbedder({"kind": "coat"})
-    white, white2 = _coat([(240, 240, 235)]), _coat([(235, 238, 240)], size=64)
+    white, white2 = _coat([(240, 240, 235)]), _coat([(238, 240, 236)], size=64)
     calico = _coat([(240, 240, 235), (200, 120, 40), (20, 20, 20)])
     ginger = _coat([(210, 110, 40)])
     v = emb.embed([white, white2, calico, ginger])
