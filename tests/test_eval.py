@@ -134,3 +134,21 @@ def test_photos_are_detected_and_cropped_as_enrichment_does(tmp_path: Path, sett
     assert set(cropped["by_species"]) == {"cat", "dog"}
     assert cropped["by_species"]["dog"]["n_identities"] == 3 and cropped["by_species"]["dog"]["top1"] == 1.0
     assert cropped["by_species"]["cat"]["n_images"] == 7 and "degraded_top1" in cropped["by_species"]["cat"]
+
+
+def test_crops_tool_cuts_every_photo_once_and_keeps_the_manifest(tmp_path: Path, settings: Settings) -> None:
+    from engine.train.crops import crop_folders
+
+    root = make_identities(tmp_path / "src" / "images", per_identity=2)
+    (tmp_path / "src" / "manifest.csv").write_text("identity,species\n0,dog\n1,cat\n")
+    tiny = settings.with_overrides({"enrich": {"profile": "tiny"}})
+    out = tmp_path / "cut"
+    first = crop_folders(tiny, str(root), str(out))
+    assert first["photos"] == first["cut_now"] == 10 and first["detector"].startswith("yolo:")
+    cut = sorted(p.relative_to(out / "images").as_posix() for p in (out / "images").rglob("*.jpg"))
+    assert cut == sorted(f"{i}/{i}.{n}.jpg" for i in range(5) for n in range(2))
+    assert (out / "manifest.csv").read_text().startswith("identity,species")
+    assert json.loads((out / "crops.json").read_text())["undetected_now"] == first["undetected_now"]
+    assert crop_folders(tiny, str(root), str(out))["cut_now"] == 0  # a rerun skips what is cut
+    with pytest.raises(HomewardError, match="must not be"):
+        crop_folders(tiny, str(root), str(tmp_path / "src"))
