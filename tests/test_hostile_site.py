@@ -132,10 +132,17 @@ PHONES = {
     "9856604127": ["8 (985) 660-41-27"],
     "503182764": ["+380 50 318 27 64"],
     "9997013285": ["8 999 701\n32 85"],
+    "1614960734": ["0161 496 0734"],
+    "173884152": ["+375 (17) 388-41-52"],
+    "9172405561": ["+7 (917) 240-55-61"],
+    "8005553535": ["8-800-555-35-35"],
+    "4952086173": ["8 495 208 61 73"],
+    "9035551907": ["8 (903) 555-19-07"],
 }
 # What must not survive of the other contacts: e-mail local parts, handles, profile paths.
 NAMES = ("marina.k77", "dog.finder", "vasya.pupkin", "lena_sh", "kot-ryzhik", "ryzhaya.koshka", "ryzhik_home",
-         "poteryashka77", "murka_spb2", "ryzhik_search", "id48213377", "lost.barsik", "571234098")  # fmt: skip
+         "poteryashka77", "murka_spb2", "ryzhik_search", "id48213377", "lost.barsik", "571234098",
+         "ryzhik.owner")  # fmt: skip
 # Text that looks numeric or odd but is no contact: stored exactly as written.
 CLEAN = {
     "description": ["Lost 2026-10-02 18:30 near Elm park", "seen again 15.10.2026 в 14:45", "Reward 5 000 rub or $250",
@@ -167,13 +174,18 @@ def contact_cards(base: dict[str, object]) -> tuple[dict[str, object], dict[str,
         "age": "2-3 years (07911 654 321)",
         "size": "medium, +44 (0) 7700 900 461",
         "status": "active @ryzhik_home",
+        "kind": "lost — tel. 0161 496 0734",
+        "ageGroup": "adult; 8-800-555-35-35",
+        "datePosted": "вчера, +7 (917) 240-55-61",
+        "geo": {"latitude": "55.75 (call 8 495 208 61 73)", "longitude": 37.61},
+        "url": "https://vk.com/ryzhik.owner",
         "address": {"addressLocality": "Springfield, SW1A 1AA", "addressRegion": "+380 (67) 412 58 03",
                     "addressCountry": "https://t.me/ryzhik_search"},
-        "shelter": {"identifier": "paws", "name": "Friends of Paws +375 29 638-14-72 vk.com/id48213377"},
+        "shelter": {"identifier": "+375 (17) 388-41-52", "name": "Friends of Paws +375 29 638-14-72 vk.com/id48213377"},
         "telephone": "+7 (903) 718-22-49",
         "author": {"name": "Marina", "email": "marina.k77@yandex.ru"},
     }  # fmt: skip
-    html_card = {**base, "identifier": "contacts-html", "name": "Murka", "telephone": "8 903 718 22 49"}
+    html_card = {**base, "identifier": "murka-8 (903) 555-19-07", "name": "Murka", "telephone": "8 903 718 22 49"}
     body = (
         '<div class="note"><p>Нашли кошку. Звоните +7 916<br>302 71 58</p>'
         '<span title="8 (985) 660-41-27">phone on hover</span><img alt="or +380 50 318 27 64"></div>'
@@ -281,7 +293,8 @@ def test_hostile_site_reaches_nothing_internal_and_keeps_every_card(tmp_path: Pa
         assert blocked == {*internal_pages, f"{inner.url}/admin.html?from=hop"}
 
         rows = listings(settings)
-        assert set(rows) == {*data.posts} - {"hop"} and "admin" not in rows  # every card keeps its listing
+        # every card keeps its listing (the one whose id is a phone under its redacted id)
+        assert set(rows) == {*data.posts} - {"hop", "contacts-html"} | {"murka-[phone]"} and "admin" not in rows
         by_url = {p["source_url"]: p for p in photos(settings) if p["listing_id"] == rows["hostile"]["listing_id"]}
         assert {u.replace(site.url, ""): (p["status"], p["error"]) for u, p in by_url.items()} == {
             f"{inner.url}/p.jpg": ("failed", "blocked_address"),
@@ -299,12 +312,15 @@ def test_hostile_site_reaches_nothing_internal_and_keeps_every_card(tmp_path: Pa
         assert site.hits("/img/good.jpg") == 1 and site.hits("/img/loop.jpg") >= 3
 
         # contacts: none survives anywhere; clean text is stored as written; one phone, one hash
+        html_row = rows["murka-[phone]"]
+        assert rows["contacts"]["url"] == f"{site.url}/pets/contacts.html"  # not the owner's profile
+        assert rows["contacts"]["shelter_id"] == "[phone]"
         leaks = {t[:120]: contacts_in(t) for t in stored_texts(settings, run["error_log"]) if contacts_in(t)}
         assert leaks == {}, leaks
         for key, cleans in CLEAN.items():
             assert all(c in rows["contacts"][key] for c in cleans), (key, rows["contacts"][key])
-        assert rows["contacts-html"]["location_text"].startswith("Springfield, SW1A 1AA, ")
-        assert rows["contacts-html"]["shelter_name"].startswith("Friends of Paws ")
-        assert rows["contacts-html"]["description"].count("[phone]") == 3, rows["contacts-html"]["description"]
-        hashes = {rows[k]["contact_hash"] for k in ("contacts", "contacts-html")}
+        assert html_row["location_text"].startswith("Springfield, SW1A 1AA, ")
+        assert html_row["shelter_name"].startswith("Friends of Paws ")
+        assert html_row["description"].count("[phone]") == 3, html_row["description"]
+        hashes = {rows[k]["contact_hash"] for k in ("contacts", "murka-[phone]")}
         assert len(hashes) == 1 and None not in hashes
