@@ -243,6 +243,7 @@ def test_hostile_site_reaches_nothing_internal_and_keeps_every_card(tmp_path: Pa
             f"http://0x7f.1:{port}/admin.html",
             f"http://[::ffff:127.0.0.1]:{port}/admin.html",
             f"http://admin.intranet.test:{port}/admin.html",  # a name: resolved, then refused
+            f"http://127.1:{port}/admin.html?owner=vasya.pupkin@bk.ru",  # a contact in the link: logged redacted
         ]
         data = ListingSite(site, n=3, per_page=50)
         hostile_photos = [
@@ -290,7 +291,8 @@ def test_hostile_site_reaches_nothing_internal_and_keeps_every_card(tmp_path: Pa
         assert run["errors"] == sum(failures.values()) and run["log_errors"] == 0  # recorded, nothing dropped
         lines = [json.loads(x) for x in Path(run["error_log"]).read_text().splitlines()]
         blocked = {x["url"] for x in lines if x["reason"] == "blocked_address"}
-        assert blocked == {*internal_pages, f"{inner.url}/admin.html?from=hop"}
+        logged = {u.replace("vasya.pupkin@bk.ru", "[email]") for u in internal_pages}
+        assert blocked == {*logged, f"{inner.url}/admin.html?from=hop"}
 
         rows = listings(settings)
         # every card keeps its listing (the one whose id is a phone under its redacted id)
