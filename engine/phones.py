@@ -103,6 +103,9 @@ def _dialled_in(digits: str, region: str) -> bool:
 @functools.lru_cache(maxsize=4096)
 def canonical(window: str, tries: tuple[str, ...]) -> str | None:
     """The canonical form of ``window`` when it is a phone by the module's rules, else ``None``."""
+    # A line break or tab inside a number (a post wrapped mid-number) is a space to the reader; phonenumbers
+    # refuses any but a plain space.
+    window = " ".join(window.split())
     digits = "".join(ch for ch in window if ch.isdigit())
     if _LOCAL.fullmatch(window):
         return digits

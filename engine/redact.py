@@ -5,10 +5,12 @@ keeps contacts and microchip/tattoo numbers only as salted hashes (:func:`engine
 ``settings.salt``), so two posts by the same phone number or about the same chip still join, while the raw value is
 never written anywhere.
 
-Matching runs on a *view* of the text: NFKC (full-width ``＠`` and digits become ASCII), every dash (en/em dash,
-non-breaking hyphen U+2011, minus) a ``-``, zero-width characters, soft hyphens and bidi controls gone; for phones
-only, a letter O or I/l next to digits reads as 0 or 1 (``8 9OO 123-45-67``, ``8 (9I6)...``). Each match is mapped
-back to its span in the original, so the text around a contact is stored exactly as written.
+Matching runs on a *view* of the text: HTML entities decoded (``ivan&#64;mail.ru``, ``&#43;7 916...``: text
+taken from HTML or JSON-LD may still carry them), NFKC (full-width ``＠`` and digits become ASCII), every dash
+(en/em dash, non-breaking hyphen U+2011, minus) a ``-``, zero-width characters, soft hyphens and bidi controls gone;
+for phones only, a letter O or I/l next to digits reads as 0 or 1 (``8 9OO 123-45-67``, ``8 (9I6)...``) and a middle
+dot or bullet as a dot (``415·902·3386``). Each match is mapped back to its span in the original (a whole entity
+at its edges), so the text around a contact is stored exactly as written.
 
 What counts as what (English and Russian posts):
 
@@ -39,9 +41,10 @@ lower case for e-mails (obfuscations undone) and handles, ``@name`` for a Telegr
 
 from __future__ import annotations
 
+import html
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from engine import phones
@@ -58,6 +61,11 @@ _DIGIT_LOOKALIKE = re.compile(
     r"|(?<![^\W\d_])[OoОоIl]+(?![^\W\d_])(?=[\s.\-]?[0-9])"
 )
 _AS_DIGIT = str.maketrans("OoОоIl", "000011")
+# Middle dots and bullets some posts put between digit groups ("415·902·3386"): a dot, for phones only.
+_DOTS = dict.fromkeys(map(ord, "\u00b7\u2022\u2027\u2219\u22c5\u30fb\uff65"), ".")
+# One character of the text, or one HTML entity ("&#64;", "&commat;"): text copied from HTML or JSON-LD still
+# carries them, and "ivan&#64;mail.ru" is an e-mail all the same.
+_CHAR = re.compile(r"(?P<entity>&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});)|.", re.DOTALL)
 
 _AT_SIGN = r"\s*@\s*|\s*[\[({<]\s*(?:at|собака|собачка|эт)\s*[\])}>]\s*"
 _AT_WORD = r"\s+(?:at|собака|собачка)\s+"
@@ -154,33 +162,43 @@ class Redaction:
 
 @dataclass(frozen=True)
 class _View:
-    """The normalised text and, for each of its characters, the index of the original character it came from."""
+    """The normalised text and, for each of its characters, the span of the original it came from (one character,
+    or a whole HTML entity)."""
 
     text: str
-    origin: list[int] | None  # None: the text needed no normalising, indexes are the same
+    origin: list[tuple[int, int]] | None  # None: the text needed no normalising, indexes are the same
 
     def span(self, start: int, end: int) -> tuple[int, int]:
         if self.origin is None:
             return start, end
-        return self.origin[start], self.origin[end - 1] + 1
+        return self.origin[start][0], self.origin[end - 1][1]
 
 
 def _view(text: str) -> _View:
-    if text.isascii():
+    if text.isascii() and "&" not in text:
         return _View(text, None)
     chars: list[str] = []
-    origin: list[int] = []
-    for i, ch in enumerate(text):
+    origin: list[tuple[int, int]] = []
+    for ch, span in _pieces(text):
         if ch in _INVISIBLE:
             continue
         norm = unicodedata.normalize("NFKC", ch).translate(_DASHES)
         chars.append(norm)
-        origin.extend([i] * len(norm))
+        origin.extend([span] * len(norm))
     return _View("".join(chars), origin)
 
 
+def _pieces(text: str) -> Iterator[tuple[str, tuple[int, int]]]:
+    """Each character of ``text`` (an HTML entity decoded) with its span; the cheap path when there is no entity."""
+    if "&" not in text:
+        return ((ch, (i, i + 1)) for i, ch in enumerate(text))
+    return ((html.unescape(m.group()) if m.group("entity") else m.group(), m.span()) for m in _CHAR.finditer(text))
+
+
 def phone_view(text: str) -> str:
-    """``text`` as normalised for matching, with letters O and I/l next to digits read as 0 and 1 (phones only)."""
+    """``text`` as normalised for matching, with letters O and I/l next to digits read as 0 and 1 and middle dots as
+    dots (phones only; the length stays, so spans still map)."""
+    text = text.translate(_DOTS)
     prev = None
     while prev != text:
         prev, text = text, _DIGIT_LOOKALIKE.sub(lambda m: m.group().translate(_AS_DIGIT), text)

@@ -4,8 +4,12 @@ address or a chip number.
 * every free-text field (:data:`TEXT_FIELDS`: description, name, place, breed, colours, age, shelter name — a parser
   may put a contact in any of them) and every ``parse_warnings`` entry (they quote raw values) goes through
   :func:`engine.redact.redact` (``[phone]``, ``[email]``, ``[handle]``, ``[profile]``, ``[address]``, ``[chip]``
-  placeholders); identifiers and links (``source_id``, ``url``, ``photo_urls``, ``shelter_id``) are not free text
-  and stay as they are;
+  placeholders);
+* identifiers are no free text but a page fills them too: a contact in ``source_id`` or ``shelter_id`` (a site
+  numbering posts by the poster's phone) is redacted the same way — the ``listing_id`` was derived from the raw id
+  before this stage, so rows stay apart and a re-crawl finds the same row; a ``url`` holding a contact (a card whose
+  JSON-LD ``url`` is the owner's profile) is replaced by the card page it was fetched from, or dropped when that
+  holds one too. ``photo_urls`` stay as they are: the photos stage must fetch them;
 * phones are read in the source's region first (``phone_region`` in its sources entry, passed as the Scrapy
   setting ``HOMEWARD_PHONE_REGION``; without one: RU, US, UA, BY, GB in that order);
 * ``contact`` (or, when the card has none, the first email/phone/handle found in the text) becomes
@@ -25,6 +29,7 @@ from engine import ids, phones
 from engine.redact import Redaction, canonical_chip, canonical_contact, redact
 
 TEXT_FIELDS = ("description", "name", "location_text", "breed", "colors", "age_text", "shelter_name")
+ID_FIELDS = ("source_id", "shelter_id")
 PRIVATE_FIELDS = ("contact", "chip", "author_name")
 
 
@@ -45,6 +50,15 @@ class RedactPipeline(Stage):
                 item[key] = [self._redact(v, key, found) if isinstance(v, str) else v for v in value]
             else:
                 item[key] = self._redact(str(value), key, found)
+        for key in ID_FIELDS:
+            result = self._contact_in(item.get(key))
+            if result is not None:
+                item[key] = result.text
+                self.stats.inc_value(f"homeward/redacted/{key}")
+        if self._contact_in(item.get("url")) is not None:
+            self.stats.inc_value("homeward/redacted/url")
+            fetched = item.get("fetch_url")
+            item["url"] = fetched if self._contact_in(fetched) is None else None
         if item.get("parse_warnings"):
             item["parse_warnings"] = [self._redact(str(w), "parse_warnings", found) for w in item["parse_warnings"]]
 
@@ -69,6 +83,14 @@ class RedactPipeline(Stage):
             if key in item:
                 del item[key]
         return item
+
+    def _contact_in(self, value: Any) -> Redaction | None:
+        """The redaction of an identifier or link when it holds a phone, e-mail, handle or profile; ``None`` when it
+        holds none (a long numeric id or an address-like path is left alone: it is what identifies the card)."""
+        if not value:
+            return None
+        result = redact(str(value), self.regions)
+        return result if result.phones or result.emails or result.handles else None
 
     def _redact(self, value: str, key: str, found: Redaction) -> str:
         """``value`` redacted; what it held is added to ``found``, the field counted when it changed."""

@@ -48,7 +48,8 @@ import scrapy
 from scrapy.http import Request, Response
 
 from crawlers.items import FIELDS, ListingItem
-from engine import ids
+from engine import ids, phones
+from engine.redact import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,13 @@ def record_error(crawler: Any, reason: str, url: str | None = None, detail: str 
 
     ``crawlers/run.py`` reads the ``homeward/errors/*`` stats into ``crawl_runs.errors_by_reason`` and the
     :class:`crawlers.middlewares.ErrorLog` extension (when enabled) appends ``{url, reason, detail}`` to the run's
-    error file, so every failed page keeps its reason.
+    error file, so every failed page keeps its reason. ``url`` and ``detail`` are redacted first
+    (:func:`engine.redact.redact_text`): a detail quotes what failed (a parser's exception, a redirect target) and
+    a hostile page puts contacts in its links, and the error file is stored text like any other.
     """
+    settings = getattr(crawler, "settings", None)
+    hint = settings.get("HOMEWARD_PHONE_REGION") if settings is not None else None
+    url, detail = (redact_text(v, phones.regions(hint)) for v in (url, detail))
     if crawler is not None and crawler.stats is not None:
         crawler.stats.inc_value(ERROR_STAT_PREFIX + reason)
         sink = getattr(crawler, "homeward_error_log", None)
