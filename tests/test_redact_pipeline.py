@@ -155,3 +155,17 @@ def test_a_contact_field_is_read_in_any_region(settings: Settings) -> None:
         for i, contact in enumerate(["89161234567", "+7 916 123 45 67"])
     }
     assert hashes == {ids.salted_hash("+79161234567", settings.salt)}
+
+
+def test_text_is_cut_to_its_limit_only_after_redaction(settings: Settings) -> None:
+    """A phone that straddles a field's length limit is redacted whole, not stored half-written."""
+    from crawlers.pipelines.validate import MAX_DESCRIPTION, MAX_TEXT, ValidatePipeline
+
+    crawler = get_crawler(settings_dict={"HOMEWARD_SETTINGS": settings.to_dict()})
+    item = dirty_item()
+    item["name"] = "Бим " * ((MAX_TEXT - 12) // 4) + "звоните +7 916 302 71 58"
+    item["description"] = "x" * (MAX_DESCRIPTION - 10) + " тел. 8 (916) 302-71-58"
+    for step in (ValidatePipeline(crawler), RedactPipeline(crawler)):
+        item = step.process_item(item)
+    assert len(item["name"]) <= MAX_TEXT and len(item["description"]) <= MAX_DESCRIPTION
+    assert "916" not in item["name"] and "916" not in item["description"]

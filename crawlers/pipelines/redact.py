@@ -25,6 +25,7 @@ from typing import Any
 
 from crawlers.items import ListingItem
 from crawlers.pipelines import Stage
+from crawlers.pipelines.validate import MAX_DESCRIPTION, MAX_TEXT
 from engine import ids, phones
 from engine.redact import Redaction, canonical_chip, canonical_contact, redact
 
@@ -46,10 +47,11 @@ class RedactPipeline(Stage):
             value = item.get(key)
             if not value:
                 continue
+            limit = MAX_DESCRIPTION if key == "description" else MAX_TEXT
             if isinstance(value, list | tuple):
-                item[key] = [self._redact(v, key, found) if isinstance(v, str) else v for v in value]
+                item[key] = [self._redact(v, key, found)[:limit] if isinstance(v, str) else v for v in value]
             else:
-                item[key] = self._redact(str(value), key, found)
+                item[key] = self._redact(str(value), key, found)[:limit]
         for key in ID_FIELDS:
             result = self._contact_in(item.get(key))
             if result is not None:

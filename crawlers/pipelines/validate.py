@@ -24,6 +24,10 @@ from engine import ids
 
 MAX_DESCRIPTION = 20_000
 MAX_TEXT = 1_000
+WORK_SLACK = 4
+"""Text is cut here at WORK_SLACK × its limit (bounding the redactor's work) and to the limit itself only after
+redaction (:mod:`crawlers.pipelines.redact`): cut first, a phone across the limit would be stored half-written,
+out of reach of the redactor."""
 #: Tidied as text (whitespace collapsed, length capped). Dates are left as the parser gave them (an epoch number
 #: must reach the normaliser as a number).
 TEXT_FIELDS = ("kind", "status", "species", "breed", "sex", "age_text", "age_group", "size", "name",
@@ -65,12 +69,12 @@ class ValidatePipeline(Stage):
             if value is None:
                 continue
             text = " ".join(str(value).split())
-            item[key] = text[:MAX_TEXT] if text else None
+            item[key] = text[: MAX_TEXT * WORK_SLACK] if text else None
         description = item.get("description")
         if description is not None:
             description = str(description).strip()
             if len(description) > MAX_DESCRIPTION:
-                description = description[:MAX_DESCRIPTION]
+                description = description[: MAX_DESCRIPTION * WORK_SLACK]
                 self.warn(item, "description_truncated")
             item["description"] = description or None
 
