@@ -37,7 +37,6 @@ KNOWN_VIOLATIONS = [
     "engine.cli → ray_jobs.enrich",
     "engine.cli → ray_jobs.match",
     "engine.cli → ray_jobs.schedule",
-    "engine.search → ray_jobs.match",
 ]
 KNOWN_CYCLES = [
     ["crawlers.middlewares", "crawlers.spiders.base"],
