@@ -96,7 +96,7 @@ READER = textwrap.dedent(
 def test_readers_never_see_half_a_published_run(settings: Settings, tmp_path: Path) -> None:
     """A reader process loops on the dashboard's queries while match publishes run after run of different sizes:
     every read shows one complete run (its row count equals the count its run row declares), never a mix."""
-    from dashboards.views import ensure_views
+    from engine.views import ensure_views
 
     _world(settings, 60, 90)
     first = match_job.match(settings, top_k=2)
