@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from engine.config import Settings
-from engine.synthetic import Region, RegionModel, load_region_model
+from ray_jobs.bench.synthetic import Region, RegionModel, load_region_model
 
 
 @pytest.fixture(scope="module")

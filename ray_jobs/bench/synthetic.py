@@ -30,7 +30,7 @@ embedder ~26 img/s); the match stage does not care where its vectors came from.
 
 Python::
 
-    from engine.synthetic import load_region_model, Region
+    from ray_jobs.bench.synthetic import load_region_model, Region
     region = Region(load_region_model(), n_listings=200_000, n_photos=500_000, seed=1)
     for items in region.items(chunk=10_000): ...          # ListingItem-ready dicts with their photo rows
     for table in region.detections(dim=512, text_dim=384, embed_model="m", chunk=50_000): ...
@@ -56,7 +56,7 @@ import pyarrow as pa
 from engine import ids, schema
 from engine.errors import HomewardError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SOURCE = "synthetic"
 START = dt.date(2024, 1, 1)
 KM_PER_DEG_LAT = 110.574

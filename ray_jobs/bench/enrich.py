@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.bench.memory import PeakRss
 from engine.config import Settings
 from engine.errors import HomewardError
+from ray_jobs.bench.memory import PeakRss
 
 REPO = Path(__file__).resolve().parents[2]
 BAR = 0.8
