@@ -139,7 +139,7 @@ LIMITED = textwrap.dedent(
     limit = int(sys.argv[1])
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
     sys.argv = ["homeward", *sys.argv[2:]]
-    from engine.cli import main
+    from ray_jobs.cli import main
     sys.exit(main())
     """
 )

@@ -23,19 +23,6 @@ REPO = Path(__file__).resolve().parents[1]
 LAYERS = {"engine": 0, "crawlers": 1, "dashboards": 1, "ray_jobs": 2}
 
 #: Today's debts, paid off one move at a time (an entry fixed must leave this list; a new one fails).
-KNOWN_VIOLATIONS = [
-    "engine.cli → dashboards.app",
-    "engine.cli → dashboards.report",
-    "engine.cli → ray_jobs.bench.crawl",
-    "engine.cli → ray_jobs.bench.enrich",
-    "engine.cli → ray_jobs.bench.load",
-    "engine.cli → ray_jobs.bench.match",
-    "engine.cli → ray_jobs.crawl",
-    "engine.cli → ray_jobs.demo",
-    "engine.cli → ray_jobs.enrich",
-    "engine.cli → ray_jobs.match",
-    "engine.cli → ray_jobs.schedule",
-]
 KNOWN_CYCLES = [
     ["crawlers.middlewares", "crawlers.spiders.base"],
     ["engine.models.coat", "engine.models.embedder", "engine.models.ensemble"],
@@ -106,7 +93,7 @@ def import_cycles(graph: nx.DiGraph) -> list[list[str]]:
 
 def test_no_module_imports_a_layer_above_its_own() -> None:
     violations = layer_violations(import_graph(REPO, list(LAYERS)), LAYERS)
-    assert violations == KNOWN_VIOLATIONS, "imports against the layers:\n" + "\n".join(violations)
+    assert not violations, "imports against the layers:\n" + "\n".join(violations)
 
 
 def test_no_import_cycles() -> None:
