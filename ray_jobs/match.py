@@ -72,7 +72,7 @@ def configured_embed_model(settings: Settings) -> str | None:
     be told (weights not on this machine, models package unavailable), and the table's majority model is used."""
     try:
         from engine.models import profile
-        from engine.models.embedder import embedder_id
+        from engine.models.factory import embedder_id
 
         return embedder_id(profile(settings)["embedder"], settings)
     except Exception as exc:  # any failure here only means "fall back to the majority model"

@@ -31,7 +31,7 @@ from PIL import Image
 from engine import ids, schema
 from engine.config import Settings
 from engine.models import profile
-from engine.models.embedder import embedder_id
+from engine.models.factory import embedder_id
 from engine.storage import LanceStore, RunsDB, open_stores, upsert_listings, upsert_photos
 from ray_jobs import match as match_job
 

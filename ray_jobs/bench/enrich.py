@@ -89,7 +89,7 @@ def _standalone(settings: Settings, datas: list[bytes], device: str, threads: in
     from engine.models.captioner import build_captioner
     from engine.models.crops import animal_crops
     from engine.models.detector import build_detector
-    from engine.models.embedder import build_embedder
+    from engine.models.factory import build_embedder
     from engine.models.text import build_text_embedder
 
     prof = load_profile(settings)
