@@ -88,6 +88,6 @@ def test_bench_load_without_the_datasets_is_a_clear_error(
     argv = ["--data-dir", settings.data_dir, "bench", "load", "--listings", "100", "--datasets-dir", str(missing)]
     assert main(argv) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"homeward: error: datasets folder {missing} is missing (set HOMEWARD_DATASETS_DIR or pass datasets_dir)"
+        f"homeward: error: datasets folder {missing} is missing (set HW_DATASETS_DIR or pass datasets_dir)"
     )
     assert not list(Path(settings.data_dir).glob("bench-load-*"))

@@ -38,7 +38,7 @@ BAR = 0.8
 
 
 def _default_images_dir() -> Path | None:
-    shared = Path(os.environ.get("HOMEWARD_SHARED_DIR", REPO.parent / "shared"))
+    shared = Path(os.environ.get("HW_SHARED_DIR", REPO.parent / "shared"))
     for cand in (shared / "data" / "dogfacenet" / "images",):
         if cand.is_dir():
             return cand

@@ -1,7 +1,7 @@
 """A synthetic region for load tests: listings and photos whose field distributions come from real datasets.
 
 The distributions are read **at run time** from the team's datasets folder (``../shared/data/datasets``, or
-``HOMEWARD_DATASETS_DIR``); nothing from them is copied into the repository or into the generated rows except the
+``HW_DATASETS_DIR``); nothing from them is copied into the repository or into the generated rows except the
 vocabulary of normalised values (species, sex, colours, size, age group) and coarse breed names. What comes from where:
 
 ============================  ===================================================================================
@@ -67,7 +67,7 @@ class DatasetsMissing(HomewardError, FileNotFoundError):
 
 
 def default_datasets_dir() -> Path:
-    return Path(os.environ.get("HOMEWARD_DATASETS_DIR") or REPO.parent / "shared" / "data" / "datasets")
+    return Path(os.environ.get("HW_DATASETS_DIR") or REPO.parent / "shared" / "data" / "datasets")
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,7 @@ def load_region_model(datasets_dir: str | os.PathLike[str] | None = None, shelte
 
     root = Path(datasets_dir) if datasets_dir else default_datasets_dir()
     if not root.is_dir():
-        raise DatasetsMissing(f"datasets folder {root} is missing (set HOMEWARD_DATASETS_DIR or pass datasets_dir)")
+        raise DatasetsMissing(f"datasets folder {root} is missing (set HW_DATASETS_DIR or pass datasets_dir)")
     lost = _csv(root / "pet911_2025" / "Dataset_final_Pet911_lost.csv")
     found = _csv(root / "pet911_2025" / "dataset_final_Pet911_found.csv")
     vk: list[dict[str, Any]] = []
