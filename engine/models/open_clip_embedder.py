@@ -13,6 +13,7 @@ from engine.models.embedder import Embedder, l2, prepare, with_flip
 from engine.models.registry import (
     ModelError,
     WeightsNotFound,
+    models_dirs,
     online,
     pick_device,
     resolve,
@@ -43,13 +44,13 @@ class OpenClipEmbedder(Embedder):
             if local:
                 pretrained = local
             elif online():
-                dirs = [str(d) for d in _dirs(settings)]
+                dirs = [str(d) for d in models_dirs(settings)]
                 if dirs:
                     kwargs["cache_dir"] = dirs[0]
             else:
                 raise WeightsNotFound(
                     f"open_clip weights {arch}/{pretrained} not found locally; searched "
-                    f"{', '.join(str(d) for d in _dirs(settings)) or '(no models folder)'} for {pretrained!r}, "
+                    f"{', '.join(str(d) for d in models_dirs(settings)) or '(no models folder)'} for {pretrained!r}, "
                     f"'{arch}_{pretrained}.safetensors|.bin|.pt' and '{arch}/{pretrained}/'. This machine is offline "
                     "(set HOMEWARD_ONLINE=1 to allow hub downloads)."
                 )
@@ -96,12 +97,6 @@ class OpenClipEmbedder(Embedder):
         return torch.cat(out).numpy().astype(np.float32, copy=False), None
 
 
-def _dirs(settings: Any) -> list[Path]:
-    from engine.models.registry import models_dirs
-
-    return models_dirs(settings)
-
-
 def _local_open_clip(arch: str, pretrained: str, settings: Any) -> str | None:
     p = Path(pretrained).expanduser()
     if p.suffix in (".safetensors", ".bin", ".pt", ".pth") or p.is_absolute():
@@ -111,7 +106,7 @@ def _local_open_clip(arch: str, pretrained: str, settings: Any) -> str | None:
             if p.is_absolute():
                 raise
             return None
-    for folder in _dirs(settings):
+    for folder in models_dirs(settings):
         for name in (f"{arch}_{pretrained}", f"{arch}-{pretrained}"):
             for ext in (".safetensors", ".bin", ".pt"):
                 if (folder / f"{name}{ext}").is_file():
