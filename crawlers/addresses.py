@@ -1,4 +1,5 @@
-"""Which network addresses a crawl may reach: the pure logic behind :class:`crawlers.middlewares.AddressGuard`.
+"""Which network addresses a crawl may reach: the pure logic behind :class:`crawlers.middlewares.AddressGuard`, and
+the :class:`BlockedAddress` a refused request fails with (here, below the guard and the spiders that both use it).
 
 A crawl fetches URLs that strangers wrote (card links, redirects, photo URLs), so without a guard a hostile page
 makes the crawler request ``http://127.0.0.1:8265/`` (the Ray dashboard), ``http://169.254.169.254/`` (cloud
@@ -29,10 +30,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from scrapy.exceptions import IgnoreRequest
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 #: The reason a refused request is recorded under (``errors_by_reason``, ``photos.error``).
 BLOCKED_REASON = "blocked_address"
+
+
+class BlockedAddress(IgnoreRequest):
+    """A request to an address the crawl must not reach (reason ``blocked_address``)."""
+
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 

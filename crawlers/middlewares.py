@@ -29,6 +29,7 @@ from twisted.internet.interfaces import IResolutionReceiver
 from zope.interface import implementer
 
 from crawlers import addresses
+from crawlers.addresses import BlockedAddress
 
 ALLOWED_SCHEMES = frozenset({"http", "https"})
 
@@ -48,10 +49,6 @@ class HttpOnlyMiddleware:
         if scheme not in ALLOWED_SCHEMES:
             self.stats.inc_value("homeward/filtered/scheme")
             raise IgnoreRequest(f"scheme not allowed: {scheme!r} ({request.url[:200]})")
-
-
-class BlockedAddress(IgnoreRequest):
-    """A request to an address the crawl must not reach (reason ``blocked_address``)."""
 
 
 @implementer(IResolutionReceiver)

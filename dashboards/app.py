@@ -55,7 +55,6 @@ import duckdb
 import jinja2
 from PIL import Image
 
-from dashboards import views
 from dashboards.access import (
     DEFAULT_SALT,
     check_token,
@@ -66,6 +65,7 @@ from dashboards.access import (
     split_host,
 )
 from dashboards.photos import PHOTO_ID, PhotoLookup
+from engine import views
 from engine.config import Settings
 from engine.errors import HomewardError
 from engine.redact import redact_text

@@ -43,9 +43,9 @@ import jinja2
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dashboards import views
 from dashboards.access import shelter_token
 from dashboards.photos import PhotoLookup, data_uri
+from engine import views
 from engine.config import Settings
 from engine.errors import HomewardError
 from engine.storage import RunsDB

@@ -5,7 +5,10 @@ Every default lives in the dataclasses below. Layers override them in this order
 1. the defaults here,
 2. a YAML config file (``--config FILE`` or ``HOMEWARD_CONFIG``),
 3. environment variables: ``HOMEWARD_<KEY>`` for top-level keys, ``HOMEWARD_<SECTION>__<KEY>`` for sections
-   (``HOMEWARD_DATA_DIR=/srv/homeward``, ``HOMEWARD_MATCH__TOP_K=20``),
+   (``HOMEWARD_DATA_DIR=/srv/homeward``, ``HOMEWARD_MATCH__TOP_K=20``); every ``HOMEWARD_*`` variable is read as
+   a key, except ``HOMEWARD_CONFIG`` (the file) and ``HOMEWARD_ONLINE`` (hub downloads). Switches that are not
+   configuration keys use the ``HW_`` prefix (``HW_COMPILE``, ``HW_SHARED_DIR``, ``HW_DATASETS_DIR``), so the
+   loader never mistakes them for a key,
 4. command-line flags (``--data-dir``, ``--set match.top_k=20``).
 
 Each component reads only its own section (``settings.crawl``, ``settings.match`` ...). An unknown key or a value of
@@ -96,6 +99,12 @@ class EnrichSettings:
     retry_failed: bool = True
 
 
+DEFAULT_CALIBRATION = {"slope": 8.0, "offset": -4.0}
+"""Set by hand from the fused-score scale rather than fitted: a pair whose image is ~4 background spreads above a
+random pair, with agreeing attributes and nearby in place and time, fuses to ≈ 0.75 → score ≈ 0.88; a random pair
+fuses to ≈ 0 → score ≈ 0.02; fused = 0.5 (e.g. a strong image match alone) → 0.5."""
+
+
 @dataclass(frozen=True)
 class MatchSettings:
     top_k: int = 10
@@ -111,6 +120,9 @@ class MatchSettings:
     weights: dict[str, float] = field(
         default_factory=lambda: {"image": 0.55, "text": 0.15, "attributes": 0.15, "geo": 0.1, "time": 0.05}
     )
+    calibration: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_CALIBRATION))
+    """``score = sigmoid(slope·fused + offset)``: keys ``slope`` and ``offset`` (one given alone keeps the other's
+    default). Refit with :func:`engine.scoring.fuse.fit_calibration` once confirmed/rejected feedback exists."""
 
 
 @dataclass(frozen=True)

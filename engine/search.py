@@ -27,6 +27,7 @@ from engine.scoring import attributes
 from engine.scoring.allpairs import blocked_topk, resolve_device, tile_bounds, tile_for
 from engine.scoring.fuse import SPECIES_CODES, ScoreParams, Scorer, Side, background_stats
 from engine.scoring.geo import haversine_km
+from engine.scoring.sides import active_listings, build_side, select_model_vectors
 from engine.storage import LanceStore
 
 
@@ -111,8 +112,6 @@ def search(
         radius_km: only listings within this distance of --near (listings without a location are kept)
         k: how many listings to show
     """
-    from ray_jobs.match import _active, build_side, select_model_vectors
-
     if not photo:
         raise HomewardError("search needs a photo: homeward search --photo FILE")
     if species and species not in schema.SPECIES:
@@ -148,7 +147,7 @@ def search(
     if listings.num_rows == 0 or det.num_rows == 0:
         messages.append("nothing to search yet: no enriched listings (run `homeward crawl` and `homeward enrich`)")
         return _finish(result, messages)
-    cand = _active(listings, schema.LOST_KINDS + schema.FOUND_KINDS)
+    cand = active_listings(listings, schema.LOST_KINDS + schema.FOUND_KINDS)
     if species:
         cand = cand.filter(pc.is_in(pc.fill_null(cand["species"], "unknown"), pa.array([species, "unknown"])))
     det = det.filter(pc.is_in(det["listing_id"], cand["listing_id"]))

@@ -448,7 +448,7 @@ def enrich(
     import ray
 
     from engine.models import load_profile
-    from engine.models.embedder import embedder_id
+    from engine.models.factory import embedder_id
     from engine.runtime import cluster_gpus, ray_session
     from engine.storage import open_stores
 

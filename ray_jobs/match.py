@@ -33,15 +33,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from dashboards.views import ensure_views
 from engine import schema
 from engine.config import Settings
 from engine.errors import HomewardError
-from engine.scoring import attributes
-from engine.scoring.allpairs import blocked_topk, resolve_device, tile_bounds, tile_for
+from engine.scoring.allpairs import resolve_device, tile_for
 from engine.scoring.blocking import Block, listing_keys, make_blocks
-from engine.scoring.fuse import COMPILE_MIN_RUN_PAIRS, SPECIES_CODES, ScoreParams, Scorer, Side, background_stats
+from engine.scoring.blocks import score_blocks
+from engine.scoring.fuse import COMPILE_MIN_RUN_PAIRS, ScoreParams, Scorer, Side, background_stats
+from engine.scoring.sides import active_listings, build_side, select_model_vectors
 from engine.storage import RunsDB, open_stores
+from engine.views import ensure_views
 
 log = logging.getLogger(__name__)
 
@@ -66,83 +67,17 @@ SNAPSHOT_COLUMNS = (
 
 
 # ----------------------------------------------------------------------------------------------------------- loading
-def _days(listings: pa.Table) -> np.ndarray:
-    """Event date (days since 1970-01-01), falling back to the posting date; NaN when neither is known."""
-    n = listings.num_rows
-    out = np.full(n, np.nan)
-    if "event_date" in listings.column_names:
-        ev = listings["event_date"].cast(pa.int32()).to_numpy(zero_copy_only=False)
-        out = np.where(pc.is_valid(listings["event_date"]).to_numpy(zero_copy_only=False), ev, out).astype(float)
-    if "posted_at" in listings.column_names:
-        posted = listings["posted_at"].cast(pa.int64()).to_numpy(zero_copy_only=False)
-        valid = pc.is_valid(listings["posted_at"]).to_numpy(zero_copy_only=False)
-        out = np.where(np.isnan(out) & valid, np.floor(posted / 86_400e6), out)
-    return out
-
-
-def _floats(table: pa.Table, name: str) -> np.ndarray:
-    return np.asarray(pc.fill_null(table[name].cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False), float)
-
-
-def _vectors(column: pa.ChunkedArray) -> np.ndarray:
-    arr = column.combine_chunks()
-    dim = arr.type.list_size
-    vecs = np.array(arr.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
-    norms = np.linalg.norm(vecs, axis=1, keepdims=True)
-    vecs /= np.where(norms > 0, norms, 1.0)  # in place: the copy above is the only one
-    return vecs
-
-
 def configured_embed_model(settings: Settings) -> str | None:
     """The embedder id of the configured enrich profile (hashes the weight file, loads nothing); None when it cannot
     be told (weights not on this machine, models package unavailable), and the table's majority model is used."""
     try:
         from engine.models import profile
-        from engine.models.embedder import embedder_id
+        from engine.models.factory import embedder_id
 
         return embedder_id(profile(settings)["embedder"], settings)
     except Exception as exc:  # any failure here only means "fall back to the majority model"
         log.info("configured embedder id unavailable (%s); using the detections' majority model", exc)
         return None
-
-
-def select_model_vectors(det: pa.Table, wanted: str | None) -> tuple[pa.Table, str | None, int]:
-    """Keep the detection rows of one image model: ``wanted`` (the configured profile's embedder) or else the
-    table's majority model. Rows of another model are never compared. They may stay in the table once the same photo
-    has a vector of the run's model too (enrichment re-embeds every photo when the profile changes); a photo whose
-    only vectors come from another model means enrichment is unfinished or mixed, and is refused with an error naming
-    both models. Rows without an image vector (text only) are kept. → (rows, run model, superseded rows dropped)."""
-    if det.num_rows == 0:
-        return det, wanted, 0
-    has_emb = pc.is_valid(det["embedding"])
-    models = pc.fill_null(det["embed_model"], "")
-    counts = Counter(m for m, e in zip(models.to_pylist(), has_emb.to_pylist(), strict=True) if e)
-    if not counts:
-        return det, wanted, 0
-    run_model = wanted or counts.most_common(1)[0][0]
-    mine = pc.and_(has_emb, pc.equal(models, run_model))
-    others = pc.and_(has_emb, pc.not_equal(models, run_model))
-    n_other = int(pc.sum(others).as_py() or 0)
-    if n_other:
-
-        def photos(mask: pa.ChunkedArray) -> list[tuple[Any, Any]]:
-            t = det.filter(mask)
-            return list(zip(t["listing_id"].to_pylist(), t["photo_id"].to_pylist(), strict=True))
-
-        covered = set(photos(mine))
-        stale = [p for p in photos(others) if p not in covered]
-        if stale:
-            other_counts = Counter(m for m, e in zip(models.to_pylist(), others.to_pylist(), strict=True) if e)
-            other = other_counts.most_common(1)[0][0]
-            source = "the configured profile's" if wanted else "the table's majority"
-            raise HomewardError(
-                f"detections hold image vectors of embed_model {other!r} for {len(set(stale))} photos that have no "
-                f"vector of {run_model!r} ({source} model, {counts.get(run_model, 0)} rows); vectors of different "
-                "models cannot be compared: run `homeward enrich` with one profile until every photo has a vector "
-                "of the run's model (or use another data_dir)"
-            )
-    keep = pc.or_(mine, pc.invert(has_emb))
-    return det.filter(keep), run_model, n_other
 
 
 def _text_model(det: pa.Table) -> str | None:
@@ -162,129 +97,7 @@ def _text_model(det: pa.Table) -> str | None:
     return next(iter(counts), None)
 
 
-def _dim(det: pa.Table, column: str) -> int:
-    typ = det.schema.field(column).type if column in det.column_names else None
-    return int(typ.list_size) if isinstance(typ, pa.FixedSizeListType) else 1
-
-
-def build_side(listings: pa.Table, det: pa.Table) -> Side:
-    """Tensors of one side from its listings and their usable detection rows (``det``: detections schema)."""
-    n = listings.num_rows
-    ids = np.asarray(listings["listing_id"].to_pylist(), dtype=object)
-    index = {lid: i for i, lid in enumerate(ids)}
-    species_raw = [(s or "unknown").lower() for s in listings["species"].to_pylist()]
-    species = np.array([SPECIES_CODES.get(s, 0) for s in species_raw], dtype=np.int64)
-
-    owners = np.array([index[x] for x in det["listing_id"].to_pylist()], dtype=np.int64)
-    has_emb = pc.is_valid(det["embedding"]).to_numpy(zero_copy_only=False) if det.num_rows else np.zeros(0, bool)
-    emb_rows = det.select(["embedding", "photo_id", "species"]).filter(pa.array(has_emb)) if det.num_rows else det
-    emb_owner = owners[has_emb]
-    order = np.argsort(emb_owner, kind="stable")
-    if emb_rows.num_rows:
-        emb = _vectors(emb_rows["embedding"])[order]
-        photos = np.asarray(emb_rows["photo_id"].to_pylist(), dtype=object)[order]
-        # Listing species unknown → the animals its photos show (majority of dog/cat detections).
-        det_species = [str(s or "").lower() for s in emb_rows["species"].to_pylist()]
-        votes: dict[int, Counter] = {}
-        for o, s in zip(emb_owner, det_species, strict=True):
-            if s in ("dog", "cat"):
-                votes.setdefault(int(o), Counter())[s] += 1
-        for o, c in votes.items():
-            if species[o] == 0:
-                species[o] = SPECIES_CODES[c.most_common(1)[0][0]]
-    else:
-        emb, photos = np.zeros((0, _dim(det, "embedding")), np.float32), np.zeros(0, dtype=object)
-
-    text_dim = _dim(det, "text_embedding")
-    text = np.zeros((n, text_dim), np.float32)
-    has_text = np.zeros(n, dtype=bool)
-    if det.num_rows and "text_embedding" in det.column_names:
-        valid = pc.is_valid(det["text_embedding"]).to_numpy(zero_copy_only=False)
-        if valid.any():
-            vecs = _vectors(det["text_embedding"].filter(pa.array(valid)))
-            np.add.at(text, owners[valid], vecs)
-            norms = np.linalg.norm(text, axis=1, keepdims=True)
-            has_text = norms[:, 0] > 0
-            text = text / np.where(norms > 0, norms, 1.0)
-
-    attrs = attributes.encode(
-        listings["sex"].to_pylist(),
-        listings["size"].to_pylist(),
-        listings["colors"].to_pylist(),
-        listings["breed"].to_pylist(),
-    )
-    return Side(
-        listing_ids=ids,
-        species=torch.from_numpy(species),
-        lat=torch.from_numpy(_floats(listings, "lat").astype(np.float32)),
-        lon=torch.from_numpy(_floats(listings, "lon").astype(np.float32)),
-        day=torch.from_numpy(_days(listings).astype(np.float32)),
-        attrs=attrs,
-        det_emb=torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32)),
-        det_owner=torch.from_numpy(emb_owner[order]),
-        det_photo=photos,
-        text=torch.from_numpy(text),
-        has_text=torch.from_numpy(has_text),
-    )
-
-
-def _active(listings: pa.Table, kinds: tuple[str, ...]) -> pa.Table:
-    if listings.num_rows == 0:
-        return listings
-    status = pc.fill_null(listings["status"], "active")
-    mask = pc.and_(pc.is_in(listings["kind"], pa.array(kinds)), pc.equal(status, "active"))
-    return listings.filter(pc.fill_null(mask, False))
-
-
 # ----------------------------------------------------------------------------------------------------------- scoring
-def score_blocks(
-    lost: Side,
-    found: Side,
-    params: ScoreParams,
-    blocks: list[Block],
-    k: int,
-    tile_size: int,
-    device: str,
-    compile: bool = False,
-) -> tuple[np.ndarray, ...]:
-    """Top-k per lost and per found listing (within these blocks), as global-index arrays
-    (lost, found, fused, rank) for rows and for columns."""
-    from tqdm import tqdm
-
-    dev = resolve_device(device)
-    rows: list[tuple[np.ndarray, ...]] = []
-    cols: list[tuple[np.ndarray, ...]] = []
-    # pairs, not tiles: a region's blocks differ in size by orders of magnitude. On a terminal only (disable=None).
-    bar = tqdm(total=sum(b.pairs for b in blocks), desc="match", unit=" pairs", unit_scale=True, disable=None,
-               mininterval=2.0)  # fmt: skip
-    for block in blocks:
-        sub_l, sub_f = lost.take(block.lost), found.take(block.found)
-        scorer = Scorer(sub_l, sub_f, params, dev, compile=compile)
-
-        def scored_tile(r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
-            out = scorer.tile(r0, r1, c0, c1)  # noqa: B023 (called only inside this iteration's blocked_topk)
-            bar.update((r1 - r0) * (c1 - c0))
-            return out
-
-        top = blocked_topk(
-            sub_l.n,
-            sub_f.n,
-            k,
-            scored_tile,
-            tile_bounds(sub_l.det_counts.numpy(), tile_size),
-            tile_bounds(sub_f.det_counts.numpy(), tile_size),
-            device=dev,
-        )
-        r, c, s, rank = top.row_pairs()
-        rows.append((block.lost[r], block.found[c], s, rank))
-        r, c, s, _ = top.col_pairs()
-        cols.append((block.lost[r], block.found[c], s))
-    bar.close()
-    cat = [np.concatenate(p) if p else np.zeros(0) for p in zip(*rows, strict=True)] if rows else [np.zeros(0)] * 4
-    catc = [np.concatenate(p) if p else np.zeros(0) for p in zip(*cols, strict=True)] if cols else [np.zeros(0)] * 3
-    return (*cat, *catc)
-
-
 def _score_all(lost, found, params, blocks, k, tile_size, device, use_ray, settings) -> tuple[np.ndarray, ...]:
     total = sum(b.pairs for b in blocks)
     compile = total >= COMPILE_MIN_RUN_PAIRS
@@ -418,8 +231,8 @@ def _load_sides(
     det = store.read("detections", columns=DETECTION_COLUMNS, version=version) if version is not None else None
     if det is None or det.num_rows == 0:
         det = pa.Table.from_pylist([], schema=schema.detections_schema(1, 1)).select(list(DETECTION_COLUMNS))
-    lost_l = _active(listings, schema.LOST_KINDS)
-    found_l = _active(listings, schema.FOUND_KINDS)
+    lost_l = active_listings(listings, schema.LOST_KINDS)
+    found_l = active_listings(listings, schema.FOUND_KINDS)
     if det.num_rows:
         usable = pc.invert(pc.is_in(pc.fill_null(det["status"], "ok"), pa.array(_SKIP_DETECTION_STATUS)))
         active = pc.is_in(det["listing_id"], pa.concat_arrays([lost_l["listing_id"].combine_chunks(),
@@ -520,7 +333,7 @@ def _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray,
     }
     summary["duration_s"] = round(time.perf_counter() - t0, 3)
     _publish(runs, run_id, matches, listings, summary)
-    ensure_views(runs)  # analysts' views (dashboards/views.sql) exist as soon as there is a run to query
+    ensure_views(runs)  # analysts' views (engine/sql/views.sql) exist as soon as there is a run to query
     return summary
 
 

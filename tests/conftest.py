@@ -12,7 +12,7 @@ import engine  # noqa: F401  (sets the offline switches before any model library
 from engine.config import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("HOMEWARD_SHARED_DIR", REPO.parent / "shared"))
+SHARED = Path(os.environ.get("HW_SHARED_DIR", REPO.parent / "shared"))
 
 
 @pytest.fixture(scope="session")

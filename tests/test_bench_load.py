@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from engine.config import Settings
-from engine.synthetic import Region, RegionModel, load_region_model
+from ray_jobs.bench.synthetic import Region, RegionModel, load_region_model
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_bench_load_small_reports_every_stage(
 ) -> None:
     """Through the CLI, as a user runs it: every stage's row counts add up, the planted reunions are found, the JSON
     is the last stdout line, and the throw-away data dir is gone."""
-    from engine.cli import main
+    from ray_jobs.cli import main
 
     sizes = {"listings": 1500, "photos": 3500, "dim": 64, "text-dim": 16, "chunk": 400, "flush-items": 600,
              "vector-chunk": 1000, "datasets-dir": datasets_dir}  # fmt: skip
@@ -82,12 +82,12 @@ def test_bench_load_small_reports_every_stage(
 def test_bench_load_without_the_datasets_is_a_clear_error(
     settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from engine.cli import main
+    from ray_jobs.cli import main
 
     missing = tmp_path / "no-datasets"
     argv = ["--data-dir", settings.data_dir, "bench", "load", "--listings", "100", "--datasets-dir", str(missing)]
     assert main(argv) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"homeward: error: datasets folder {missing} is missing (set HOMEWARD_DATASETS_DIR or pass datasets_dir)"
+        f"homeward: error: datasets folder {missing} is missing (set HW_DATASETS_DIR or pass datasets_dir)"
     )
     assert not list(Path(settings.data_dir).glob("bench-load-*"))

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import VERBS
+from ray_jobs.cli import VERBS
 
 
 def _homeward(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "engine.cli", *args],
+        [sys.executable, "-m", "ray_jobs.cli", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -36,12 +36,12 @@ def test_help_lists_every_verb_with_its_purpose() -> None:
 def test_only_the_verb_that_runs_is_imported() -> None:
     # `bench match` must not import the `match` job (and its DuckDB/Lance stack): a GPU box may have torch only.
     code = (
-        "import sys, engine.cli as c; c.build_parser(['--data-dir', 'x', 'bench', 'match']); "
-        "print(sorted(m for m in sys.modules if m in ('engine.bench.match', 'ray_jobs.match', 'duckdb')))"
+        "import sys, ray_jobs.cli as c; c.build_parser(['--data-dir', 'x', 'bench', 'match']); "
+        "print(sorted(m for m in sys.modules if m in ('ray_jobs.bench.match', 'ray_jobs.match', 'duckdb')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "['engine.bench.match']"
+    assert out.stdout.strip() == "['ray_jobs.bench.match']"
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from engine.models.coat import CoatEmbedder
-from engine.models.embedder import build_embedder, embedder_id
+from engine.models.factory import build_embedder, embedder_id
 from engine.models.registry import ModelError
 
 

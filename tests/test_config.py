@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+import ast
+import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
 
 from engine.config import ConfigError, Settings, load_settings
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_layers_override_in_order(tmp_path: Path) -> None:
@@ -54,3 +59,53 @@ def test_unwritable_data_dir(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(ConfigError, match="not writable"):
         Settings(data_dir=str(blocker / "sub")).ensure_writable()
+
+
+def _is_environ(node: ast.expr) -> bool:
+    return (isinstance(node, ast.Attribute) and node.attr == "environ") or (
+        isinstance(node, ast.Name) and node.id == "environ"
+    )
+
+
+def _environment_names_read() -> set[str]:
+    """Every literal name the packages read from the environment (``os.environ.get("X")``, ``environ["X"]``,
+    ``os.getenv("X")``)."""
+    names = set()
+    for pkg in ("engine", "crawlers", "dashboards", "ray_jobs"):
+        for path in (REPO / pkg).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args:
+                    owner, method = node.func.value, node.func.attr
+                    if not ((method == "get" and _is_environ(owner)) or method == "getenv"):
+                        continue
+                    arg = node.args[0]
+                elif isinstance(node, ast.Subscript) and _is_environ(node.value):
+                    arg = node.slice
+                else:
+                    continue
+                if isinstance(arg, ast.Constant) and isinstance(arg.value, str) and arg.value.isupper():
+                    names.add(arg.value)
+    return names
+
+
+def _is_key(path: list[str]) -> bool:
+    section: typing.Any = Settings
+    for part in path:
+        hints = typing.get_type_hints(section)
+        if part not in hints:
+            return False
+        section = hints[part]
+    return not dataclasses.is_dataclass(section)
+
+
+def test_every_homeward_variable_read_is_a_config_key() -> None:
+    """The loader turns each ``HOMEWARD_*`` variable into a key, so a switch that is not one must use ``HW_``."""
+    read = _environment_names_read()
+    assert {"HW_COMPILE", "HOMEWARD_MODELS_DIR"} <= read  # the scan sees the reads it judges
+    special = {"HOMEWARD_CONFIG", "HOMEWARD_ONLINE"}  # skipped by the loader: the file, and hub downloads
+    strays = sorted(
+        name
+        for name in read - special
+        if name.startswith("HOMEWARD_") and not _is_key(name[len("HOMEWARD_") :].lower().split("__"))
+    )
+    assert not strays, f"HOMEWARD_ variables that are not config keys (use the HW_ prefix): {strays}"

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_bench_crawl_prints_figures_as_json_last_line(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "engine.cli", "bench", "crawl", "--cards", "30", "--per-page", "10"]
+    cmd = [sys.executable, "-m", "ray_jobs.cli", "bench", "crawl", "--cards", "30", "--per-page", "10"]
     cmd += ["--bench-seconds", "3", "--data-dir", str(tmp_path / "data")]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -67,7 +67,7 @@ def test_cli_crawl_with_base_url(tmp_path: Path) -> None:
     with MockSite() as site:
         ListingSite(site, n=4, per_page=10)
         settings = crawl_settings(tmp_path, [site_source("https://lost-pets.example.org")])
-        cmd = [sys.executable, "-m", "engine.cli", "crawl", "--source", "mock", "--base-url", site.url]
+        cmd = [sys.executable, "-m", "ray_jobs.cli", "crawl", "--source", "mock", "--base-url", site.url]
         cmd += ["--data-dir", settings.data_dir, "--set", f"crawl.sources_file={settings.crawl.sources_file}"]
         cmd += ["--set", "crawl.download_delay_s=0", "--set", "crawl.autothrottle=false"]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)

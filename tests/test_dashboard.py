@@ -26,9 +26,9 @@ from dashboards import sample
 from dashboards.access import host_allowed, same_origin, shelter_token
 from dashboards.app import Dashboard, DashboardServer, Request, make_server
 from dashboards.report import report
-from engine import cli
 from engine.errors import HomewardError
 from engine.storage import RunsDB
+from ray_jobs import cli
 
 REPO = Path(__file__).resolve().parents[1]
 SEAS, ASTN = "petango:SEAS", "petharbor:ASTN"  # shelter keys: source:shelter_id
@@ -394,7 +394,7 @@ def test_cli_dashboard_serves_until_interrupted(settings, stop):
 
     sample.populate(settings)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "dashboard", "--data-dir", settings.data_dir, "--port", "0"],
+        [sys.executable, "-m", "ray_jobs.cli", "dashboard", "--data-dir", settings.data_dir, "--port", "0"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

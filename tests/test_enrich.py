@@ -235,7 +235,7 @@ def test_cpu_profile_real_photos(settings: Settings, models_dir: Path, shared_di
 def test_bench_enrich_prints_its_figures_as_json(
     settings: Settings, ray_local: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from engine.cli import main
+    from ray_jobs.cli import main
 
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -274,7 +274,7 @@ def test_bench_enrich_prints_its_figures_as_json(
 def test_bench_enrich_without_pipeline_times_models_alone(
     settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from engine.cli import main
+    from ray_jobs.cli import main
 
     folder = tmp_path / "photos"
     folder.mkdir()

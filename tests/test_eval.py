@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.cli import main
 from engine.config import Settings
 from engine.degrade import degrade
 from engine.errors import HomewardError
 from engine.eval import evaluate, evaluate_with, list_identity_images
 from engine.models import Detection
+from ray_jobs.cli import main
 
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200)]
 

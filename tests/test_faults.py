@@ -31,7 +31,7 @@ from PIL import Image
 from engine import ids, schema
 from engine.config import Settings
 from engine.models import profile
-from engine.models.embedder import embedder_id
+from engine.models.factory import embedder_id
 from engine.storage import LanceStore, RunsDB, open_stores, upsert_listings, upsert_photos
 from ray_jobs import match as match_job
 
@@ -96,7 +96,7 @@ READER = textwrap.dedent(
 def test_readers_never_see_half_a_published_run(settings: Settings, tmp_path: Path) -> None:
     """A reader process loops on the dashboard's queries while match publishes run after run of different sizes:
     every read shows one complete run (its row count equals the count its run row declares), never a mix."""
-    from dashboards.views import ensure_views
+    from engine.views import ensure_views
 
     _world(settings, 60, 90)
     first = match_job.match(settings, top_k=2)
@@ -139,7 +139,7 @@ LIMITED = textwrap.dedent(
     limit = int(sys.argv[1])
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
     sys.argv = ["homeward", *sys.argv[2:]]
-    from engine.cli import main
+    from ray_jobs.cli import main
     sys.exit(main())
     """
 )

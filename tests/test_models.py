@@ -25,7 +25,7 @@ from engine.models import (
     profile,
     save_timm_checkpoint,
 )
-from engine.models.embedder import embedder_id
+from engine.models.factory import embedder_id
 
 DOG_BOX = (131.9, 218.5, 311.3, 541.2)  # the dog in dog_bicycle_truck.jpg (see ../shared/README.md)
 SUBSET_IDENTITIES = 24
@@ -165,7 +165,7 @@ def test_open_clip_from_inline_config(tmp_path: Path, no_network: None) -> None:
     assert vecs.shape == (2, 32) and emb.dim == 32
     assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
     assert emb.model_id.startswith("open_clip:tiny-") and emb.model_id == embedder_id(profile(s)["embedder"], s)
-    from engine.models.embedder import build_embedder
+    from engine.models.factory import build_embedder
 
     flip = build_embedder({**profile(s)["embedder"], "flip": True}, s)
     square = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
@@ -177,7 +177,7 @@ TINY_TIMM = {"kind": "timm", "arch": "test_efficientnet", "pretrained": False, "
 
 
 def test_flip_makes_a_crop_and_its_mirror_one_vector(tmp_path: Path) -> None:
-    from engine.models.embedder import build_embedder
+    from engine.models.factory import build_embedder
 
     s = _settings(tmp_path)
     rng = np.random.default_rng(0)
@@ -194,7 +194,7 @@ def test_flip_makes_a_crop_and_its_mirror_one_vector(tmp_path: Path) -> None:
 
 
 def test_ensemble_cosine_is_the_weighted_mean_of_its_members(tmp_path: Path) -> None:
-    from engine.models.embedder import build_embedder
+    from engine.models.factory import build_embedder
 
     s = _settings(tmp_path)
     members = [{**TINY_TIMM, "seed": 1}, {**TINY_TIMM, "seed": 2, "flip": True}]

@@ -22,9 +22,9 @@ from PIL import Image
 from dashboards import sample
 from dashboards.access import shelter_token
 from dashboards.report import REPORT_SCHEMA, atomic_write, csv_cell, report
-from engine import cli
 from engine.errors import HomewardError
 from engine.storage import RunsDB
+from ray_jobs import cli
 
 SEAS, ASTN = "petango:SEAS", "petharbor:ASTN"  # shelter keys: source:shelter_id
 # Stored text is redacted by the crawl; the report shows it as stored (a date and a price range are no phone).

@@ -90,7 +90,7 @@ def test_device_resolution() -> None:
 
 
 def test_bench_match_reports_ratio_and_memory(settings) -> None:
-    from engine.bench.match import bench_match
+    from ray_jobs.bench.match import bench_match
 
     out = bench_match(settings.with_overrides({"match": {"tile_size": 128}}), n=[300, 500], dim=32, top_k=5)
     assert [r["n"] for r in out["runs"]] == [300, 500] and out["dim"] == 32 and out["device"] == "cpu"

@@ -207,6 +207,17 @@ def test_weights_validated_and_calibration_fit() -> None:
     assert float(calibrate(torch.tensor(0.5), p)) == pytest.approx(0.5)  # the documented default midpoint
 
 
+def test_calibration_is_a_config_key() -> None:
+    """``match.calibration`` is declared: set from the environment it reaches the scorer; one key keeps the other's
+    default; an unknown key is refused by name."""
+    env = {"HOMEWARD_MATCH__CALIBRATION__SLOPE": "3"}
+    p = ScoreParams.from_settings(load_settings(environ=env).match)
+    assert (p.slope, p.offset) == (3.0, -4.0)
+    assert float(calibrate(torch.tensor(4 / 3), p)) == pytest.approx(0.5)
+    with pytest.raises(HomewardError, match=r"unknown keys \['slop'\]"):
+        params(calibration={"slop": 2.0})
+
+
 def test_background_is_robust_to_true_pairs() -> None:
     sims = torch.cat([torch.normal(0.5, 0.05, (990,)), torch.full((10,), 0.99)])
     center, scale = robust_center_scale(sims)

@@ -11,12 +11,12 @@ from PIL import Image
 
 import engine.models
 from engine import ids, schema
-from engine.cli import main
 from engine.config import Settings
 from engine.errors import HomewardError
 from engine.models import Detection
 from engine.search import search
 from engine.storage import LanceStore, upsert_listings
+from ray_jobs.cli import main
 
 SEATTLE = (47.6062, -122.3321)
 

@@ -115,7 +115,7 @@ def test_cli_config_error_on_a_secret_is_one_line_without_it(tmp_path: Path) -> 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("crawl:\n  petfinder_secret: [S3KR1T]\n")
     out = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "--config", str(cfg), "sources"],
+        [sys.executable, "-m", "ray_jobs.cli", "--config", str(cfg), "sources"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -139,7 +139,7 @@ def test_crawl_gets_the_exact_secrets_and_leaves_none_behind(tmp_path: Path) -> 
         data = ListingSite(site, n=3, per_page=5, photos=False)
         settings = crawl_settings(tmp_path, [site_source(site.url)])
         cfg = _config_file(tmp_path / "secrets.yaml", {**SECRETS, "salt": "0777"})
-        cmd = [sys.executable, "-m", "engine.cli", "--config", str(cfg), "--data-dir", settings.data_dir]
+        cmd = [sys.executable, "-m", "ray_jobs.cli", "--config", str(cfg), "--data-dir", settings.data_dir]
         cmd += ["--set", f"crawl.sources_file={settings.crawl.sources_file}", "--set", "crawl.download_delay_s=0"]
         cmd += ["--set", "crawl.autothrottle=false", "crawl", "--source", "mock"]
         out = subprocess.run(
@@ -173,7 +173,7 @@ def test_a_killed_parent_leaves_no_secret_on_disk(tmp_path: Path) -> None:
         settings = crawl_settings(tmp_path, [site_source(site.url)])
         (tmp_path / "tmp").mkdir()
         cfg = _config_file(tmp_path / "secrets.yaml", SECRETS)
-        cmd = [sys.executable, "-m", "engine.cli", "--config", str(cfg), "--data-dir", settings.data_dir]
+        cmd = [sys.executable, "-m", "ray_jobs.cli", "--config", str(cfg), "--data-dir", settings.data_dir]
         cmd += ["--set", f"crawl.sources_file={settings.crawl.sources_file}", "crawl", "--source", "mock"]
         env = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
         parent = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

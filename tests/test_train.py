@@ -147,7 +147,7 @@ def test_pca_head_starts_as_the_centred_geometry() -> None:
 def test_training_writes_a_checkpoint_with_provenance_that_reloads(
     tiny, identity_dir: Path, tmp_path: Path, recipe: str
 ) -> None:
-    from engine.models.embedder import TimmEmbedder
+    from engine.models.timm_embedder import TimmEmbedder
 
     result = train(tiny, str(identity_dir), **_kwargs(tmp_path, recipe=recipe))
     ck = Path(result["checkpoint"])
@@ -196,8 +196,8 @@ def _bn_stats(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("freeze_bn", [True, False])
 def test_frozen_bn_statistics_do_not_change(tiny, identity_dir: Path, tmp_path: Path, freeze_bn: bool) -> None:
-    from engine.models.embedder import TimmEmbedder
     from engine.models.registry import stage_spec
+    from engine.models.timm_embedder import TimmEmbedder
 
     before = _bn_stats(TimmEmbedder(stage_spec(tiny, "embedder"), tiny).model)
     recipe = get_recipe(

@@ -11,7 +11,8 @@ from typing import Any
 import duckdb
 import pytest
 
-from dashboards import sample, views
+from dashboards import sample
+from engine import views
 from engine.storage import RunsDB
 
 ROOT = Path(__file__).resolve().parents[1]

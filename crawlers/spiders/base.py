@@ -89,8 +89,7 @@ def failure_reason(failure: Any, crawler: Any = None) -> str:
     from twisted.internet import defer
     from twisted.internet import error as terr
 
-    from crawlers.addresses import BLOCKED_REASON
-    from crawlers.middlewares import BlockedAddress
+    from crawlers.addresses import BLOCKED_REASON, BlockedAddress
 
     exc = getattr(failure, "value", failure)
     if isinstance(exc, BlockedAddress):

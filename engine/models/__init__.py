@@ -24,8 +24,9 @@ from typing import Any
 
 import engine  # noqa: F401  (offline switches before any model library is imported)
 from engine.models.captioner import COLORS, Captioner, coat_colors, parse_vlm_answer
+from engine.models.checkpoints import save_timm_checkpoint
 from engine.models.detector import Detection, Detector, full_frame
-from engine.models.embedder import Embedder, prepare, save_timm_checkpoint
+from engine.models.embedder import Embedder, prepare
 from engine.models.registry import (
     ModelError,
     WeightsNotFound,
@@ -63,7 +64,7 @@ def load_detector(settings: Any, *, profile_name: str | None = None, cache: bool
 
 
 def load_embedder(settings: Any, *, profile_name: str | None = None, cache: bool = True) -> Embedder:
-    from engine.models.embedder import build_embedder
+    from engine.models.factory import build_embedder
 
     spec = load_profile(settings, profile_name)["embedder"]
     return _cached("embedder", spec, settings, lambda: build_embedder(spec, settings), cache)

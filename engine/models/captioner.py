@@ -125,7 +125,7 @@ class AttributeCaptioner(Captioner):
                     self.uses_embedder_logits = True
                     names = "imagenet"
         elif isinstance(classifier, dict):
-            from engine.models.embedder import TimmEmbedder
+            from engine.models.timm_embedder import TimmEmbedder
 
             emb = TimmEmbedder({"kind": "timm", **classifier}, settings)
             if not emb.has_imagenet_head:

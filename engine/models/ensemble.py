@@ -30,13 +30,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from engine.models.embedder import Embedder, build_embedder, embedder_id
+from engine.models.embedder import Embedder
 from engine.models.registry import ModelError
 
 SHARED_KEYS = ("device", "precision", "batch_size")
 
 
-def _members(spec: dict[str, Any]) -> tuple[list[dict[str, Any]], list[float]]:
+def member_specs(spec: dict[str, Any]) -> tuple[list[dict[str, Any]], list[float]]:
+    """The members' specs (with the ensemble's shared keys) and their weights; a clear error for a bad spec."""
     members = spec.get("members")
     if not isinstance(members, list) or len(members) < 2 or not all(isinstance(m, dict) for m in members):
         raise ModelError("an ensemble embedder needs `members`: a list of two or more embedder specs")
@@ -51,29 +52,25 @@ def _members(spec: dict[str, Any]) -> tuple[list[dict[str, Any]], list[float]]:
     return [{**shared, **m} for m in members], [float(w) for w in weights]
 
 
-def ensemble_id(spec: dict[str, Any], settings: Any) -> str:
-    """The id an ensemble built from ``spec`` will have, computed without building its members."""
-    members, weights = _members(spec)
-    return _id_of([embedder_id(m, settings) for m in members], weights)
-
-
-def _id_of(ids: list[str], weights: list[float]) -> str:
-    """``ensemble:<member ids, by architecture>:<hash of the member ids and weights>``."""
+def ensemble_id(ids: list[str], weights: list[float]) -> str:
+    """``ensemble:<member ids, by architecture>:<hash of the member ids and weights>``: the factory computes it from
+    the members' ids without building them, the embedder from its built members, so the two agree."""
     digest = hashlib.sha256(json.dumps([ids, weights]).encode()).hexdigest()[:12]
     names = "+".join(i.split(":")[1] for i in ids)
     return f"ensemble:{names}:{digest}"
 
 
 class EnsembleEmbedder(Embedder):
-    def __init__(self, spec: dict[str, Any], settings: Any) -> None:
-        members, weights = _members(spec)
-        self.members = [build_embedder(m, settings) for m in members]
+    """The members are built by :func:`engine.models.factory.build_embedder` (this kind knows only the base)."""
+
+    def __init__(self, members: list[Embedder], weights: list[float]) -> None:
+        self.members = members
         total = sum(weights)
         self.scales = [math.sqrt(w / total) for w in weights]
         self.dim = sum(m.dim for m in self.members)
         self.batch_size = min(m.batch_size for m in self.members)
         self.device = self.members[0].device
-        self.model_id = _id_of([m.model_id for m in self.members], weights)
+        self.model_id = ensemble_id([m.model_id for m in self.members], weights)
 
     def embed_and_classify(self, images: list[Image.Image]) -> tuple[np.ndarray, None]:
         parts = [scale * member.embed(images) for scale, member in zip(self.scales, self.members, strict=True)]

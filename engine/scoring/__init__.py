@@ -1,3 +1,4 @@
 """Scoring: exact blocked all-pairs (``allpairs``), photo→listing aggregation (``aggregate``), geo/time priors
 (``geo``), attribute agreement (``attributes``), fusion and calibration (``fuse``), candidate blocking
-(``blocking``) and retrieval metrics (``metrics``). Pure torch/numpy: no storage, no models."""
+(``blocking``), the sides built from listings and detection rows (``sides``), the top-k of each block (``blocks``)
+and retrieval metrics (``metrics``). Pure torch/numpy/Arrow: no storage, no models."""

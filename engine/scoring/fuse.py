@@ -17,9 +17,9 @@ missing, so a missing photo, coordinate or date never drops a pair):
 must agree or one side be unknown; a found date more than the grace period before the lost date, a found date more
 than ``max_days`` after it, or a distance implausible for the days elapsed rule a pair out.
 
-Calibration: ``slope`` and ``offset`` come from ``settings.match.calibration`` when that key exists, else from
-:data:`DEFAULT_CALIBRATION`. How the defaults were set is documented there; :func:`fit_calibration` refits them
-from labelled pairs (confirmed / rejected shelter feedback, or planted pairs).
+Calibration: ``slope`` and ``offset`` come from ``settings.match.calibration`` (defaults, and how they were set:
+:data:`engine.config.DEFAULT_CALIBRATION`); :func:`fit_calibration` refits them from labelled pairs (confirmed /
+rejected shelter feedback, or planted pairs).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.config import DEFAULT_CALIBRATION, MatchSettings
 from engine.errors import HomewardError
 from engine.scoring import aggregate
 from engine.scoring.attributes import AttributeCodes, attribute_terms, evidence_of, sub_terms
@@ -45,11 +46,6 @@ SPECIES_CODES = {"dog": 1, "cat": 2, "other": 3}
 """0 is unknown: it is compatible with every species."""
 TERMS = ("image", "text", "attributes", "geo", "time")
 
-DEFAULT_CALIBRATION = {"slope": 8.0, "offset": -4.0}
-"""``score = sigmoid(slope·fused + offset)``. Set by hand from the fused-score scale rather than fitted: a pair whose
-image is ~4 background spreads above a random pair, with agreeing attributes and nearby in place and time, fuses to
-≈ 0.75 → score ≈ 0.88; a random pair fuses to ≈ 0 → score ≈ 0.02; fused = 0.5 (e.g. a strong image match alone)
-→ 0.5. Refit with :func:`fit_calibration` once confirmed/rejected feedback exists, and set ``match.calibration``."""
 IMAGE_Z_FLOOR = -2.0
 Z_PER_UNIT = 4.0
 """Four background spreads above a random pair count as full evidence (1.0)."""
@@ -141,13 +137,15 @@ class ScoreParams:
         return self.img_center + AGREE_Z * self.img_scale
 
     @classmethod
-    def from_settings(cls, match_settings: Any) -> ScoreParams:
+    def from_settings(cls, match_settings: MatchSettings) -> ScoreParams:
         weights = dict(match_settings.weights)
         unknown = sorted(set(weights) - set(TERMS))
         if unknown:
             raise HomewardError(f"match.weights has unknown terms {unknown}; known: {', '.join(TERMS)}")
-        calib = dict(DEFAULT_CALIBRATION)
-        calib.update(getattr(match_settings, "calibration", None) or {})
+        unknown = sorted(set(match_settings.calibration) - set(DEFAULT_CALIBRATION))
+        if unknown:
+            raise HomewardError(f"match.calibration has unknown keys {unknown}; known: slope, offset")
+        calib = {**DEFAULT_CALIBRATION, **match_settings.calibration}
         return cls(
             weights={t: float(weights.get(t, 0.0)) for t in TERMS},
             base_radius_km=float(match_settings.base_radius_km),
@@ -240,19 +238,14 @@ COMPILE_MIN_PAIRS = 1 << 20
 ``torch.compile``: one fused loop instead of ~100 passes over the tile, 4-5× faster on this 2-core CPU (measured: a
 2048² tile 10.7 s eager → 2.3 s compiled under heavy load, identical -inf mask, max difference 6e-8). Compiling costs
 one to a few minutes per process (twice: square and non-square tiles), so ``homeward match`` turns it on only for
-runs of at least ``COMPILE_MIN_RUN_PAIRS`` candidate pairs. ``HOMEWARD_COMPILE=0`` forbids it; a compile failure
+runs of at least ``COMPILE_MIN_RUN_PAIRS`` candidate pairs. ``HW_COMPILE=0`` forbids it; a compile failure
 falls back to eager with one warning."""
 COMPILE_MIN_RUN_PAIRS = 2_000_000_000
 _COMPILED: dict[str, Any] = {}
 
 
 def _elementwise(pairs: int, allowed: bool):
-    if (
-        not allowed
-        or pairs < COMPILE_MIN_PAIRS
-        or os.environ.get("HOMEWARD_COMPILE", "1") == "0"
-        or _COMPILED.get("failed")
-    ):
+    if not allowed or pairs < COMPILE_MIN_PAIRS or os.environ.get("HW_COMPILE", "1") == "0" or _COMPILED.get("failed"):
         return fused_elementwise
     if "fn" not in _COMPILED:
         _COMPILED["fn"] = torch.compile(fused_elementwise, dynamic=True)

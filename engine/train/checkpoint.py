@@ -50,7 +50,7 @@ def save_reid_checkpoint(
     profile_extra: dict[str, Any] | None = None,
     heldout: dict[str, list[Path]] | None = None,
 ) -> Path:
-    from engine.models.embedder import save_timm_checkpoint
+    from engine.models.checkpoints import save_timm_checkpoint
     from engine.train.data import link_identities
 
     out = Path(out).resolve()
@@ -110,7 +110,8 @@ def load_reid_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict[str, A
     metadata and loaded strictly; ``model(x)`` gives L2-normalised embeddings of preprocessed pixels."""
     import timm
 
-    from engine.models.embedder import build_head, load_checkpoint
+    from engine.models.checkpoints import load_checkpoint
+    from engine.models.timm_embedder import build_head
     from engine.train.model import ReIDNet
 
     p = Path(path)

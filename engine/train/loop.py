@@ -245,8 +245,9 @@ def run(
     images_per_identity: int,
     world: World | None = None,
 ) -> dict[str, Any]:
-    from engine.models.embedder import TimmEmbedder, prepare
+    from engine.models.embedder import prepare
     from engine.models.registry import load_profile, stage_spec
+    from engine.models.timm_embedder import TimmEmbedder
     from engine.train.checkpoint import save_reid_checkpoint
 
     world = world or World()

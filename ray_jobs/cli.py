@@ -41,10 +41,13 @@ VERBS: dict[str, Any] = {
     "eval": ("engine.eval:evaluate", "Measure re-identification quality on identity folders (JSON last line)."),
     "crops": ("engine.train.crops:crop_folders", "Cut identity folders as enrichment does, to train on the crops."),
     "bench": {
-        "crawl": ("engine.bench.crawl:bench_crawl", "Crawl throughput vs `scrapy bench` (JSON last line)."),
-        "enrich": ("engine.bench.enrich:bench_enrich", "Enrich pipeline efficiency vs each model alone."),
-        "match": ("engine.bench.match:bench_match", "All-pairs scoring rate vs a plain torch matmul."),
-        "load": ("engine.bench.load:bench_load", "Synthetic region (200k listings) crawl-ingest -> match, per stage."),
+        "crawl": ("ray_jobs.bench.crawl:bench_crawl", "Crawl throughput vs `scrapy bench` (JSON last line)."),
+        "enrich": ("ray_jobs.bench.enrich:bench_enrich", "Enrich pipeline efficiency vs each model alone."),
+        "match": ("ray_jobs.bench.match:bench_match", "All-pairs scoring rate vs a plain torch matmul."),
+        "load": (
+            "ray_jobs.bench.load:bench_load",
+            "Synthetic region (200k listings): ingest -> match, per stage.",
+        ),
     },
     "demo": ("ray_jobs.demo:demo", "Run the whole job end to end on a local mirror with planted reunions."),
 }

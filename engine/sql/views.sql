@@ -1,6 +1,6 @@
 -- Homeward analyst views over the DuckDB file (tables: engine/sql/schema.sql).
 --
--- Created idempotently by dashboards.views.ensure_views(runs_db) (CREATE OR REPLACE, one short write transaction,
+-- Created idempotently by engine.views.ensure_views(runs_db) (CREATE OR REPLACE, one short write transaction,
 -- skipped when the views already carry this file's version). `homeward report` and `homeward dashboard` call it,
 -- so analysts who open the file read-only find every view below.
 --

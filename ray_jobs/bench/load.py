@@ -2,7 +2,7 @@
 
 What runs, in one process, into a throw-away data dir (``<data_dir>/bench-load-*``, removed unless ``keep``):
 
-1. **generate** — :class:`engine.synthetic.Region` samples every field from distributions read at run time from
+1. **generate** — :class:`ray_jobs.bench.synthetic.Region` samples every field from distributions read at run time from
    ``../shared/data/datasets`` (kind, species, looks, photos per listing, delays, geography; planted reunions).
 2. **ingest** — the crawl's real LanceDB writer stage (:class:`crawlers.pipelines.lance.LanceWriterPipeline`, on
    a Scrapy crawler that never downloads) receives every listing item with its photo rows and writes them in bulk
@@ -34,8 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.bench.memory import PeakRss
 from engine.config import Settings
+from ray_jobs.bench.memory import PeakRss
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ def bench_load(
         skip_match: stop after the vectors (match is quadratic in the listings of a block: see docs/SCALE_OUT.md).
         keep: keep the generated data dir (its path is in the output).
     """
-    from engine.synthetic import Region, load_region_model
+    from ray_jobs.bench.synthetic import Region, load_region_model
     from ray_jobs.match import configured_embed_model
 
     started = time.perf_counter()

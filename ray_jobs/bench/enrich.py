@@ -29,16 +29,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.bench.memory import PeakRss
 from engine.config import Settings
 from engine.errors import HomewardError
+from ray_jobs.bench.memory import PeakRss
 
 REPO = Path(__file__).resolve().parents[2]
 BAR = 0.8
 
 
 def _default_images_dir() -> Path | None:
-    shared = Path(os.environ.get("HOMEWARD_SHARED_DIR", REPO.parent / "shared"))
+    shared = Path(os.environ.get("HW_SHARED_DIR", REPO.parent / "shared"))
     for cand in (shared / "data" / "dogfacenet" / "images",):
         if cand.is_dir():
             return cand
@@ -89,7 +89,7 @@ def _standalone(settings: Settings, datas: list[bytes], device: str, threads: in
     from engine.models.captioner import build_captioner
     from engine.models.crops import animal_crops
     from engine.models.detector import build_detector
-    from engine.models.embedder import build_embedder
+    from engine.models.factory import build_embedder
     from engine.models.text import build_text_embedder
 
     prof = load_profile(settings)

@@ -1,10 +1,12 @@
-"""Analyst views: ``dashboards/views.sql`` created in the DuckDB file, idempotently.
+"""Analyst views: ``engine/sql/views.sql`` created in the DuckDB file, idempotently.
+
+In the core beside the schema because jobs (``homeward match``) and the dashboards both create them.
 
 :func:`ensure_views` checks (read-only) whether the file already holds this version of the views and only then takes
 the write lock, for one short transaction of ``CREATE OR REPLACE VIEW`` statements. So a dashboard or report started
 while a job writes waits at most for that job's transaction, and a second call costs one read.
 
-:func:`rows` is the one way this package reads query results: through Arrow (DuckDB's ``fetchall`` of a TIMESTAMPTZ
+:func:`rows` is the one way the dashboards read query results: through Arrow (DuckDB's ``fetchall`` of a TIMESTAMPTZ
 needs pytz, which the stack does not install).
 """
 
@@ -38,7 +40,7 @@ VERSION_VIEW = "homeward_views_version"
 
 
 def views_sql() -> str:
-    return resources.files("dashboards").joinpath("views.sql").read_text()
+    return resources.files("engine.sql").joinpath("views.sql").read_text()
 
 
 def statements(sql: str | None = None) -> list[str]:

@@ -1,7 +1,7 @@
 """A synthetic region for load tests: listings and photos whose field distributions come from real datasets.
 
 The distributions are read **at run time** from the team's datasets folder (``../shared/data/datasets``, or
-``HOMEWARD_DATASETS_DIR``); nothing from them is copied into the repository or into the generated rows except the
+``HW_DATASETS_DIR``); nothing from them is copied into the repository or into the generated rows except the
 vocabulary of normalised values (species, sex, colours, size, age group) and coarse breed names. What comes from where:
 
 ============================  ===================================================================================
@@ -30,7 +30,7 @@ embedder ~26 img/s); the match stage does not care where its vectors came from.
 
 Python::
 
-    from engine.synthetic import load_region_model, Region
+    from ray_jobs.bench.synthetic import load_region_model, Region
     region = Region(load_region_model(), n_listings=200_000, n_photos=500_000, seed=1)
     for items in region.items(chunk=10_000): ...          # ListingItem-ready dicts with their photo rows
     for table in region.detections(dim=512, text_dim=384, embed_model="m", chunk=50_000): ...
@@ -56,7 +56,7 @@ import pyarrow as pa
 from engine import ids, schema
 from engine.errors import HomewardError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SOURCE = "synthetic"
 START = dt.date(2024, 1, 1)
 KM_PER_DEG_LAT = 110.574
@@ -67,7 +67,7 @@ class DatasetsMissing(HomewardError, FileNotFoundError):
 
 
 def default_datasets_dir() -> Path:
-    return Path(os.environ.get("HOMEWARD_DATASETS_DIR") or REPO.parent / "shared" / "data" / "datasets")
+    return Path(os.environ.get("HW_DATASETS_DIR") or REPO.parent / "shared" / "data" / "datasets")
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,7 @@ def load_region_model(datasets_dir: str | os.PathLike[str] | None = None, shelte
 
     root = Path(datasets_dir) if datasets_dir else default_datasets_dir()
     if not root.is_dir():
-        raise DatasetsMissing(f"datasets folder {root} is missing (set HOMEWARD_DATASETS_DIR or pass datasets_dir)")
+        raise DatasetsMissing(f"datasets folder {root} is missing (set HW_DATASETS_DIR or pass datasets_dir)")
     lost = _csv(root / "pet911_2025" / "Dataset_final_Pet911_lost.csv")
     found = _csv(root / "pet911_2025" / "dataset_final_Pet911_found.csv")
     vk: list[dict[str, Any]] = []

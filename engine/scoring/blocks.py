@@ -1,0 +1,62 @@
+"""Scoring the blocks of one lost × found split: exact tiled all-pairs in each block, top-k per listing kept.
+
+The blocks come from :mod:`engine.scoring.blocking`; ``homeward match`` runs this in-process or as one Ray task per
+shard of blocks (the function and its arguments pickle), the benchmarks call it directly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from engine.scoring.allpairs import blocked_topk, resolve_device, tile_bounds
+from engine.scoring.blocking import Block
+from engine.scoring.fuse import ScoreParams, Scorer, Side
+
+
+def score_blocks(
+    lost: Side,
+    found: Side,
+    params: ScoreParams,
+    blocks: list[Block],
+    k: int,
+    tile_size: int,
+    device: str,
+    compile: bool = False,
+) -> tuple[np.ndarray, ...]:
+    """Top-k per lost and per found listing (within these blocks), as global-index arrays
+    (lost, found, fused, rank) for rows and for columns."""
+    from tqdm import tqdm
+
+    dev = resolve_device(device)
+    rows: list[tuple[np.ndarray, ...]] = []
+    cols: list[tuple[np.ndarray, ...]] = []
+    # pairs, not tiles: a region's blocks differ in size by orders of magnitude. On a terminal only (disable=None).
+    bar = tqdm(total=sum(b.pairs for b in blocks), desc="match", unit=" pairs", unit_scale=True, disable=None,
+               mininterval=2.0)  # fmt: skip
+    for block in blocks:
+        sub_l, sub_f = lost.take(block.lost), found.take(block.found)
+        scorer = Scorer(sub_l, sub_f, params, dev, compile=compile)
+
+        def scored_tile(r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
+            out = scorer.tile(r0, r1, c0, c1)  # noqa: B023 (called only inside this iteration's blocked_topk)
+            bar.update((r1 - r0) * (c1 - c0))
+            return out
+
+        top = blocked_topk(
+            sub_l.n,
+            sub_f.n,
+            k,
+            scored_tile,
+            tile_bounds(sub_l.det_counts.numpy(), tile_size),
+            tile_bounds(sub_f.det_counts.numpy(), tile_size),
+            device=dev,
+        )
+        r, c, s, rank = top.row_pairs()
+        rows.append((block.lost[r], block.found[c], s, rank))
+        r, c, s, _ = top.col_pairs()
+        cols.append((block.lost[r], block.found[c], s))
+    bar.close()
+    cat = [np.concatenate(p) if p else np.zeros(0) for p in zip(*rows, strict=True)] if rows else [np.zeros(0)] * 4
+    catc = [np.concatenate(p) if p else np.zeros(0) for p in zip(*cols, strict=True)] if cols else [np.zeros(0)] * 3
+    return (*cat, *catc)

@@ -1,0 +1,161 @@
+"""Scoring sides: the tensors of one side of a lost × found comparison, built from listings and detection rows.
+
+``homeward match`` builds a lost and a found side from pinned LanceDB reads; ``homeward search`` builds the found
+side the same way and a one-photo query side, so both score with the same vectors, species votes and attributes.
+Vectors of different image models are never compared (:func:`select_model_vectors`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from engine.errors import HomewardError
+from engine.scoring import attributes
+from engine.scoring.fuse import SPECIES_CODES, Side
+
+
+def _days(listings: pa.Table) -> np.ndarray:
+    """Event date (days since 1970-01-01), falling back to the posting date; NaN when neither is known."""
+    n = listings.num_rows
+    out = np.full(n, np.nan)
+    if "event_date" in listings.column_names:
+        ev = listings["event_date"].cast(pa.int32()).to_numpy(zero_copy_only=False)
+        out = np.where(pc.is_valid(listings["event_date"]).to_numpy(zero_copy_only=False), ev, out).astype(float)
+    if "posted_at" in listings.column_names:
+        posted = listings["posted_at"].cast(pa.int64()).to_numpy(zero_copy_only=False)
+        valid = pc.is_valid(listings["posted_at"]).to_numpy(zero_copy_only=False)
+        out = np.where(np.isnan(out) & valid, np.floor(posted / 86_400e6), out)
+    return out
+
+
+def _floats(table: pa.Table, name: str) -> np.ndarray:
+    return np.asarray(pc.fill_null(table[name].cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False), float)
+
+
+def _vectors(column: pa.ChunkedArray) -> np.ndarray:
+    arr = column.combine_chunks()
+    dim = arr.type.list_size
+    vecs = np.array(arr.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
+    norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+    vecs /= np.where(norms > 0, norms, 1.0)  # in place: the copy above is the only one
+    return vecs
+
+
+def select_model_vectors(det: pa.Table, wanted: str | None) -> tuple[pa.Table, str | None, int]:
+    """Keep the detection rows of one image model: ``wanted`` (the configured profile's embedder) or else the
+    table's majority model. Rows of another model are never compared. They may stay in the table once the same photo
+    has a vector of the run's model too (enrichment re-embeds every photo when the profile changes); a photo whose
+    only vectors come from another model means enrichment is unfinished or mixed, and is refused with an error naming
+    both models. Rows without an image vector (text only) are kept. → (rows, run model, superseded rows dropped)."""
+    if det.num_rows == 0:
+        return det, wanted, 0
+    has_emb = pc.is_valid(det["embedding"])
+    models = pc.fill_null(det["embed_model"], "")
+    counts = Counter(m for m, e in zip(models.to_pylist(), has_emb.to_pylist(), strict=True) if e)
+    if not counts:
+        return det, wanted, 0
+    run_model = wanted or counts.most_common(1)[0][0]
+    mine = pc.and_(has_emb, pc.equal(models, run_model))
+    others = pc.and_(has_emb, pc.not_equal(models, run_model))
+    n_other = int(pc.sum(others).as_py() or 0)
+    if n_other:
+
+        def photos(mask: pa.ChunkedArray) -> list[tuple[Any, Any]]:
+            t = det.filter(mask)
+            return list(zip(t["listing_id"].to_pylist(), t["photo_id"].to_pylist(), strict=True))
+
+        covered = set(photos(mine))
+        stale = [p for p in photos(others) if p not in covered]
+        if stale:
+            other_counts = Counter(m for m, e in zip(models.to_pylist(), others.to_pylist(), strict=True) if e)
+            other = other_counts.most_common(1)[0][0]
+            source = "the configured profile's" if wanted else "the table's majority"
+            raise HomewardError(
+                f"detections hold image vectors of embed_model {other!r} for {len(set(stale))} photos that have no "
+                f"vector of {run_model!r} ({source} model, {counts.get(run_model, 0)} rows); vectors of different "
+                "models cannot be compared: run `homeward enrich` with one profile until every photo has a vector "
+                "of the run's model (or use another data_dir)"
+            )
+    keep = pc.or_(mine, pc.invert(has_emb))
+    return det.filter(keep), run_model, n_other
+
+
+def _dim(det: pa.Table, column: str) -> int:
+    typ = det.schema.field(column).type if column in det.column_names else None
+    return int(typ.list_size) if isinstance(typ, pa.FixedSizeListType) else 1
+
+
+def build_side(listings: pa.Table, det: pa.Table) -> Side:
+    """Tensors of one side from its listings and their usable detection rows (``det``: detections schema)."""
+    n = listings.num_rows
+    ids = np.asarray(listings["listing_id"].to_pylist(), dtype=object)
+    index = {lid: i for i, lid in enumerate(ids)}
+    species_raw = [(s or "unknown").lower() for s in listings["species"].to_pylist()]
+    species = np.array([SPECIES_CODES.get(s, 0) for s in species_raw], dtype=np.int64)
+
+    owners = np.array([index[x] for x in det["listing_id"].to_pylist()], dtype=np.int64)
+    has_emb = pc.is_valid(det["embedding"]).to_numpy(zero_copy_only=False) if det.num_rows else np.zeros(0, bool)
+    emb_rows = det.select(["embedding", "photo_id", "species"]).filter(pa.array(has_emb)) if det.num_rows else det
+    emb_owner = owners[has_emb]
+    order = np.argsort(emb_owner, kind="stable")
+    if emb_rows.num_rows:
+        emb = _vectors(emb_rows["embedding"])[order]
+        photos = np.asarray(emb_rows["photo_id"].to_pylist(), dtype=object)[order]
+        # Listing species unknown → the animals its photos show (majority of dog/cat detections).
+        det_species = [str(s or "").lower() for s in emb_rows["species"].to_pylist()]
+        votes: dict[int, Counter] = {}
+        for o, s in zip(emb_owner, det_species, strict=True):
+            if s in ("dog", "cat"):
+                votes.setdefault(int(o), Counter())[s] += 1
+        for o, c in votes.items():
+            if species[o] == 0:
+                species[o] = SPECIES_CODES[c.most_common(1)[0][0]]
+    else:
+        emb, photos = np.zeros((0, _dim(det, "embedding")), np.float32), np.zeros(0, dtype=object)
+
+    text_dim = _dim(det, "text_embedding")
+    text = np.zeros((n, text_dim), np.float32)
+    has_text = np.zeros(n, dtype=bool)
+    if det.num_rows and "text_embedding" in det.column_names:
+        valid = pc.is_valid(det["text_embedding"]).to_numpy(zero_copy_only=False)
+        if valid.any():
+            vecs = _vectors(det["text_embedding"].filter(pa.array(valid)))
+            np.add.at(text, owners[valid], vecs)
+            norms = np.linalg.norm(text, axis=1, keepdims=True)
+            has_text = norms[:, 0] > 0
+            text = text / np.where(norms > 0, norms, 1.0)
+
+    attrs = attributes.encode(
+        listings["sex"].to_pylist(),
+        listings["size"].to_pylist(),
+        listings["colors"].to_pylist(),
+        listings["breed"].to_pylist(),
+    )
+    return Side(
+        listing_ids=ids,
+        species=torch.from_numpy(species),
+        lat=torch.from_numpy(_floats(listings, "lat").astype(np.float32)),
+        lon=torch.from_numpy(_floats(listings, "lon").astype(np.float32)),
+        day=torch.from_numpy(_days(listings).astype(np.float32)),
+        attrs=attrs,
+        det_emb=torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32)),
+        det_owner=torch.from_numpy(emb_owner[order]),
+        det_photo=photos,
+        text=torch.from_numpy(text),
+        has_text=torch.from_numpy(has_text),
+    )
+
+
+def active_listings(listings: pa.Table, kinds: tuple[str, ...]) -> pa.Table:
+    """The listings of these kinds whose status is active (a missing status counts as active)."""
+    if listings.num_rows == 0:
+        return listings
+    status = pc.fill_null(listings["status"], "active")
+    mask = pc.and_(pc.is_in(listings["kind"], pa.array(kinds)), pc.equal(status, "active"))
+    return listings.filter(pc.fill_null(mask, False))
