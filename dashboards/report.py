@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 
 from dashboards.access import shelter_token
 from dashboards.photos import PhotoLookup, data_uri
-from engine import views
+from engine import analyst, views
 from engine.config import Settings
 from engine.errors import HomewardError
 from engine.storage import RunsDB
@@ -420,6 +420,7 @@ def report(
             entry["email_error"] = failed[entry["shelter"]]
             entry["emailed_to"] = None
     result = {
+        **analyst.publish(settings),
         "run_id": run["run_id"],
         "out_dir": out_dir,
         "reports": written,

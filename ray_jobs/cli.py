@@ -49,6 +49,7 @@ VERBS: dict[str, Any] = {
             "Synthetic region (200k listings): ingest -> match, per stage.",
         ),
     },
+    "export": ("engine.analyst:export", "Write every table and analyst view as Parquet files for BI tools."),
     "demo": ("ray_jobs.demo:demo", "Run the whole job end to end on a local mirror with planted reunions."),
 }
 
@@ -97,7 +98,9 @@ def _add_params(parser: argparse.ArgumentParser, fn: Callable[..., Any]) -> None
             kwargs["type"] = tp
         elif typing.get_origin(tp) is typing.Literal:
             kwargs.update(choices=list(typing.get_args(tp)), type=type(typing.get_args(tp)[0]))
-        if param.default is inspect.Parameter.empty:
+        if param.default is inspect.Parameter.empty and param.kind is inspect.Parameter.KEYWORD_ONLY:
+            parser.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True, **kwargs)
+        elif param.default is inspect.Parameter.empty:
             parser.add_argument(name, metavar=name.upper(), **kwargs)
         else:
             kwargs["default"] = param.default

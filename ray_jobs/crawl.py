@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from crawlers.sources import SourceError, load_sources
+from engine import analyst
 from engine.config import ConfigError, Settings
 from engine.errors import RESULT_ERROR, HomewardError
 from engine.storage import RunsDB
@@ -365,6 +366,10 @@ def run_sources(
         if result.get("status") == "failed" and not result.get("message"):
             result["message"] = failure_reason(result)
         finish_run(runs, result)
+    if outcome:
+        published = analyst.publish(settings)
+        for result in outcome:
+            result.update(published)
     return results + outcome
 
 

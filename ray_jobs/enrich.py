@@ -447,6 +447,7 @@ def enrich(
     """
     import ray
 
+    from engine import analyst
     from engine.models import load_profile
     from engine.models.factory import embedder_id
     from engine.runtime import cluster_gpus, ray_session
@@ -543,7 +544,9 @@ def enrich(
         )
         with contextlib.suppress(Exception) if status != "ok" else contextlib.nullcontext():
             _record_run(runs, run, insert=False)
+        published = analyst.publish(settings)
     return {
+        **published,
         "run_id": run["run_id"],
         "status": status,
         "photos": run["photos"],

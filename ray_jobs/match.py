@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from engine import schema
+from engine import analyst, schema
 from engine.config import Settings
 from engine.errors import HomewardError
 from engine.scoring.allpairs import resolve_device, tile_for
@@ -42,7 +42,6 @@ from engine.scoring.blocks import score_blocks
 from engine.scoring.fuse import COMPILE_MIN_RUN_PAIRS, ScoreParams, Scorer, Side, background_stats
 from engine.scoring.sides import active_listings, build_side, select_model_vectors
 from engine.storage import RunsDB, open_stores
-from engine.views import ensure_views
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +217,9 @@ def match(
                 [datetime.now(UTC), time.perf_counter() - t0, f"{type(exc).__name__}: {exc}"[:2000], run_id],
             )
         raise
-    return summary
+    finally:
+        published = analyst.publish(settings)
+    return {**summary, **published}
 
 
 def _load_sides(
@@ -333,7 +334,6 @@ def _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray,
     }
     summary["duration_s"] = round(time.perf_counter() - t0, 3)
     _publish(runs, run_id, matches, listings, summary)
-    ensure_views(runs)  # analysts' views (engine/sql/views.sql) exist as soon as there is a run to query
     return summary
 
 
