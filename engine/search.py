@@ -97,7 +97,7 @@ def query_side(vectors: np.ndarray, species: str, near: tuple[float, float] | No
 def search(
     settings: Settings,
     *,
-    photo: str = "",
+    photo: str,
     species: str | None = None,
     near: str | None = None,
     radius_km: float | None = None,
@@ -106,7 +106,7 @@ def search(
     """Find the listings whose photos look most like PHOTO (printed with their links; JSON on the last line).
 
     Args:
-        photo: path of the photo to search with (required)
+        photo: path of the photo to search with
         species: dog or cat (default: what the detector sees)
         near: LAT,LON of where the animal was lost or found (adds the distance prior)
         radius_km: only listings within this distance of --near (listings without a location are kept)

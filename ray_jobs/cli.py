@@ -1,9 +1,11 @@
 """The ``homeward`` command. Each verb is a Python API function; its flags are that function's keyword arguments.
 
 A verb function looks like ``def enrich(settings: Settings, *, limit: int | None = None) -> dict``. Parameters
-without a default become positional arguments, the rest ``--flags`` typed from their annotations, and the docstring's
-``Args:`` lines become the flag help. The returned dict is printed as one JSON object on the last line, so scripts
-(and ``eval``/``bench`` consumers) read the figures without parsing prose.
+without a default become positional arguments (keyword-only ones: required ``--flags``), the rest ``--flags`` typed
+from their annotations, and the docstring's ``Args:`` lines become the flag help. The signature is read from the
+module's source (:func:`verb_signature`), so ``--help`` imports no job; only the verb that runs is imported. The
+returned dict is printed as one JSON object on the last line, so scripts (and ``eval``/``bench`` consumers) read the
+figures without parsing prose.
 
 Exit status: 0 done; 1 the verb ran but its work failed (its result carries ``error``, printed first as one
 ``homeward: error:`` line on stderr, the JSON still last on stdout); 2 bad input, configuration or store
@@ -13,7 +15,11 @@ Exit status: 0 done; 1 the verb ran but its work failed (its result carries ``er
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
 import importlib
+import importlib.metadata
+import importlib.util
 import inspect
 import json
 import logging
@@ -22,6 +28,7 @@ import sys
 import types
 import typing
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from engine.config import ConfigError, Settings, load_settings, parse_assignments
@@ -59,6 +66,72 @@ def _resolve(target: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), name)
 
 
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """One parameter of a verb function, read from its source."""
+
+    name: str
+    annotation: Any
+    default: Any
+    keyword_only: bool
+
+
+_EMPTY = inspect.Parameter.empty
+_NOT_LITERAL = object()  # a default computed in code: the function applies it, help names none
+#: Names an annotation may use; anything else reads as ``str`` (the flag then takes text).
+_ANNOTATION_NAMES = {t.__name__: t for t in (str, int, float, bool, list, dict, tuple)} | {
+    "None": None,
+    "Any": Any,
+    "Literal": typing.Literal,
+    "Optional": typing.Optional,
+}
+
+
+def _source_path(module: str) -> Path:
+    """The source file of ``module``, found without importing it or its parent packages (``engine.train``'s
+    ``__init__`` imports torch)."""
+    top, *rest = module.split(".")
+    spec = importlib.util.find_spec(top)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"no package {top!r}")
+    base = Path(next(iter(spec.submodule_search_locations))).joinpath(*rest)
+    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+
+
+def _annotation(node: ast.expr | None) -> Any:
+    if node is None:
+        return str
+    try:
+        return eval(compile(ast.Expression(node), "<annotation>", "eval"), {"__builtins__": {}}, _ANNOTATION_NAMES)
+    except Exception:  # a project type (Settings, Path, ...): the flag takes text
+        return str
+
+
+def verb_signature(target: str) -> tuple[list[Param], str]:
+    """A verb's parameters (after ``settings``) and docstring, read from its module's source with :mod:`ast`.
+
+    Why not :func:`inspect.signature`: that needs the module imported, and the jobs import torch, Ray and Scrapy
+    (3-7 s) before a single line of ``--help`` is shown. The source gives the same names, annotations and literal
+    defaults; a verb runs through the real function, so a default that is not a literal only shows unlabelled.
+    """
+    module, _, name = target.partition(":")
+    tree = ast.parse(_source_path(module).read_text(encoding="utf-8"))
+    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    args = fn.args
+    positional = [*args.posonlyargs, *args.args]
+    defaults: list[ast.expr | None] = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
+    params = [(a, d, False) for a, d in zip(positional, defaults, strict=True)]
+    params += [(a, d, True) for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True)]
+    out = []
+    for arg, default, kw in params[1:]:
+        try:
+            value = _EMPTY if default is None else ast.literal_eval(default)
+        except ValueError:
+            value = _NOT_LITERAL
+        out.append(Param(arg.arg, _annotation(arg.annotation), value, kw))
+    return out, ast.get_docstring(fn) or ""
+
+
 def _arg_help(doc: str) -> dict[str, str]:
     helps: dict[str, str] = {}
     in_args = False
@@ -83,30 +156,44 @@ def _unwrap_optional(tp: Any) -> Any:
     return tp
 
 
-def _add_params(parser: argparse.ArgumentParser, fn: Callable[..., Any]) -> None:
-    hints = typing.get_type_hints(fn)
-    helps = _arg_help(inspect.getdoc(fn) or "")
-    for name, param in list(inspect.signature(fn).parameters.items())[1:]:
-        tp = _unwrap_optional(hints.get(name, str))
-        kwargs: dict[str, Any] = {"help": helps.get(name, "")}
+def _flag(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
+
+
+def _add_params(parser: argparse.ArgumentParser, target: str) -> None:
+    """Flags from the verb's signature. Lists accumulate (``--source a --source b`` or ``--source a b``); a keyword
+    without a default is a required option; a bool gets only the form that changes something (``--flag`` when it
+    defaults to False, ``--no-flag`` when True, both when its default is None)."""
+    params, doc = verb_signature(target)
+    helps = _arg_help(doc)
+    for p in params:
+        tp = _unwrap_optional(p.annotation)
+        # Absent flags stay absent, so the function applies its own default (a list default is not extended).
+        kwargs: dict[str, Any] = {"help": helps.get(p.name, ""), "default": argparse.SUPPRESS}
+        if p.default not in (_EMPTY, _NOT_LITERAL, None, False, True) and kwargs["help"]:
+            kwargs["help"] += f" (default: {p.default})"
         if typing.get_origin(tp) is list:
-            item = typing.get_args(tp)[0]
-            kwargs.update(nargs="+", type=item)
-        elif tp is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
+            kwargs.update(action="extend", nargs="+", type=typing.get_args(tp)[0])
+            kwargs["help"] += " (repeatable)"
+        elif typing.get_origin(tp) is typing.Literal:
+            choices = typing.get_args(tp)
+            kwargs.update(choices=list(choices), type=type(choices[0]))
         elif tp in (int, float, str):
             kwargs["type"] = tp
-        elif typing.get_origin(tp) is typing.Literal:
-            kwargs.update(choices=list(typing.get_args(tp)), type=type(typing.get_args(tp)[0]))
-        if param.default is inspect.Parameter.empty and param.kind is inspect.Parameter.KEYWORD_ONLY:
-            parser.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True, **kwargs)
-        elif param.default is inspect.Parameter.empty:
-            parser.add_argument(name, metavar=name.upper(), **kwargs)
+        if p.default is _EMPTY and not p.keyword_only:
+            del kwargs["default"]
+            parser.add_argument(p.name, metavar=p.name.upper(), **kwargs)
+        elif p.default is _EMPTY:
+            parser.add_argument(_flag(p.name), dest=p.name, required=True, **kwargs)
+        elif tp is bool and p.default is True:
+            kwargs["help"] = f"turn off (on by default): {kwargs['help']}"
+            parser.add_argument(f"--no-{p.name.replace('_', '-')}", dest=p.name, action="store_false", **kwargs)
+        elif tp is bool and p.default is False:
+            parser.add_argument(_flag(p.name), dest=p.name, action="store_true", **kwargs)
+        elif tp is bool:
+            parser.add_argument(_flag(p.name), dest=p.name, action=argparse.BooleanOptionalAction, **kwargs)
         else:
-            kwargs["default"] = param.default
-            if kwargs["help"] and param.default not in (None, False):
-                kwargs["help"] += f" (default: {param.default})"
-            parser.add_argument(f"--{name.replace('_', '-')}", dest=name, **kwargs)
+            parser.add_argument(_flag(p.name), dest=p.name, **kwargs)
 
 
 def _global_flags() -> argparse.ArgumentParser:
@@ -143,7 +230,14 @@ def _add_verbs(subparsers: Any, table: dict[str, Any], common: argparse.Argument
         p = subparsers.add_parser(verb, help=purpose, description=purpose, parents=[common])
         p.set_defaults(_target=target)
         if verb == chosen:
-            _add_params(p, _resolve(target))
+            _add_params(p, target)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("homeward")
+    except importlib.metadata.PackageNotFoundError:  # a source checkout that was never installed
+        return "unknown (not installed)"
 
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
@@ -154,6 +248,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         "lost x found pairs, report to shelters.",
         parents=[common],
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     _add_verbs(parser.add_subparsers(dest="verb", metavar="VERB", required=True), VERBS, common, argv)
     return parser
 

@@ -51,6 +51,18 @@ def _minutes(delta: timedelta | None) -> float | None:
     return None if delta is None else round(delta.total_seconds() / 60.0, 1)
 
 
+def human_minutes(minutes: float | None) -> str:
+    """A duration in minutes as people say it: ``12m``, ``3h 20m``, ``19d 23h`` (two units at most; ``-`` for never)."""
+    if minutes is None:
+        return "-"
+    total = max(0, round(minutes))
+    days, rest = divmod(total, 24 * 60)
+    hours, mins = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    return f"{hours}h {mins}m" if hours else f"{mins}m"
+
+
 def source_status(settings: Settings, window: int = 10) -> list[dict[str, Any]]:
     """One dict per source: config, last run, last success, lag, overdue, failure share and error rate."""
     sources = load_sources(settings)
@@ -113,17 +125,17 @@ def sources(settings: Settings, *, window: int = 10) -> dict[str, Any]:
         window: how many recent runs of each source the failure share and error rate are computed over.
     """
     table = source_status(settings, window)
-    header = f"{'source':<14}{'spider':<14}{'on':<4}{'cadence':>8}  {'last success':<20}{'lag min':>9}  "
+    header = f"{'source':<14}{'spider':<14}{'on':<4}{'cadence':>8}  {'last success':<20}{'lag':>9}  "
     header += f"{'status':<12}{'err rate':>9}"
     lines = [header]
     for s in table:
         last = (s["last_success"] or "never")[:19].replace("T", " ")
         rate = "-" if s["error_rate"] is None else f"{s['error_rate']:.2%}"
-        lag = "-" if s["lag_minutes"] is None else f"{s['lag_minutes']:.0f}"
+        lag, cadence = human_minutes(s["lag_minutes"]), human_minutes(s["cadence_minutes"])
         flag = " OVERDUE" if s["overdue"] else ""
         lines.append(
             f"{s['source']:<14}{s['spider'] or '?':<14}{'y' if s['enabled'] else 'n':<4}"
-            f"{s['cadence_minutes'] or '-':>8}  {last:<20}{lag:>9}  {s['last_status'] or '-':<12}{rate:>9}{flag}"
+            f"{cadence:>8}  {last:<20}{lag:>9}  {s['last_status'] or '-':<12}{rate:>9}{flag}"
         )
     print("\n".join(lines), file=sys.stderr)
     return {"sources": table}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import inspect
 import os
 import subprocess
 import sys
@@ -9,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from ray_jobs import cli
 from ray_jobs.cli import VERBS
+from ray_jobs.schedule import human_minutes
 
 
 def _homeward(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -33,15 +37,93 @@ def test_help_lists_every_verb_with_its_purpose() -> None:
             assert " ".join(entry[1].split()) in flat
 
 
-def test_only_the_verb_that_runs_is_imported() -> None:
-    # `bench match` must not import the `match` job (and its DuckDB/Lance stack): a GPU box may have torch only.
+def _leaves(table: dict = VERBS, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], str]]:
+    out = []
+    for verb, entry in table.items():
+        if isinstance(entry, dict):
+            out += _leaves(entry, (*prefix, verb))
+        else:
+            out.append(((*prefix, verb), entry[0]))
+    return out
+
+
+def test_help_of_every_verb_imports_no_job() -> None:
+    # `--help` reads the verbs' signatures from source: no torch, Ray, Scrapy, LanceDB or DuckDB until a verb runs.
     code = (
-        "import sys, ray_jobs.cli as c; c.build_parser(['--data-dir', 'x', 'bench', 'match']); "
-        "print(sorted(m for m in sys.modules if m in ('ray_jobs.bench.match', 'ray_jobs.match', 'duckdb')))"
+        "import sys, ray_jobs.cli as c\n"
+        f"for words in {[w for w, _ in _leaves()]!r}: c.build_parser(['--data-dir', 'x', *words])\n"
+        "heavy = ('torch', 'ray', 'scrapy', 'lancedb', 'duckdb', 'ray_jobs.match', 'ray_jobs.bench.match')\n"
+        "print(sorted(m for m in sys.modules if m in heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "['ray_jobs.bench.match']"
+    assert out.stdout.strip() == "[]"
+
+
+def test_flags_read_from_source_match_the_real_signatures() -> None:
+    for _, target in _leaves():
+        real = list(inspect.signature(cli._resolve(target)).parameters.values())[1:]
+        params, doc = cli.verb_signature(target)
+        assert [p.name for p in params] == [p.name for p in real], target
+        for p, r in zip(params, real, strict=True):
+            assert p.keyword_only == (r.kind is inspect.Parameter.KEYWORD_ONLY), (target, p.name)
+            assert p.default == r.default or p.default is cli._NOT_LITERAL, (target, p.name)
+        assert doc == inspect.getdoc(cli._resolve(target))
+
+
+def _parse(*argv: str):
+    return cli.build_parser(argv).parse_args(argv)
+
+
+def test_repeated_list_options_accumulate() -> None:
+    assert _parse("crawl", "--source", "pet911", "--source", "poiskzoo").source == ["pet911", "poiskzoo"]
+    assert _parse("schedule", "--source", "a", "b", "--source", "c").source == ["a", "b", "c"]
+    assert _parse("bench", "match", "--n", "10", "--n", "20").n == [10, 20]
+    assert "source" not in _parse("crawl")  # absent: the function's own default (every enabled source)
+
+
+def test_required_options_are_marked_and_enforced() -> None:
+    out = _homeward("search")
+    assert out.returncode == 2 and "the following arguments are required: --photo" in out.stderr
+    usage = " ".join(_homeward("search", "--help").stdout.split())
+    assert " --photo PHOTO " in usage and "[--photo" not in usage
+    assert _parse("export", "--parquet", "bi").parquet == "bi"
+
+
+@pytest.mark.parametrize(
+    ("verb", "present", "absent"),
+    [
+        (["schedule"], ["--once"], ["--no-once"]),
+        (["report"], ["--all", "--email"], ["--no-all", "--no-email"]),
+        (["enrich"], ["--no-retry-failed"], ["--retry-failed "]),
+        (["bench", "enrich"], ["--no-pipeline"], ["--pipeline "]),
+        (["match"], ["--use-ray", "--no-use-ray"], []),  # default None: both forms mean something
+    ],
+)
+def test_boolean_flags_only_in_forms_that_mean_something(verb, present, absent) -> None:
+    text = _homeward(*verb, "--help").stdout
+    for flag in present:
+        assert flag in text, (verb, flag)
+    for flag in absent:
+        assert flag not in text, (verb, flag)
+
+
+def test_boolean_flags_set_the_value_and_absent_ones_keep_the_default() -> None:
+    assert _parse("schedule", "--once").once is True and "once" not in _parse("schedule")
+    assert _parse("enrich", "--no-retry-failed").retry_failed is False
+    assert _parse("match", "--no-use-ray").use_ray is False
+
+
+def test_version_comes_from_the_package_metadata() -> None:
+    out = _homeward("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"homeward {importlib.metadata.version('homeward')}"
+
+
+@pytest.mark.parametrize(
+    ("minutes", "text"), [(None, "-"), (0.2, "0m"), (45, "45m"), (200, "3h 20m"), (28_799, "19d 23h"), (60, "1h 0m")]
+)
+def test_lag_reads_in_human_units(minutes, text) -> None:
+    assert human_minutes(minutes) == text
 
 
 @pytest.mark.parametrize(
