@@ -225,7 +225,7 @@ def test_cpu_profile_real_photos(settings: Settings, models_dir: Path, shared_di
     assert abs(x1 - 132) < 15 and abs(y1 - 218) < 15 and abs(x2 - 311) < 15 and abs(y2 - 541) < 15
     attrs = json.loads(the_dog["attributes"])
     assert attrs["species"] == "dog" and attrs.get("breed") and "black" in attrs["colors"]
-    assert len(the_dog["embedding"]) == 2 * 1280 and len(the_dog["text_embedding"]) == 384  # two members
+    assert len(the_dog["embedding"]) == 2 * 1280 + 12 * 4 * 4 and len(the_dog["text_embedding"]) == 384  # 2 nets, coat
     assert sum(d["photo_key"] == keys["five"] for d in dets) == 5
     [empty] = [d for d in dets if d["photo_key"] == keys["empty"]]
     assert empty["full_frame"] and empty["species"] == "unknown"
