@@ -223,7 +223,7 @@ def bench_load(
     Args:
         listings: listings in the region.
         photos: photos in the region (spread over listings like the real photos-per-post distributions).
-        dim: image vector dimension (512: CLIP ViT-B/32; the cpu profile's ensemble gives 2560).
+        dim: image vector dimension (512: CLIP ViT-B/32; the cpu profile's ensemble gives 2752).
         text_dim: text vector dimension (384: all-MiniLM-L6-v2).
         seed: makes the region reproducible.
         chunk: listing items generated and handed to the writer per batch.

@@ -117,7 +117,7 @@ def bench_match(
     settings: Settings,
     *,
     n: list[int] | None = None,
-    dim: int = 2560,
+    dim: int = 2752,
     device: str | None = None,
     top_k: int = 10,
 ) -> dict:
@@ -125,7 +125,7 @@ def bench_match(
 
     Args:
         n: listings per side, one run each (default: 10000 50000 200000)
-        dim: vector dimension (default: the cpu profile's embedder, a Lite2 + Lite0 ensemble: 2560)
+        dim: vector dimension (default: the cpu profile's embedder, Lite2 + Lite0 + coat histogram: 2752)
         device: auto, cpu or cuda (default: match.device)
         top_k: kept per row and per column
     """
