@@ -65,7 +65,7 @@ from dashboards.access import (
     split_host,
 )
 from dashboards.photos import PHOTO_ID, PhotoLookup
-from engine import views
+from engine import run_rows, views
 from engine.config import Settings
 from engine.errors import HomewardError
 from engine.redact import redact_text
@@ -442,11 +442,7 @@ class Dashboard:
         with self.db_lock:
             try:
                 with self.runs.write() as con:
-                    con.execute(
-                        "INSERT INTO feedback (lost_listing_id, found_listing_id, verdict, who, created_at, note) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
-                        [lost, found, verdict, who, at, note],
-                    )
+                    run_rows.add_feedback(con, lost, found, verdict, who, at, note)
             except StorageError as exc:
                 raise HTTPError(503, f"the database is busy; your verdict was NOT saved, try again ({exc})") from exc
         log.info("verdict %s for %s × %s by %s (shelter %s)", verdict, lost, found, who, key)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import logging
 import sys
 import time
@@ -14,6 +13,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from engine import run_rows
 from engine.config import Settings
 from ray_jobs.enrich.pipeline import run_pipeline
 from ray_jobs.enrich.select import select_photos, work_items
@@ -24,34 +24,6 @@ log = logging.getLogger(__name__)
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def _record_run(runs: Any, row: dict[str, Any], insert: bool) -> None:
-    with runs.write() as con:
-        if insert:
-            con.execute(
-                "INSERT INTO enrich_runs (run_id, started, status, parameters) VALUES (?, ?, ?, ?)",
-                [row["run_id"], row["started"], row["status"], json.dumps(row["parameters"])],
-            )
-        else:
-            con.execute(
-                """UPDATE enrich_runs SET finished = ?, status = ?, models = ?, photos = ?, ok = ?, no_animal = ?,
-                   failed = ?, detections = ?, errors_by_reason = ?, duration_s = ?, message = ? WHERE run_id = ?""",
-                [
-                    row["finished"],
-                    row["status"],
-                    json.dumps(row["models"]),
-                    row["photos"],
-                    row["ok"],
-                    row["no_animal"],
-                    row["failed"],
-                    row["detections"],
-                    json.dumps(row["errors_by_reason"]),
-                    row["duration_s"],
-                    row.get("message"),
-                    row["run_id"],
-                ],
-            )
 
 
 def _progress(total: int) -> tqdm:
@@ -87,10 +59,10 @@ def enrich(
     run: dict[str, Any] = {
         "run_id": f"enrich-{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}",
         "started": started,
-        "status": "running",
         "parameters": {"limit": limit, "retry_failed": retry_failed, "profile": prof["name"]},
     }
-    _record_run(runs, run, insert=True)
+    with runs.write() as con:
+        run_rows.start_enrich(con, run["run_id"], started, run["parameters"])
     todo = select_photos(lance, retry_failed, limit, embed_model)
     counts: Counter[str] = Counter()
     errors: Counter[str] = Counter()
@@ -152,8 +124,8 @@ def enrich(
             duration_s=round(time.perf_counter() - t0, 3),
             message=message,
         )
-        with contextlib.suppress(Exception) if status != "ok" else contextlib.nullcontext():
-            _record_run(runs, run, insert=False)
+        with contextlib.suppress(Exception) if status != "ok" else contextlib.nullcontext(), runs.write() as con:
+            run_rows.finish_enrich(con, run)
         published = analyst.publish(settings)
     return {
         **published,
