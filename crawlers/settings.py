@@ -15,10 +15,14 @@ most ``concurrency_per_domain`` (2) requests per domain, only http(s) URLs, only
 and redirect hop; the source's own ``base_url``, operator start URLs and ``crawl.allow_hosts`` are exempt), page
 and image size limits, bounded retries and timeouts. Scrapy 2.19's RemoteControl extension and the telnet console
 are off for batch crawls.
+
+Components read only their own ``HOMEWARD_*`` keys (:func:`homeward_keys`: stores, salt, credentials), never a copy
+of the whole configuration nor the environment, so what a pipeline stage or spider depends on is visible here.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from engine.config import Settings, load_settings
@@ -40,6 +44,24 @@ PIPELINES_FULL = {
 
 def user_agent(hw: Settings) -> str:
     return hw.crawl.user_agent.format(contact_url=hw.crawl.contact_url)
+
+
+def homeward_keys(hw: Settings) -> dict[str, Any]:
+    """The Homeward values crawl components read, one Scrapy key each (not the whole config in one key): the stores
+    (``HOMEWARD_LANCE_URI``, ``HOMEWARD_PHOTO_STORE``, ``HOMEWARD_STORAGE_OPTIONS``, ``HOMEWARD_DATA_DIR``), the
+    hashing ``HOMEWARD_SALT`` and the Petfinder credentials (``crawl.petfinder_*``, else ``PETFINDER_KEY`` /
+    ``PETFINDER_SECRET``: read here, once, so no spider reads the environment). Scrapy logs only the overridden
+    settings it knows, so these secrets stay out of the crawl log."""
+    c = hw.crawl
+    return {
+        "HOMEWARD_DATA_DIR": hw.data_dir,
+        "HOMEWARD_LANCE_URI": hw.lance,
+        "HOMEWARD_PHOTO_STORE": hw.photos,
+        "HOMEWARD_STORAGE_OPTIONS": dict(hw.storage_options),
+        "HOMEWARD_SALT": hw.salt,
+        "HOMEWARD_PETFINDER_KEY": c.petfinder_key or os.environ.get("PETFINDER_KEY"),
+        "HOMEWARD_PETFINDER_SECRET": c.petfinder_secret or os.environ.get("PETFINDER_SECRET"),
+    }
 
 
 def scrapy_settings(
@@ -102,7 +124,7 @@ def scrapy_settings(
             "crawlers.middlewares.Progress": 120,
         },
         "ITEM_PIPELINES": dict(PIPELINES_FULL if write else PIPELINES_READ_ONLY),
-        "HOMEWARD_SETTINGS": hw.to_dict(),
+        **homeward_keys(hw),
         "HOMEWARD_INCREMENTAL": write,
         "HOMEWARD_MAX_IMAGE_BYTES": int(c.max_image_mb * MB),
         "HOMEWARD_MAX_IMAGE_PIXELS": c.max_image_pixels,

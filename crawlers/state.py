@@ -34,8 +34,7 @@ from typing import Any
 import pyarrow as pa
 
 from engine import ids
-from engine.config import Settings
-from engine.storage import LanceStore
+from engine.storage import LanceStore, PhotoStore
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +89,8 @@ class CrawlState:
 
     @classmethod
     def from_crawler(cls, crawler: Any, source: str) -> CrawlState:
-        hw = homeward_settings(crawler)
         recheck = crawler.settings.get("HOMEWARD_RECHECK_HOURS")
-        store = LanceStore(hw.lance, hw.storage_options)
-        return cls(store, source, float(recheck) if recheck not in (None, "") else None)
+        return cls(lance_store(crawler), source, float(recheck) if recheck not in (None, "") else None)
 
     def filter_card(self, request: Any, response: Any = None) -> Any:
         """The request to send for a card linked from a catalog page, or ``None`` to skip it (already stored)."""
@@ -159,14 +156,25 @@ class CrawlState:
         return self.write(rows)
 
 
-def homeward_settings(crawler: Any) -> Settings:
-    """Homeward's :class:`Settings` for this crawl (``HOMEWARD_SETTINGS`` in the Scrapy settings, else env)."""
-    cached = getattr(crawler, "_homeward_settings", None)
-    if cached is not None:
-        return cached
-    from engine.config import load_settings
+def required_setting(crawler: Any, key: str) -> Any:
+    """A Homeward key of the Scrapy settings that :func:`crawlers.settings.scrapy_settings` always sets."""
+    value = crawler.settings.get(key)
+    if value in (None, ""):
+        raise RuntimeError(
+            f"Scrapy setting {key} is not set: build the settings with crawlers.settings.scrapy_settings"
+        )
+    return value
 
-    raw = crawler.settings.get("HOMEWARD_SETTINGS")
-    hw = Settings().with_overrides(dict(raw), "crawl process") if raw else load_settings()
-    crawler._homeward_settings = hw
-    return hw
+
+def lance_store(crawler: Any) -> LanceStore:
+    """The LanceDB store this crawl reads and writes (``HOMEWARD_LANCE_URI``, ``HOMEWARD_STORAGE_OPTIONS``)."""
+    return LanceStore(
+        required_setting(crawler, "HOMEWARD_LANCE_URI"), crawler.settings.getdict("HOMEWARD_STORAGE_OPTIONS")
+    )
+
+
+def photo_store(crawler: Any) -> PhotoStore:
+    """The photo store this crawl writes (``HOMEWARD_PHOTO_STORE``, ``HOMEWARD_STORAGE_OPTIONS``)."""
+    return PhotoStore(
+        required_setting(crawler, "HOMEWARD_PHOTO_STORE"), crawler.settings.getdict("HOMEWARD_STORAGE_OPTIONS")
+    )

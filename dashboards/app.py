@@ -32,24 +32,21 @@ import email.parser
 import email.policy
 import hmac
 import http.server
-import inspect
 import io
 import json
 import logging
 import math
-import os
 import re
 import secrets
 import signal
 import socket
-import tempfile
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import jinja2
@@ -65,11 +62,14 @@ from dashboards.access import (
     split_host,
 )
 from dashboards.photos import PHOTO_ID, PhotoLookup
-from engine import views
+from engine import run_rows, views
 from engine.config import Settings
 from engine.errors import HomewardError
 from engine.redact import redact_text
 from engine.storage import RunsDB, StorageError
+
+if TYPE_CHECKING:  # engine.search loads torch: imported when someone searches
+    from engine.search import SearchHit, SearchResult
 
 log = logging.getLogger(__name__)
 
@@ -153,21 +153,13 @@ def _jinja() -> jinja2.Environment:
     return env
 
 
-def _result_items(result: Any) -> list[dict[str, Any]]:
-    """The list of hits in whatever dict ``engine.search.search`` returns (code defensively: first list of dicts
-    under a known key, else the first list of dicts at all)."""
-    if isinstance(result, list):
-        return [r for r in result if isinstance(r, dict)]
-    if not isinstance(result, dict):
-        return []
-    for key in ("results", "listings", "nearest", "matches", "hits", "items"):
-        value = result.get(key)
-        if isinstance(value, list):
-            return [r for r in value if isinstance(r, dict)]
-    for value in result.values():
-        if isinstance(value, list) and value and isinstance(value[0], dict):
-            return value
-    return []
+def _hit_view(hit: SearchHit) -> dict[str, Any]:
+    """A search hit as the page shows it: a listing URL only when it is http(s) (a crawled page may carry any
+    scheme) and the photo only when its id is one the photo route serves."""
+    view = asdict(hit)
+    view["url"] = hit.url if hit.url and hit.url.lower().startswith(("http://", "https://")) else None
+    view["_photo"] = hit.photo_id if hit.photo_id and PHOTO_ID.match(hit.photo_id) else None
+    return view
 
 
 def _is_image(data: bytes) -> bool:
@@ -204,7 +196,7 @@ class Dashboard:
         *,
         host: str,
         token: str | None = None,
-        search_fn: Callable[..., dict[str, Any]] | None = None,
+        search_fn: Callable[..., SearchResult] | None = None,
     ) -> None:
         self.settings = settings
         self.host = host
@@ -442,11 +434,7 @@ class Dashboard:
         with self.db_lock:
             try:
                 with self.runs.write() as con:
-                    con.execute(
-                        "INSERT INTO feedback (lost_listing_id, found_listing_id, verdict, who, created_at, note) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
-                        [lost, found, verdict, who, at, note],
-                    )
+                    run_rows.add_feedback(con, lost, found, verdict, who, at, note)
             except StorageError as exc:
                 raise HTTPError(503, f"the database is busy; your verdict was NOT saved, try again ({exc})") from exc
         log.info("verdict %s for %s × %s by %s (shelter %s)", verdict, lost, found, who, key)
@@ -471,11 +459,11 @@ class Dashboard:
         return Response(200, data, "image/jpeg", {"Cache-Control": "private, max-age=86400"})
 
     # --- search ------------------------------------------------------------------------------------------------
-    def search_fn(self) -> Callable[..., dict[str, Any]]:
+    def search_fn(self) -> Callable[..., SearchResult]:
         if self._search_fn is None:
-            from engine.search import search  # loads torch and the scoring stack: only when someone searches
+            from engine.search import search_image  # loads torch and the scoring stack: only when someone searches
 
-            self._search_fn = search
+            self._search_fn = search_image
         return self._search_fn
 
     def search_page(self, req: Request, status: int = 200, **ctx: Any) -> Response:
@@ -519,42 +507,20 @@ class Dashboard:
             errors.append("that file is not a photo Homeward can read (JPEG, PNG, WebP, GIF …)")
         if errors:
             return self.search_page(req, 400, form=form, errors=errors)
-        suffix = Path(filename or "upload.jpg").suffix.lower()
-        suffix = suffix if re.fullmatch(r"\.[a-z0-9]{1,5}", suffix) else ".jpg"
-        fd, tmp = tempfile.mkstemp(prefix="homeward-search-", suffix=suffix)
         started = time.monotonic()
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(photo)
-            kwargs: dict[str, Any] = {"photo": tmp, "species": species, "near": near, "radius_km": radius, "k": k}
-            params = inspect.signature(fn).parameters.values()
-            if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-                accepted = {p.name for p in params}
-                kwargs = {n: v for n, v in kwargs.items() if n in accepted}
-            result = fn(self.settings, **kwargs)
+            from engine.search import decode_query, parse_near
+
+            image = decode_query(photo, filename or "the upload")
+            result = fn(self.settings, image, species=species, near=parse_near(near), radius_km=radius, k=k)
         except HomewardError as exc:
             return self.search_page(req, 422, form=form, errors=[str(exc)])
         except Exception as exc:  # the search engine's bug must not look like "nothing found"
             log.exception("photo search failed")
             return self.search_page(req, 500, form=form, errors=[f"search failed: {type(exc).__name__}: {exc}"])
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-        items = _result_items(result)
-        for it in items:
-            pid = it.get("photo_id") or (it.get("photo_ids") or [None])[0]
-            it["_photo"] = pid if isinstance(pid, str) and PHOTO_ID.match(pid) else None
-            url = it.get("url")
-            it["url"] = url if isinstance(url, str) and url.lower().startswith(("http://", "https://")) else None
-            it["_score"] = next((it[k] for k in ("score", "similarity", "image_sim") if it.get(k) is not None), None)
-        message = result.get("message") if isinstance(result, dict) else None
+        items = [_hit_view(hit) for hit in result.results]
         return self.search_page(
-            req,
-            message=message if isinstance(message, str) else None,
-            form=form,
-            results=items,
-            searched=True,
-            elapsed=time.monotonic() - started,
-            raw_keys=sorted(result) if isinstance(result, dict) else [],
+            req, message=result.message, form=form, results=items, searched=True, elapsed=time.monotonic() - started
         )
 
 
@@ -730,7 +696,7 @@ def make_server(
     host: str | None = None,
     port: int | None = None,
     token: str | None = None,
-    search_fn: Callable[..., dict[str, Any]] | None = None,
+    search_fn: Callable[..., SearchResult] | None = None,
     idle_timeout_s: float = 30.0,
     max_connections: int = 32,
 ) -> DashboardServer:

@@ -7,11 +7,18 @@ standardisation, species rule, distance prior when ``--near`` is given). Listing
 
 A photo that cannot be read raises a clear :class:`HomewardError`. A photo in which no animal is detected is still
 searched with the whole image, and the result says so (``fallback_full_frame``).
+
+:func:`search_image` is the search itself: an image in, a typed :class:`SearchResult` out (the dashboard calls it
+with an upload, no temporary file). :func:`search` is the ``homeward search`` verb around it: a file path in, the
+hits printed and the same result as a JSON-ready dict (:func:`dataclasses.asdict`) out.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +38,45 @@ from engine.scoring.sides import active_listings, build_side, select_model_vecto
 from engine.storage import LanceStore
 
 
+@dataclass(frozen=True)
+class SearchHit:
+    """One listing found, ranked by ``score`` (calibrated, as in ``homeward match``)."""
+
+    rank: int
+    listing_id: str
+    source: str | None
+    url: str | None
+    kind: str | None
+    species: str | None
+    name: str | None
+    location: str | None
+    event_date: dt.date | None  # when the animal was lost or found
+    posted_at: dt.datetime | None
+    distance_km: float | None  # None when the query or the listing has no place
+    score: float
+    image_sim: float
+    photo_id: str | None  # the listing's photo that matched best
+    explanation: str
+
+
+@dataclass
+class SearchResult:
+    """What a search saw in the query photo and the listings it found."""
+
+    model: str  # the embedder that compared the photos
+    species: str  # asked for, else what the detector saw most, else "unknown"
+    detections: list[dict[str, Any]]  # species, confidence, bbox, full_frame of each crop searched with
+    fallback_full_frame: bool  # no animal detected: searched with the whole image
+    results: list[SearchHit] = field(default_factory=list)
+    searched_listings: int = 0
+    notes: list[str] = field(default_factory=list)  # why the results are few or none
+    photo: str | None = None  # the file searched with, when the query came from one
+
+    @property
+    def message(self) -> str | None:
+        return "; ".join(self.notes) or None
+
+
 def parse_near(near: str | None) -> tuple[float, float] | None:
     if not near:
         return None
@@ -44,15 +90,20 @@ def parse_near(near: str | None) -> tuple[float, float] | None:
 
 
 def read_photo(photo: str) -> Any:
-    from engine.images import decode_image
-
     path = Path(photo)
     if not path.is_file():
         raise HomewardError(f"search: photo {photo!r} does not exist or is not a file")
+    return decode_query(path.read_bytes(), photo)
+
+
+def decode_query(data: bytes, label: str) -> Any:
+    """The query photo's bytes as an image of at most 1280 px a side; ``label`` names it in the error."""
+    from engine.images import decode_image
+
     try:
-        return decode_image(path.read_bytes(), max_side=1280)
+        return decode_image(data, max_side=1280)
     except HomewardError as exc:
-        raise HomewardError(f"search: cannot use {photo!r} as a photo ({exc})") from exc
+        raise HomewardError(f"search: cannot use {label!r} as a photo ({exc})") from exc
 
 
 def crops_of(image: Any, detector: Any, species: str | None) -> tuple[list[Any], list[dict[str, Any]], bool]:
@@ -94,6 +145,114 @@ def query_side(vectors: np.ndarray, species: str, near: tuple[float, float] | No
     )
 
 
+def search_image(
+    settings: Settings,
+    image: Any,
+    *,
+    species: str | None = None,
+    near: tuple[float, float] | None = None,
+    radius_km: float | None = None,
+    k: int = 10,
+) -> SearchResult:
+    """The ``k`` listings whose photos look most like ``image``, a decoded PIL image (:func:`read_photo`,
+    :func:`engine.images.decode_image`).
+
+    Args:
+        species: dog or cat (default: what the detector sees)
+        near: (lat, lon) of where the animal was lost or found (adds the distance prior; :func:`parse_near`)
+        radius_km: only listings within this distance of ``near`` (listings without a location are kept)
+    """
+    if species and species not in schema.SPECIES:
+        raise HomewardError(f"--species must be one of {', '.join(schema.SPECIES)}, got {species!r}")
+    if radius_km is not None and near is None:
+        raise HomewardError("--radius-km needs --near LAT,LON")
+    from engine.models import load_detector, load_embedder
+
+    crops, dets, fallback = crops_of(image, load_detector(settings), species)
+    embedder = load_embedder(settings)
+    vectors = np.asarray(embedder.embed(crops), dtype=np.float32)
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    seen = [d["species"] for d in dets if d["species"] in ("dog", "cat")]
+    q_species = species or (max(set(seen), key=seen.count) if seen else "unknown")
+    result = SearchResult(model=embedder.model_id, species=q_species, detections=dets, fallback_full_frame=fallback)
+    if fallback:
+        result.notes.append("no animal detected in the photo: searched with the whole image")
+
+    store = LanceStore(settings.lance, settings.storage_options)
+    listings = store.read("listings") if store.exists("listings") else pa.table({})
+    det = store.read("detections") if store.exists("detections") else pa.table({})
+    if listings.num_rows == 0 or det.num_rows == 0:
+        result.notes.append("nothing to search yet: no enriched listings (run `homeward crawl` and `homeward enrich`)")
+        return result
+    cand = active_listings(listings, schema.LOST_KINDS + schema.FOUND_KINDS)
+    if species:
+        cand = cand.filter(pc.is_in(pc.fill_null(cand["species"], "unknown"), pa.array([species, "unknown"])))
+    det = det.filter(pc.is_in(det["listing_id"], cand["listing_id"]))
+    det = det.filter(pc.invert(pc.is_in(pc.fill_null(det["status"], "ok"), pa.array(["failed", "error"]))))
+    det = det.filter(pc.is_valid(det["embedding"]))
+    mine = det.filter(pc.equal(pc.fill_null(det["embed_model"], ""), embedder.model_id))
+    if mine.num_rows == 0:
+        models = sorted({m for m in det["embed_model"].to_pylist() if m})
+        if models:
+            raise HomewardError(
+                f"search embeds with {embedder.model_id!r} but the stored vectors are of {', '.join(map(repr, models))}"
+                ": vectors of different models cannot be compared; search with the profile that enriched the data "
+                "(--set enrich.profile=...) or re-run `homeward enrich`"
+            )
+        result.notes.append("no stored photo vectors to compare with")
+        return result
+    skipped = len(set(det["listing_id"].to_pylist()) - set(mine["listing_id"].to_pylist()))
+    if skipped:
+        result.notes.append(f"{skipped} listings have no vector of {embedder.model_id!r} yet and were not searched")
+    mine, _, _ = select_model_vectors(mine, embedder.model_id)
+    cand = cand.filter(pc.is_in(cand["listing_id"], mine["listing_id"]))
+    found = build_side(cand, mine)
+    query = query_side(vectors, q_species, near)
+    params = background_stats(query, found, ScoreParams.from_settings(settings.match))
+    dev = resolve_device(settings.match.device)
+    scorer = Scorer(query, found, params, dev)
+    kk = max(1, int(k))
+
+    def tile(r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
+        scores = scorer.tile(r0, r1, c0, c1)
+        if radius_km is None or near is None:
+            return scores
+        lat, lon = found.lat[c0:c1].to(dev), found.lon[c0:c1].to(dev)
+        dist = haversine_km(torch.tensor(near[0], device=dev), torch.tensor(near[1], device=dev), lat, lon)
+        return torch.where(dist[None, :] > radius_km, torch.full_like(scores, float("-inf")), scores)
+
+    bounds = tile_bounds(found.det_counts.numpy(), tile_for(settings.match.tile_size, dev))
+    top = blocked_topk(1, found.n, kk, tile, [(0, 1)], bounds, device=dev, want_cols=False)
+    _, cols, _, _ = top.row_pairs()
+    terms = Scorer(query, found, params, "cpu").pairs(np.zeros(len(cols), dtype=np.int64), cols)
+    meta_cols = ["listing_id", "source", "url", "kind", "species", "name", "location_text", "event_date", "posted_at"]
+    by_id = {r["listing_id"]: r for r in cand.select(meta_cols).to_pylist()}
+    for n, j in enumerate(cols.tolist()):
+        dist = terms["distance_km"][n]
+        meta = by_id[found.listing_ids[j]]
+        result.results.append(
+            SearchHit(
+                rank=n + 1,
+                listing_id=meta["listing_id"],
+                source=meta["source"],
+                url=meta["url"],
+                kind=meta["kind"],
+                species=meta["species"],
+                name=meta["name"],
+                location=meta["location_text"],
+                event_date=meta["event_date"],
+                posted_at=meta["posted_at"],
+                distance_km=None if not np.isfinite(dist) else round(float(dist), 2),
+                score=round(float(terms["score"][n]), 4),
+                image_sim=round(float(terms["image_sim"][n]), 4),
+                photo_id=terms["found_photo_id"][n],
+                explanation=terms["explanation"][n],
+            )
+        )
+    result.searched_listings = found.n
+    return result
+
+
 def search(
     settings: Settings,
     *,
@@ -119,109 +278,13 @@ def search(
     where = parse_near(near)
     if radius_km is not None and where is None:
         raise HomewardError("--radius-km needs --near LAT,LON")
-    image = read_photo(photo)
-
-    from engine.models import load_detector, load_embedder
-
-    crops, dets, fallback = crops_of(image, load_detector(settings), species)
-    embedder = load_embedder(settings)
-    vectors = np.asarray(embedder.embed(crops), dtype=np.float32)
-    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    seen = [d["species"] for d in dets if d["species"] in ("dog", "cat")]
-    q_species = species or (max(set(seen), key=seen.count) if seen else "unknown")
-    result: dict[str, Any] = {
-        "photo": photo,
-        "model": embedder.model_id,
-        "detections": dets,
-        "fallback_full_frame": fallback,
-        "species": q_species,
-        "results": [],
-    }
-    messages = []
-    if fallback:
-        messages.append("no animal detected in the photo: searched with the whole image")
-
-    store = LanceStore(settings.lance, settings.storage_options)
-    listings = store.read("listings") if store.exists("listings") else pa.table({})
-    det = store.read("detections") if store.exists("detections") else pa.table({})
-    if listings.num_rows == 0 or det.num_rows == 0:
-        messages.append("nothing to search yet: no enriched listings (run `homeward crawl` and `homeward enrich`)")
-        return _finish(result, messages)
-    cand = active_listings(listings, schema.LOST_KINDS + schema.FOUND_KINDS)
-    if species:
-        cand = cand.filter(pc.is_in(pc.fill_null(cand["species"], "unknown"), pa.array([species, "unknown"])))
-    det = det.filter(pc.is_in(det["listing_id"], cand["listing_id"]))
-    det = det.filter(pc.invert(pc.is_in(pc.fill_null(det["status"], "ok"), pa.array(["failed", "error"]))))
-    det = det.filter(pc.is_valid(det["embedding"]))
-    mine = det.filter(pc.equal(pc.fill_null(det["embed_model"], ""), embedder.model_id))
-    if mine.num_rows == 0:
-        models = sorted({m for m in det["embed_model"].to_pylist() if m})
-        if models:
-            raise HomewardError(
-                f"search embeds with {embedder.model_id!r} but the stored vectors are of {', '.join(map(repr, models))}"
-                ": vectors of different models cannot be compared; search with the profile that enriched the data "
-                "(--set enrich.profile=...) or re-run `homeward enrich`"
-            )
-        messages.append("no stored photo vectors to compare with")
-        return _finish(result, messages)
-    skipped = len(set(det["listing_id"].to_pylist()) - set(mine["listing_id"].to_pylist()))
-    if skipped:
-        messages.append(f"{skipped} listings have no vector of {embedder.model_id!r} yet and were not searched")
-    mine, _, _ = select_model_vectors(mine, embedder.model_id)
-    cand = cand.filter(pc.is_in(cand["listing_id"], mine["listing_id"]))
-    found = build_side(cand, mine)
-    query = query_side(vectors, q_species, where)
-    params = background_stats(query, found, ScoreParams.from_settings(settings.match))
-    dev = resolve_device(settings.match.device)
-    scorer = Scorer(query, found, params, dev)
-    kk = max(1, int(k))
-
-    def tile(r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
-        scores = scorer.tile(r0, r1, c0, c1)
-        if radius_km is None or where is None:
-            return scores
-        lat, lon = found.lat[c0:c1].to(dev), found.lon[c0:c1].to(dev)
-        dist = haversine_km(torch.tensor(where[0], device=dev), torch.tensor(where[1], device=dev), lat, lon)
-        return torch.where(dist[None, :] > radius_km, torch.full_like(scores, float("-inf")), scores)
-
-    bounds = tile_bounds(found.det_counts.numpy(), tile_for(settings.match.tile_size, dev))
-    top = blocked_topk(1, found.n, kk, tile, [(0, 1)], bounds, device=dev, want_cols=False)
-    _, cols, _, _ = top.row_pairs()
-    terms = Scorer(query, found, params, "cpu").pairs(np.zeros(len(cols), dtype=np.int64), cols)
-    meta_cols = ["listing_id", "url", "kind", "species", "location_text"]
-    by_id = {r["listing_id"]: r for r in cand.select(meta_cols).to_pylist()}
-    rows = []
-    for n, j in enumerate(cols.tolist()):
-        dist = terms["distance_km"][n]
-        lid = found.listing_ids[j]
-        meta = by_id[lid]
-        rows.append(
-            {
-                "rank": len(rows) + 1,
-                "listing_id": lid,
-                "kind": meta["kind"],
-                "species": meta["species"],
-                "url": meta["url"],
-                "location": meta["location_text"],
-                "score": round(float(terms["score"][n]), 4),
-                "image_sim": round(float(terms["image_sim"][n]), 4),
-                "distance_km": None if not np.isfinite(dist) else round(float(dist), 2),
-                "photo_id": terms["found_photo_id"][n],
-                "explanation": terms["explanation"][n],
-            }
-        )
-    result["results"] = rows
-    result["searched_listings"] = found.n
-    return _finish(result, messages)
-
-
-def _finish(result: dict[str, Any], messages: list[str]) -> dict[str, Any]:
-    result["message"] = "; ".join(messages) if messages else None
-    for m in messages:
-        print(f"note: {m}")
-    for r in result["results"]:
-        where = f", {r['distance_km']} km" if r["distance_km"] is not None else ""
-        print(f"{r['rank']:>3}. {r['score']:.3f}  {r['kind']:<9} {r['species'] or '?':<7} {r['url']}{where}")
-    if not result["results"]:
+    result = search_image(settings, read_photo(photo), species=species, near=where, radius_km=radius_km, k=k)
+    result.photo = photo
+    for note in result.notes:
+        print(f"note: {note}")
+    for r in result.results:
+        where_ = f", {r.distance_km} km" if r.distance_km is not None else ""
+        print(f"{r.rank:>3}. {r.score:.3f}  {r.kind or '?':<9} {r.species or '?':<7} {r.url}{where_}")
+    if not result.results:
         print("no matching listings")
-    return result
+    return {**dataclasses.asdict(result), "message": result.message}

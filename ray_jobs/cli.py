@@ -39,7 +39,7 @@ VERBS: dict[str, Any] = {
     "crawl": ("ray_jobs.crawl:crawl", "Crawl one or more sources into LanceDB (sources fan out as Ray tasks)."),
     "sources": ("ray_jobs.schedule:sources", "List sources with last success, lag and error rate."),
     "schedule": ("ray_jobs.schedule:schedule", "Run every source at its cadence, recording runs in DuckDB."),
-    "enrich": ("ray_jobs.enrich:enrich", "Detect, embed and caption photos not yet enriched (Ray actors)."),
+    "enrich": ("ray_jobs.enrich.job:enrich", "Detect, embed and caption photos not yet enriched (Ray actors)."),
     "match": ("ray_jobs.match:match", "Score every plausible lost x found pair and publish ranked matches."),
     "search": ("engine.search:search", "Find the listings most similar to a photo."),
     "report": ("dashboards.report:report", "Write shelter match reports (HTML, CSV, Parquet)."),

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from crawlers.sources import SourceError, load_sources
-from engine import analyst
+from engine import analyst, run_rows
 from engine.config import ConfigError, Settings
 from engine.errors import RESULT_ERROR, HomewardError
 from engine.storage import RunsDB
@@ -53,15 +53,6 @@ log = logging.getLogger(__name__)
 
 #: A ``running`` row from another machine older than this is taken as dead.
 STALE_AFTER = timedelta(hours=12)
-COUNT_COLUMNS = {
-    "pages": "pages",
-    "items": "items",
-    "new": "new_items",
-    "updated": "updated_items",
-    "unchanged": "unchanged_items",
-    "photos": "photos",
-    "errors": "errors",
-}
 
 
 class CrawlBusyError(HomewardError):
@@ -132,43 +123,19 @@ def begin_run(runs: RunsDB, source: str, parameters: dict[str, Any], data_dir: s
     run_id = uuid.uuid4().hex[:16]
     now = datetime.now(UTC)
     with runs.write() as con:
-        rows = con.execute(
-            "SELECT run_id, parameters, epoch(started) FROM crawl_runs WHERE source = ? AND status = 'running'",
-            [source],
-        ).fetchall()
-        for other_id, params, started in rows:
+        for other_id, params, started in run_rows.running_crawls(con, source):
             if row_alive(other_id, params, started, data_dir):
                 since = datetime.fromtimestamp(float(started), UTC).isoformat(timespec="seconds")
                 raise CrawlBusyError(f"source {source!r} is already being crawled (run {other_id}, since {since})")
-            con.execute(
-                "UPDATE crawl_runs SET status = 'interrupted', finished = ?, "
-                "message = 'the process running it is gone' WHERE run_id = ?",
-                [now, other_id],
-            )
-        con.execute(
-            "INSERT INTO crawl_runs (run_id, source, started, status, parameters) VALUES (?, ?, ?, 'running', ?)",
-            [run_id, source, now, json.dumps({**parameters, "owner": _owner()}, default=str)],
-        )
+            run_rows.interrupt_crawl(con, other_id, now, "the process running it is gone")
+        run_rows.start_crawl(con, run_id, source, now, {**parameters, "owner": _owner()})
     return run_id
 
 
 def finish_run(runs: RunsDB, result: dict[str, Any]) -> None:
     """Record a crawl's outcome in its ``crawl_runs`` row."""
-    counts = {col: int(result.get(key) or 0) for key, col in COUNT_COLUMNS.items()}
     with runs.write() as con:
-        con.execute(
-            f"UPDATE crawl_runs SET finished = ?, status = ?, {', '.join(f'{c} = ?' for c in counts)}, "
-            "errors_by_reason = ?, duration_s = ?, message = ? WHERE run_id = ?",
-            [
-                datetime.now(UTC),
-                result.get("status") or "failed",
-                *counts.values(),
-                json.dumps(result.get("errors_by_reason") or {}),
-                float(result.get("duration_s") or 0.0),
-                result.get("message"),
-                result["run_id"],
-            ],
-        )
+        run_rows.finish_crawl(con, result, datetime.now(UTC))
 
 
 class ProgressBars:
@@ -440,7 +407,9 @@ def crawl(
     if base_url and len(names) != 1:
         raise SourceError("--base-url points one source at a mirror: pass exactly one --source with it")
     results = run_sources(settings, names, base_url=base_url, max_pages=max_pages)
-    total = {key: sum(int(r.get(key) or 0) for r in results) for key in (*COUNT_COLUMNS, "photos_failed")}
+    total = {
+        key: sum(int(r.get(key) or 0) for r in results) for key in (*run_rows.CRAWL_COUNT_COLUMNS, "photos_failed")
+    }
     statuses = {r.get("status") for r in results}
     status = "ok" if statuses == {"ok"} else ("failed" if "ok" not in statuses else "partial")
     out: dict[str, Any] = {"status": status, **total, "runs": results}

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import logging
 import time
 import uuid
@@ -33,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from engine import analyst, schema
+from engine import analyst, run_rows, schema
 from engine.config import Settings
 from engine.errors import HomewardError
 from engine.scoring.allpairs import resolve_device, tile_for
@@ -162,21 +161,7 @@ def _publish(runs: RunsDB, run_id: str, matches: pa.Table, listings: pa.Table, s
             "CREATE OR REPLACE VIEW current_matches AS SELECT * FROM matches WHERE run_id = ("
             "SELECT run_id FROM match_runs WHERE status = 'published' ORDER BY finished DESC, started DESC LIMIT 1)"
         )
-        con.execute(
-            "UPDATE match_runs SET status = 'published', finished = ?, lost_listings = ?, found_listings = ?, "
-            "candidate_pairs = ?, matches = ?, duration_s = ?, message = ?, embed_model = ? WHERE run_id = ?",
-            [
-                datetime.now(UTC),
-                summary["lost_listings"],
-                summary["found_listings"],
-                summary["candidate_pairs"],
-                summary["matches"],
-                summary["duration_s"],
-                summary.get("message"),
-                summary.get("embed_model"),
-                run_id,
-            ],
-        )
+        run_rows.publish_match(con, run_id, datetime.now(UTC), summary)
 
 
 def match(
@@ -204,18 +189,13 @@ def match(
                   "base_radius_km": cfg.base_radius_km, "max_speed_km_per_day": cfg.max_speed_km_per_day,
                   "max_days": cfg.max_days, "grace_days": cfg.found_before_lost_grace_days}  # fmt: skip
     with runs.write() as con:
-        con.execute(
-            "INSERT INTO match_runs (run_id, started, status, parameters, lance_versions) VALUES (?, ?, ?, ?, ?)",
-            [run_id, started, "running", json.dumps(parameters), json.dumps(versions)],
-        )
+        run_rows.start_match(con, run_id, started, parameters, versions)
     try:
         summary = _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray, t0)
     except BaseException as exc:
         with runs.write() as con:
-            con.execute(
-                "UPDATE match_runs SET status = 'failed', finished = ?, duration_s = ?, message = ? WHERE run_id = ?",
-                [datetime.now(UTC), time.perf_counter() - t0, f"{type(exc).__name__}: {exc}"[:2000], run_id],
-            )
+            message = f"{type(exc).__name__}: {exc}"[:2000]
+            run_rows.fail_match(con, run_id, datetime.now(UTC), time.perf_counter() - t0, message)
         raise
     finally:
         published = analyst.publish(settings)

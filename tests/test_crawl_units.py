@@ -291,6 +291,8 @@ def test_scrapy_settings_from_homeward_settings() -> None:
         "crawlers.middlewares.AddressGuard": 45,
     }
     assert s["HOMEWARD_ALLOW_HOSTS"] == [] and s["DNSCACHE_ENABLED"] is True
+    # each component's own key, not the whole config in one
+    assert "HOMEWARD_SETTINGS" not in s and (s["HOMEWARD_LANCE_URI"], s["HOMEWARD_SALT"]) == (hw.lance, hw.salt)
     allowed = load_settings(overrides={"crawl": {"allow_hosts": ["photos.lan", "10.0.0.5:8080"]}}, environ={})
     assert scrapy_settings(allowed)["HOMEWARD_ALLOW_HOSTS"] == ["photos.lan", "10.0.0.5:8080"]
     from_env = load_settings(environ={"HOMEWARD_CRAWL__ALLOW_HOSTS": "photos.lan,10.0.0.5:8080"})

@@ -27,6 +27,7 @@ from dashboards.access import host_allowed, same_origin, shelter_token
 from dashboards.app import Dashboard, DashboardServer, Request, make_server
 from dashboards.report import report
 from engine.errors import HomewardError
+from engine.search import SearchHit, SearchResult
 from engine.storage import RunsDB
 from ray_jobs import cli
 
@@ -79,27 +80,41 @@ def site(settings):
     info = sample.populate(settings)
     calls: list[dict[str, Any]] = []
 
-    def recording_search(cfg, *, photo: str, species=None, near=None, radius_km=None, k=10):
-        """Stands where engine.search.search will be: records what the upload handed it."""
-        calls.append(
-            {"photo_bytes": Path(photo).read_bytes(), "species": species, "near": near, "radius_km": radius_km, "k": k}
-        )
-        return {
-            "query": {"species": species},
-            "results": [
-                {
-                    "listing_id": info["listings"]["shelter_a101"],
-                    "score": 0.87,
-                    "kind": "shelter",
-                    "species": "dog",
-                    "source": "petango",
-                    "url": "https://www.petango.com/Adopt/Dog-Labrador-Retriever-A101",
-                    "photo_id": info["photos"]["shelter_a101"],
-                    "distance_km": 3.2,
-                },
-                {"listing_id": "x", "score": 0.31, "url": "javascript:alert(1)", "photo_id": "../../etc/passwd"},
+    def recording_search(cfg, image, *, species=None, near=None, radius_km=None, k=10) -> SearchResult:
+        """Stands where engine.search.search_image is: records what the upload handed it."""
+        calls.append({"size": image.size, "species": species, "near": near, "radius_km": radius_km, "k": k})
+        hit = {"source": None, "name": None, "location": None, "event_date": None, "posted_at": None,
+               "image_sim": 0.5, "explanation": ""}  # fmt: skip
+        return SearchResult(
+            model="fake",
+            species=species or "unknown",
+            detections=[],
+            fallback_full_frame=False,
+            results=[
+                SearchHit(
+                    **{**hit, "source": "petango", "name": "Buddy"},
+                    rank=1,
+                    listing_id=info["listings"]["shelter_a101"],
+                    score=0.87,
+                    kind="shelter",
+                    species="dog",
+                    url="https://www.petango.com/Adopt/Dog-Labrador-Retriever-A101",
+                    photo_id=info["photos"]["shelter_a101"],
+                    distance_km=3.2,
+                ),
+                SearchHit(
+                    **hit,
+                    rank=2,
+                    listing_id="x",
+                    score=0.31,
+                    kind=None,
+                    species=None,
+                    url="javascript:alert(1)",
+                    photo_id="../../etc/passwd",
+                    distance_km=None,
+                ),
             ],
-        }
+        )
 
     with serving(settings, search_fn=recording_search) as server:
         yield {"info": info, "client": Client(server.url), "server": server, "calls": calls, "settings": settings}
@@ -274,9 +289,10 @@ def test_search_upload_reaches_the_search_function(site):
     status, _, html = c.request("POST", "/search", body, {"Content-Type": ctype})
     html = html.decode()
     assert status == 200, html[:500]
-    assert calls == [{"photo_bytes": photo, "species": "dog", "near": "47.61,-122.33", "radius_km": 25.0, "k": 5}]
+    assert calls == [{"size": (400, 300), "species": "dog", "near": (47.61, -122.33), "radius_km": 25.0, "k": 5}]
     results = html.split('id="search-results"')[1]
     assert f"/photo/{info['photos']['shelter_a101']}" in results and "0.87" in results and "3.2 km" in results
+    assert "“Buddy”" in results and "petango" in results
     assert "javascript:" not in results and "etc/passwd" not in results
     # bad input is answered on the form, and nothing is searched
     body, ctype = multipart({"form_key": key, "near": "Seattle", "radius_km": "5"}, {"photo": ("x.jpg", photo)})
@@ -292,7 +308,7 @@ def test_search_upload_reaches_the_search_function(site):
 def test_a_failing_search_is_shown_not_swallowed(settings):
     sample.populate(settings)
 
-    def broken(cfg, *, photo, **kwargs):
+    def broken(cfg, image, **kwargs):
         raise RuntimeError("index is corrupt")
 
     app = Dashboard(settings, host="127.0.0.1", search_fn=broken)

@@ -10,7 +10,7 @@ from scrapy.utils.test import get_crawler
 
 from crawlers.items import RAW_KEYS, ListingItem
 from crawlers.pipelines.redact import TEXT_FIELDS, RedactPipeline
-from crawlers.settings import scrapy_settings
+from crawlers.settings import homeward_keys, scrapy_settings
 from crawlers.sources import SourceError, load_sources
 from engine import ids
 from engine.config import Settings, load_settings
@@ -40,7 +40,7 @@ SECRETS = ["916", "45-67", "ivan", "anna_k", "id777", "555-0123", "jo.owner", "j
 
 
 def stage(settings: Settings, **scrapy: Any) -> RedactPipeline:
-    return RedactPipeline(get_crawler(settings_dict={"HOMEWARD_SETTINGS": settings.to_dict(), **scrapy}))
+    return RedactPipeline(get_crawler(settings_dict={**homeward_keys(settings), **scrapy}))
 
 
 def dirty_item() -> ListingItem:
@@ -134,7 +134,7 @@ def test_petfinder_shelter_directory_is_redacted(settings: Settings) -> None:
 
     crawler = get_crawler(
         PetfinderSpider,
-        {"HOMEWARD_SETTINGS": settings.to_dict(), "HOMEWARD_INCREMENTAL": True, "HOMEWARD_PHONE_REGION": "US"},
+        {**homeward_keys(settings), "HOMEWARD_INCREMENTAL": True, "HOMEWARD_PHONE_REGION": "US"},
     )
     spider = PetfinderSpider.from_crawler(crawler)
     spider.shelters = {
@@ -161,7 +161,7 @@ def test_text_is_cut_to_its_limit_only_after_redaction(settings: Settings) -> No
     """A phone that straddles a field's length limit is redacted whole, not stored half-written."""
     from crawlers.pipelines.validate import MAX_DESCRIPTION, MAX_TEXT, ValidatePipeline
 
-    crawler = get_crawler(settings_dict={"HOMEWARD_SETTINGS": settings.to_dict()})
+    crawler = get_crawler(settings_dict=homeward_keys(settings))
     item = dirty_item()
     item["name"] = "Бим " * ((MAX_TEXT - 12) // 4) + "звоните +7 916 302 71 58"
     item["description"] = "x" * (MAX_DESCRIPTION - 10) + " тел. 8 (916) 302-71-58"

@@ -12,17 +12,14 @@ from __future__ import annotations
 from typing import Any
 
 from crawlers.spiders.base import ERROR_STAT_PREFIX, WARNING_STAT_PREFIX, record_error
-from crawlers.state import homeward_settings
-from engine.config import Settings
 
 
 class Stage:
-    """Common plumbing: the crawler, its stats, Homeward's settings, warning and error helpers."""
+    """Common plumbing: the crawler, its stats, warning and error helpers. Each stage reads its own settings."""
 
     def __init__(self, crawler: Any) -> None:
         self.crawler = crawler
         self.stats = crawler.stats
-        self.hw: Settings = homeward_settings(crawler)
 
     @classmethod
     def from_crawler(cls, crawler: Any) -> Stage:

@@ -20,9 +20,8 @@ from scrapy.exceptions import DropItem
 
 from crawlers.items import ListingItem
 from crawlers.pipelines import Stage
-from crawlers.state import sql_quote
+from crawlers.state import lance_store, sql_quote
 from engine import ids
-from engine.storage import LanceStore
 
 CONTENT_FIELDS = ("kind", "status", "species", "breed", "colors", "sex", "age_group", "size", "name", "description",
                   "location_text", "lat", "lon", "event_date", "posted_at", "shelter_id", "shelter_name",
@@ -47,7 +46,7 @@ class DedupePipeline(Stage):
         if self.by_content is None:
             self.by_content = {}
             if self.crawler.settings.getbool("HOMEWARD_INCREMENTAL"):
-                store = LanceStore(self.hw.lance, self.hw.storage_options)
+                store = lance_store(self.crawler)
                 if store.exists("listings"):
                     rows = store.read(
                         "listings", where=f"source = {sql_quote(source)}", columns=["listing_id", "content_hash"]

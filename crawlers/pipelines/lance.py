@@ -28,9 +28,9 @@ from scrapy import signals
 from crawlers.items import ListingItem
 from crawlers.pipelines import Stage
 from crawlers.pipelines.photos import PERMANENT_REASONS
-from crawlers.state import CrawlState, sql_quote
+from crawlers.state import CrawlState, lance_store, sql_quote
 from engine import schema
-from engine.storage import LanceStore, upsert_listings, upsert_photos
+from engine.storage import upsert_listings, upsert_photos
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class LanceWriterPipeline(Stage):
     def __init__(self, crawler: Any) -> None:
         super().__init__(crawler)
         self.flush_every = max(1, crawler.settings.getint("HOMEWARD_FLUSH_ITEMS", 500))
-        self.store = LanceStore(self.hw.lance, self.hw.storage_options)
+        self.store = lance_store(crawler)
         self.existing: dict[str, tuple[str | None, list[str]]] | None = None
         self.listings: dict[str, dict[str, Any]] = {}
         self.photos: dict[str, dict[str, Any]] = {}
@@ -197,7 +197,7 @@ class LanceWriterPipeline(Stage):
         except Exception as exc:
             self.stats.set_value("homeward/writer_failed", True)
             self.error(f"write_error:{type(exc).__name__}", None, str(exc)[:300])
-            log.exception("writing %d listings / %d photos to %s failed", len(listings), len(photos), self.hw.lance)
+            log.exception("writing %d listings / %d photos to %s failed", len(listings), len(photos), self.store.uri)
             return
         for key in [r["photo_key"] for r in photos]:
             self.photos.pop(key, None)

@@ -52,9 +52,9 @@ from crawlers.addresses import BLOCKED_REASON
 from crawlers.items import ListingItem
 from crawlers.pipelines import Stage
 from crawlers.spiders.base import failure_reason
+from crawlers.state import lance_store, photo_store
 from engine import ids
 from engine.images import ImageError, open_bounded
-from engine.storage import LanceStore, PhotoStore
 
 log = logging.getLogger(__name__)
 
@@ -201,14 +201,14 @@ class PhotosPipeline(Stage):
         super().__init__(crawler)
         self.max_bytes = int(crawler.settings.getint("HOMEWARD_MAX_IMAGE_BYTES", 15 * 1024 * 1024))
         self.max_pixels = int(crawler.settings.getint("HOMEWARD_MAX_IMAGE_PIXELS", 80_000_000))
-        self.store = PhotoStore(self.hw.photos, self.hw.storage_options)
+        self.store = photo_store(crawler)
         self.known: dict[str, dict[str, Any]] | None = None
 
     def _known(self) -> dict[str, dict[str, Any]]:
         """Photo rows already stored ``ok`` (by photo_key): a rerun reuses them instead of downloading again."""
         if self.known is None:
             self.known = {}
-            lance = LanceStore(self.hw.lance, self.hw.storage_options)
+            lance = lance_store(self.crawler)
             if lance.exists("photos"):
                 cols = ["photo_key", "photo_id", "uri", "width", "height", "format", "status"]
                 for row in lance.read("photos", where="status = 'ok'", columns=cols).to_pylist():

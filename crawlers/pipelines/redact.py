@@ -26,6 +26,7 @@ from typing import Any
 from crawlers.items import ListingItem
 from crawlers.pipelines import Stage
 from crawlers.pipelines.validate import MAX_DESCRIPTION, MAX_TEXT
+from crawlers.state import required_setting
 from engine import ids, phones
 from engine.redact import Redaction, canonical_chip, canonical_contact, redact
 
@@ -38,6 +39,7 @@ class RedactPipeline(Stage):
     def __init__(self, crawler: Any) -> None:
         super().__init__(crawler)
         self.regions = phones.regions(crawler.settings.get("HOMEWARD_PHONE_REGION"))
+        self.salt = str(required_setting(crawler, "HOMEWARD_SALT"))
 
     def process_item(self, item: Any) -> Any:
         if not isinstance(item, ListingItem):
@@ -73,13 +75,13 @@ class RedactPipeline(Stage):
                 canonical = canonical_contact(candidate, self.regions)
                 if canonical:
                     break
-        item["contact_hash"] = ids.salted_hash(canonical, self.hw.salt) if canonical else None
+        item["contact_hash"] = ids.salted_hash(canonical, self.salt) if canonical else None
 
         chip = item.get("chip")
         chip_value = canonical_chip(str(chip)) if chip else None
         if not chip_value and found.chips:
             chip_value = canonical_chip(found.chips[0])
-        item["chip_hash"] = ids.salted_hash(chip_value, self.hw.salt) if chip_value else None
+        item["chip_hash"] = ids.salted_hash(chip_value, self.salt) if chip_value else None
 
         for key in PRIVATE_FIELDS:
             if key in item:

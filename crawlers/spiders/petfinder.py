@@ -93,16 +93,9 @@ class PetfinderSpider(ListingSpider):
     # -- credentials and token ------------------------------------------------------------------------------------
 
     def _credentials(self) -> tuple[str | None, str | None]:
-        hw = (self.settings.get("HOMEWARD_SETTINGS") if getattr(self, "crawler", None) else None) or {}
-        crawl = (hw.get("crawl") or {}) if isinstance(hw, dict) else {}
-        key = crawl.get("petfinder_key") or os.environ.get("PETFINDER_KEY")
-        secret = crawl.get("petfinder_secret") or os.environ.get("PETFINDER_SECRET")
-        if not (key and secret):
-            from engine.config import load_settings
-
-            c = load_settings().crawl
-            key, secret = key or c.petfinder_key, secret or c.petfinder_secret
-        return key, secret
+        if getattr(self, "crawler", None) is None:
+            return None, None
+        return self.settings.get("HOMEWARD_PETFINDER_KEY"), self.settings.get("HOMEWARD_PETFINDER_SECRET")
 
     def _token_request(self) -> Request | None:
         key, secret = self._credentials()
@@ -273,8 +266,7 @@ class PetfinderSpider(ListingSpider):
 
     def closed(self, reason: str) -> None:
         self.crawler.stats.set_value("homeward/petfinder/shelters", len(self.shelters))
-        hw = self.settings.get("HOMEWARD_SETTINGS") or {}
-        data_dir = hw.get("data_dir") if isinstance(hw, dict) else None
+        data_dir = self.settings.get("HOMEWARD_DATA_DIR")
         if not (self.shelters and data_dir and self.settings.getbool("HOMEWARD_INCREMENTAL")):
             return
         if "://" in str(data_dir):  # object storage: the directory file is a local convenience only

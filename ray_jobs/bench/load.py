@@ -45,13 +45,13 @@ def _stub_crawler(settings: Settings, flush_items: int) -> Any:
     import scrapy
     from scrapy.utils.test import get_crawler
 
+    from crawlers.settings import homeward_keys
+
     class SyntheticSpider(scrapy.Spider):
         name = "synthetic"
         source = "synthetic"
 
-    crawler = get_crawler(
-        SyntheticSpider, {"HOMEWARD_SETTINGS": settings.to_dict(), "HOMEWARD_FLUSH_ITEMS": int(flush_items)}
-    )
+    crawler = get_crawler(SyntheticSpider, {**homeward_keys(settings), "HOMEWARD_FLUSH_ITEMS": int(flush_items)})
     crawler.spider = SyntheticSpider()
     return crawler
 

@@ -1,0 +1,173 @@
+"""The run rows of ``homeward.duckdb`` (``crawl_runs``, ``enrich_runs``, ``match_runs``) and shelter ``feedback``:
+every INSERT and UPDATE of those tables, beside the schema (``engine/sql/schema.sql``) they write.
+
+Each function takes an open write connection (``with runs.write() as con:``) rather than a :class:`RunsDB`, so a
+caller composes it into its own transaction: a crawl's busy check and its new row, or a match run's matches and its
+``published`` status, commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import duckdb
+
+#: the count columns of ``crawl_runs`` a crawl reports, by the key its result uses
+CRAWL_COUNT_COLUMNS = {
+    "pages": "pages",
+    "items": "items",
+    "new": "new_items",
+    "updated": "updated_items",
+    "unchanged": "unchanged_items",
+    "photos": "photos",
+    "errors": "errors",
+}
+
+
+# ------------------------------------------------------------------------------------------------ crawl_runs
+
+
+def running_crawls(con: duckdb.DuckDBPyConnection, source: str) -> list[tuple[str, str, float]]:
+    """``(run_id, parameters JSON, started epoch seconds)`` of every ``running`` crawl row of ``source``."""
+    return con.execute(
+        "SELECT run_id, parameters, epoch(started) FROM crawl_runs WHERE source = ? AND status = 'running'", [source]
+    ).fetchall()
+
+
+def interrupt_crawl(con: duckdb.DuckDBPyConnection, run_id: str, at: dt.datetime, message: str) -> None:
+    con.execute(
+        "UPDATE crawl_runs SET status = 'interrupted', finished = ?, message = ? WHERE run_id = ?",
+        [at, message, run_id],
+    )
+
+
+def start_crawl(
+    con: duckdb.DuckDBPyConnection, run_id: str, source: str, started: dt.datetime, parameters: Mapping[str, Any]
+) -> None:
+    con.execute(
+        "INSERT INTO crawl_runs (run_id, source, started, status, parameters) VALUES (?, ?, ?, 'running', ?)",
+        [run_id, source, started, json.dumps(parameters, default=str)],
+    )
+
+
+def finish_crawl(con: duckdb.DuckDBPyConnection, result: Mapping[str, Any], finished: dt.datetime) -> None:
+    """A crawl's outcome (its result dict: ``run_id``, ``status``, the counts, ``errors_by_reason``, …) on its row;
+    a result without a status records ``failed``, missing counts record 0."""
+    counts = {col: int(result.get(key) or 0) for key, col in CRAWL_COUNT_COLUMNS.items()}
+    con.execute(
+        f"UPDATE crawl_runs SET finished = ?, status = ?, {', '.join(f'{c} = ?' for c in counts)}, "
+        "errors_by_reason = ?, duration_s = ?, message = ? WHERE run_id = ?",
+        [
+            finished,
+            result.get("status") or "failed",
+            *counts.values(),
+            json.dumps(result.get("errors_by_reason") or {}),
+            float(result.get("duration_s") or 0.0),
+            result.get("message"),
+            result["run_id"],
+        ],
+    )
+
+
+# ------------------------------------------------------------------------------------------------ enrich_runs
+
+
+def start_enrich(
+    con: duckdb.DuckDBPyConnection, run_id: str, started: dt.datetime, parameters: Mapping[str, Any]
+) -> None:
+    con.execute(
+        "INSERT INTO enrich_runs (run_id, started, status, parameters) VALUES (?, ?, 'running', ?)",
+        [run_id, started, json.dumps(parameters)],
+    )
+
+
+def finish_enrich(con: duckdb.DuckDBPyConnection, run: Mapping[str, Any]) -> None:
+    """An enrich run's outcome: ``finished``, ``status``, ``models``, the photo counts, ``detections``,
+    ``errors_by_reason``, ``duration_s`` and ``message`` of ``run`` on the row of ``run["run_id"]``."""
+    con.execute(
+        """UPDATE enrich_runs SET finished = ?, status = ?, models = ?, photos = ?, ok = ?, no_animal = ?,
+           failed = ?, detections = ?, errors_by_reason = ?, duration_s = ?, message = ? WHERE run_id = ?""",
+        [
+            run["finished"],
+            run["status"],
+            json.dumps(run["models"]),
+            run["photos"],
+            run["ok"],
+            run["no_animal"],
+            run["failed"],
+            run["detections"],
+            json.dumps(run["errors_by_reason"]),
+            run["duration_s"],
+            run.get("message"),
+            run["run_id"],
+        ],
+    )
+
+
+# ------------------------------------------------------------------------------------------------ match_runs
+
+
+def start_match(
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    started: dt.datetime,
+    parameters: Mapping[str, Any],
+    lance_versions: Mapping[str, int | None],
+) -> None:
+    con.execute(
+        "INSERT INTO match_runs (run_id, started, status, parameters, lance_versions) VALUES (?, ?, 'running', ?, ?)",
+        [run_id, started, json.dumps(parameters), json.dumps(lance_versions)],
+    )
+
+
+def publish_match(
+    con: duckdb.DuckDBPyConnection, run_id: str, finished: dt.datetime, summary: Mapping[str, Any]
+) -> None:
+    """Mark a match run ``published`` with its summary's counts (readers then see its matches as the current ones)."""
+    con.execute(
+        "UPDATE match_runs SET status = 'published', finished = ?, lost_listings = ?, found_listings = ?, "
+        "candidate_pairs = ?, matches = ?, duration_s = ?, message = ?, embed_model = ? WHERE run_id = ?",
+        [
+            finished,
+            summary["lost_listings"],
+            summary["found_listings"],
+            summary["candidate_pairs"],
+            summary["matches"],
+            summary["duration_s"],
+            summary.get("message"),
+            summary.get("embed_model"),
+            run_id,
+        ],
+    )
+
+
+def fail_match(
+    con: duckdb.DuckDBPyConnection, run_id: str, finished: dt.datetime, duration_s: float, message: str
+) -> None:
+    con.execute(
+        "UPDATE match_runs SET status = 'failed', finished = ?, duration_s = ?, message = ? WHERE run_id = ?",
+        [finished, duration_s, message, run_id],
+    )
+
+
+# ------------------------------------------------------------------------------------------------ feedback
+
+
+def add_feedback(
+    con: duckdb.DuckDBPyConnection,
+    lost_listing_id: str,
+    found_listing_id: str,
+    verdict: str,
+    who: str,
+    created_at: dt.datetime,
+    note: str | None,
+) -> None:
+    """One shelter verdict on a candidate pair (``verdict`` is checked by the table: confirmed or rejected)."""
+    con.execute(
+        "INSERT INTO feedback (lost_listing_id, found_listing_id, verdict, who, created_at, note) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        [lost_listing_id, found_listing_id, verdict, who, created_at, note],
+    )

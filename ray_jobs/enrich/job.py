@@ -1,0 +1,146 @@
+"""The enrich driver: selects the photos, streams them through the pipeline, writes the results and the run row."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import sys
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+from tqdm import tqdm
+
+from engine import run_rows
+from engine.config import Settings
+from ray_jobs.enrich.pipeline import run_pipeline
+from ray_jobs.enrich.select import select_photos, work_items
+from ray_jobs.enrich.writer import DetectionWriter
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _progress(total: int) -> tqdm:
+    """The driver's bar, one tick per photo the pipeline hands back (Ray's per-operator bars are off)."""
+    return tqdm(total=total, desc="enrich", unit="photo", file=sys.stderr, disable=total == 0, mininterval=2.0)
+
+
+def enrich(
+    settings: Settings, *, limit: int | None = None, retry_failed: bool = True, profile: str | None = None
+) -> dict:
+    """Detect, embed and caption every photo not yet enriched, as a Ray Data job; returns the run's counts.
+
+    Args:
+        limit: enrich at most this many photos (rows of the photos table) this run
+        retry_failed: also retry photos whose enrichment failed before
+        profile: model profile for this run (default: enrich.profile)
+    """
+    import ray
+
+    from engine import analyst
+    from engine.models import load_profile
+    from engine.models.factory import embedder_id
+    from engine.runtime import cluster_gpus, ray_session
+    from engine.storage import open_stores
+
+    if profile:
+        settings = settings.with_overrides({"enrich": {"profile": profile}}, origin="enrich(profile=...)")
+    prof = load_profile(settings)  # bad profile or missing weights: fail before Ray starts
+    embed_model = embedder_id(prof["embedder"], settings)
+    lance, runs, _ = open_stores(settings)
+    started = _now()
+    t0 = time.perf_counter()
+    run: dict[str, Any] = {
+        "run_id": f"enrich-{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}",
+        "started": started,
+        "parameters": {"limit": limit, "retry_failed": retry_failed, "profile": prof["name"]},
+    }
+    with runs.write() as con:
+        run_rows.start_enrich(con, run["run_id"], started, run["parameters"])
+    todo = select_photos(lance, retry_failed, limit, embed_model)
+    counts: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    models: dict[str, Any] = {"profile": prof["name"], "embed_model": embed_model}
+    writer = DetectionWriter(lance)
+    n_dets = 0
+    first_row_s: float | None = None
+    t_first = t_last = 0.0
+    rows_after_first = 0
+    message = None
+    status = "ok"
+    try:
+        if todo.num_rows:
+            items = work_items(lance, todo)
+            log.info(
+                "enrich %s: %d photo rows (%d distinct images), profile %s",
+                run["run_id"],
+                todo.num_rows,
+                len(items),
+                prof["name"],
+            )
+            with ray_session(settings), _progress(len(items)) as bar:
+                for rows in run_pipeline(settings, prof, items, cluster_gpus(), ray):
+                    now = time.perf_counter()
+                    if first_row_s is None:  # steady-state rate: batches after the first one
+                        first_row_s, t_first = now - t0, now
+                    else:
+                        rows_after_first, t_last = rows_after_first + len(rows), now
+                    for row in rows:
+                        st, n = writer.add(row)
+                        counts[st] += len(row["targets"])
+                        n_dets += n
+                        if st == "failed":
+                            errors[str(row.get("error") or "unknown").split(":", 1)[0]] += len(row["targets"])
+                        for key in ("detector_model", "embed_model", "caption_model", "text_model"):
+                            if row.get(key):
+                                models[key] = row[key]
+                        if row.get("embed_dim"):
+                            models["embed_dim"], models["text_dim"] = int(row["embed_dim"]), int(row["text_dim"])
+                        bar.update(1)
+            writer.flush()
+    except BaseException as exc:
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        message = f"{type(exc).__name__}: {exc}"[:1000]
+        with contextlib.suppress(Exception):
+            writer.flush()
+        raise
+    finally:
+        run.update(
+            finished=_now(),
+            status=status,
+            models=models,
+            photos=int(sum(counts.values())),
+            ok=counts["ok"],
+            no_animal=counts["no_animal"],
+            failed=counts["failed"],
+            detections=n_dets,
+            errors_by_reason=dict(errors),
+            duration_s=round(time.perf_counter() - t0, 3),
+            message=message,
+        )
+        with contextlib.suppress(Exception) if status != "ok" else contextlib.nullcontext(), runs.write() as con:
+            run_rows.finish_enrich(con, run)
+        published = analyst.publish(settings)
+    return {
+        **published,
+        "run_id": run["run_id"],
+        "status": status,
+        "photos": run["photos"],
+        "ok": run["ok"],
+        "no_animal": run["no_animal"],
+        "failed": run["failed"],
+        "detections": n_dets,
+        "errors_by_reason": dict(errors),
+        "models": models,
+        "duration_s": run["duration_s"],
+        "images_per_s": round(run["photos"] / run["duration_s"], 3) if run["duration_s"] else None,
+        # steady state: images after the first result over the time they took (excludes actor start-up)
+        "first_result_s": round(first_row_s, 3) if first_row_s is not None else None,
+        "steady_images_per_s": round(rows_after_first / (t_last - t_first), 3) if t_last > t_first else None,
+    }
