@@ -49,7 +49,8 @@ RAY_MIN_PAIRS = 2_000_000_000
 to start; one CPU scores ~10⁹ pairs of 1280-d vectors in ~20 s)."""
 _SKIP_DETECTION_STATUS = ("failed", "error")
 DETECTION_COLUMNS = (
-    "listing_id", "photo_id", "species", "status", "embedding", "embed_model", "text_embedding", "text_model",
+    "listing_id", "photo_id", "species", "confidence", "status", "embedding", "embed_model", "text_embedding",
+    "text_model",
 )  # fmt: skip
 
 MATCH_COLUMNS = (

@@ -41,7 +41,8 @@ class World:
 
     def add(self, kind: str, sid: str, animal: np.ndarray | None, *, day: int | None = 0, lat: float | None = None,
             lon: float | None = None, species: str = "dog", photos: int = 1, model: str | None = None,
-            status: str = "active", text: bool = True, **attrs) -> str:  # fmt: skip
+            status: str = "active", text: bool = True, det_species: str | None = None, confidence: float = 0.9,
+            **attrs) -> str:  # fmt: skip
         lid = ids.listing_id("synthetic", sid)
         lat = SEATTLE[0] + self.rng.normal(0, 0.03) if lat is None else lat
         lon = SEATTLE[1] + self.rng.normal(0, 0.03) if lon is None else lon
@@ -58,8 +59,8 @@ class World:
                     detection_id=f"det-{sid}-{i}",
                     photo_id=f"photo-{sid}-{i}",
                     listing_id=lid,
-                    species=species,
-                    confidence=0.9,
+                    species=det_species or species,
+                    confidence=confidence,
                     embedding=self.vec(animal, 0.35),
                     embed_model=model or self.model,
                     text_embedding=self.vec(self.rng.normal(0, 1, TEXT_DIM), 0.0) if text else None,
@@ -160,6 +161,9 @@ def test_hard_rules_and_missing_data(settings: Settings) -> None:
     too_far = world.add("found", "too-far", animal, day=11, lat=55.75, lon=37.6)  # Moscow, a day later
     cat = world.add("found", "cat", animal, day=11, species="cat")
     unknown_species = world.add("found", "unknown-species", animal, day=11, species="unknown")
+    # a page without a species takes its photos' only when the detector is sure of it (its guesses block pairs)
+    guessed_cat = world.add("found", "guessed", animal, day=11, species="unknown", det_species="cat", confidence=0.4)
+    sure_cat = world.add("found", "sure-cat", animal, day=11, species="unknown", det_species="cat", confidence=0.95)
     no_coords = world.add("found", "no-coords", animal, day=12, lat=float("nan"), lon=float("nan"))
     no_date = world.add("found", "no-date", animal, day=None)
     no_photo = world.add("found", "no-photo", None, day=12, colors=["black"], sex="male")
@@ -168,9 +172,9 @@ def test_hard_rules_and_missing_data(settings: Settings) -> None:
         world.add("found", f"other-{i}", world.identity(), day=12)
     world.write(settings)
     match(settings, top_k=30)
-    for ruled_out in (too_early, too_far, cat, resolved):
+    for ruled_out in (too_early, too_far, cat, sure_cat, resolved):
         assert current(settings, lost, ruled_out) is None
-    for kept in (in_grace, unknown_species, no_coords, no_date, no_photo):
+    for kept in (in_grace, unknown_species, guessed_cat, no_coords, no_date, no_photo):
         assert current(settings, lost, kept) is not None
     assert current(settings, lost, no_coords)[4] is None  # no distance, no geo prior
     assert current(settings, lost, no_date)[5] is None
