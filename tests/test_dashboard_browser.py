@@ -22,6 +22,7 @@ from playwright.sync_api import expect, sync_playwright  # noqa: E402 - only onc
 
 from dashboards import sample  # noqa: E402
 from dashboards.app import make_server  # noqa: E402
+from engine.search import SearchHit, SearchResult  # noqa: E402
 from engine.storage import RunsDB  # noqa: E402
 
 ARGS = [
@@ -127,22 +128,34 @@ def test_search_by_photo_upload(settings, browser, tmp_path):
     info = sample.populate(settings)
     received: list[dict] = []
 
-    def search(cfg, *, photo, species=None, near=None, radius_km=None, k=10):
-        received.append({"size": Path(photo).stat().st_size, "species": species, "near": near, "radius_km": radius_km})
-        return {
-            "results": [
-                {
-                    "listing_id": info["listings"][name],
-                    "score": score,
-                    "kind": kind,
-                    "species": "dog",
-                    "source": "petango",
-                    "photo_id": info["photos"][name],
-                    "url": "https://www.petango.com/x",
-                }
-                for name, score, kind in (("shelter_a101", 0.91, "shelter"), ("shelter_a102", 0.44, "shelter"))
-            ]
-        }
+    def search(cfg, image, *, species=None, near=None, radius_km=None, k=10) -> SearchResult:
+        received.append({"size": image.size, "species": species, "near": near, "radius_km": radius_km})
+        return SearchResult(
+            model="fake",
+            species=species or "unknown",
+            detections=[],
+            fallback_full_frame=False,
+            results=[
+                SearchHit(
+                    rank=rank,
+                    listing_id=info["listings"][name],
+                    source="petango",
+                    url="https://www.petango.com/x",
+                    kind="shelter",
+                    species="dog",
+                    name=None,
+                    location=None,
+                    event_date=None,
+                    posted_at=None,
+                    distance_km=None,
+                    score=score,
+                    image_sim=score,
+                    photo_id=info["photos"][name],
+                    explanation="",
+                )
+                for rank, (name, score) in enumerate((("shelter_a101", 0.91), ("shelter_a102", 0.44)), start=1)
+            ],
+        )
 
     server = make_server(settings, port=0, search_fn=search)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -166,4 +179,4 @@ def test_search_by_photo_upload(settings, browser, tmp_path):
         server.shutdown()
         server.server_close()
         thread.join(5)
-    assert received == [{"size": upload.stat().st_size, "species": "dog", "near": "47.61,-122.33", "radius_km": 20.0}]
+    assert received == [{"size": (640, 480), "species": "dog", "near": (47.61, -122.33), "radius_km": 20.0}]
