@@ -108,7 +108,8 @@ def build_side(listings: pa.Table, det: pa.Table) -> Side:
 
     owners = np.array([index[x] for x in det["listing_id"].to_pylist()], dtype=np.int64)
     has_emb = pc.is_valid(det["embedding"]).to_numpy(zero_copy_only=False) if det.num_rows else np.zeros(0, bool)
-    emb_rows = det.select(["embedding", "photo_id", "species"]).filter(pa.array(has_emb)) if det.num_rows else det
+    voting = ["embedding", "photo_id", "species"] + (["confidence"] if "confidence" in det.column_names else [])
+    emb_rows = det.select(voting).filter(pa.array(has_emb)) if det.num_rows else det
     emb_owner = owners[has_emb]
     order = np.argsort(emb_owner, kind="stable")
     if emb_rows.num_rows:
@@ -117,8 +118,8 @@ def build_side(listings: pa.Table, det: pa.Table) -> Side:
         # Listing species unknown → the animals its photos show (majority of the confident dog/cat detections).
         det_species = [str(s or "").lower() for s in emb_rows["species"].to_pylist()]
         confidence = (
-            np.nan_to_num(np.asarray(det["confidence"].to_numpy(zero_copy_only=False), np.float64)[has_emb])
-            if "confidence" in det.column_names
+            pc.fill_null(emb_rows["confidence"], 0.0).to_numpy(zero_copy_only=False)
+            if "confidence" in emb_rows.column_names
             else np.ones(len(det_species))
         )
         votes: dict[int, Counter] = {}

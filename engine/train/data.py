@@ -87,11 +87,12 @@ def split_datasets(images_dir: str | Path, val_fraction: float, seed: int, min_i
     for folder, name in zip(dirs, names, strict=True):
         part = split_identities(list_identities(folder, min_images), val_fraction, seed)
         species = identity_species(folder)
-        for ident in [*part.train, *part.val]:
-            key = f"{name}-{ident}" if len(dirs) > 1 else ident
-            (train if ident in part.train else val)[key] = (part.train | part.val)[ident]
-            if len(dirs) > 1 or species:
-                groups[key] = f"{name}/{species[ident]}" if ident in species else name
+        for joined, own in ((train, part.train), (val, part.val)):
+            for ident, files in own.items():
+                key = f"{name}-{ident}" if len(dirs) > 1 else ident
+                joined[key] = files
+                if len(dirs) > 1 or species:
+                    groups[key] = f"{name}/{species[ident]}" if ident in species else name
     return Split(train=train, val=val, seed=seed, groups=groups)
 
 
