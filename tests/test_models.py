@@ -547,6 +547,6 @@ def test_default_reidentifies_held_out_real_cats_and_posts_better_than_the_face_
             for name in ("cpu", "cpu-faces")
         }
         assert got["cpu"]["detected_share"] == got["cpu-faces"]["detected_share"] > 0.75
-        # measured: VK posts EER 0.093 -> 0.057, feeder cats 0.391 -> 0.276 (engine/train/README.md)
+        # measured: VK posts EER 0.093 -> 0.057, feeder cats 0.391 -> 0.279 (engine/train/README.md)
         assert got["cpu"]["eer"] < got["cpu-faces"]["eer"] - 0.02, (kind, got)
         assert got["cpu"]["map"] >= got["cpu-faces"]["map"], (kind, got)
