@@ -231,6 +231,308 @@ class TrainStep(nn.Module):
         return self.criterion(self.net(h, cached=True), labels)
 
 
+@dataclass
+class _Run:
+    """What the phases of one training run share: the network, its encoders, the split and the cached views."""
+
+    recipe: Recipe
+    world: World
+    seed: int
+    base: Any  # the pretrained TimmEmbedder: preprocessing, arch and ids for the checkpoint
+    spec: dict[str, Any]
+    net: ReIDNet
+    enc: Encoder
+    split: Split
+    train: tuple[list[Path], list[int], list[str]]  # paths, labels, identity names
+    val: tuple[list[Path], list[int], list[str]]
+    val_groups: list[str] | None
+    train_cache: dict[str, torch.Tensor]
+    val_cache: dict[str, torch.Tensor]
+    started: float  # time.monotonic() and time.process_time() when the run began
+    cpu_started: float
+
+    @property
+    def device(self) -> str:
+        return self.world.device
+
+    def validate(self, *, pooled: bool = False) -> dict[str, Any]:
+        return validate(
+            self.net,
+            self.val_cache,
+            self.val[1],
+            self.device,
+            pooled=pooled,
+            tta=self.recipe.tta_flip,
+            groups=self.val_groups,
+        )
+
+
+def _pretrained(settings: Any, device: str) -> tuple[dict[str, Any], Any]:
+    """The timm embedder training starts from: a profile whose embedder is itself fine-tuned (cpu) names the
+    pretrained profile in ``train_from``."""
+    from engine.models.registry import load_profile, stage_spec
+    from engine.models.timm_embedder import TimmEmbedder
+
+    spec = stage_spec(settings, "embedder", load_profile(settings).get("train_from"))
+    if spec.get("kind") != "timm":
+        raise HomewardError(
+            f"homeward train fine-tunes one timm embedder; the profile's embedder is {spec.get('kind')!r}: give the "
+            "profile a `train_from:` profile whose embedder is the timm model to start from, or pick such a profile "
+            "with --set enrich.profile=NAME"
+        )
+    spec["device"] = device
+    return spec, TimmEmbedder(spec, settings)
+
+
+def _prepare(settings: Any, images_dir: str, recipe: Recipe, val_fraction: float, seed: int, world: World) -> _Run:
+    """Network, split and cached trunk activations of every view the run trains and validates on."""
+    from engine.models.embedder import prepare
+
+    started, cpu_started = time.monotonic(), time.process_time()
+    device = world.device
+    spec, base = _pretrained(settings, device)
+    backbone = base.model.float().to(memory_format=torch.contiguous_format)
+    net = ReIDNet(
+        backbone,
+        recipe.trainable_from if recipe.train else 10**6,
+        cache_at=recipe.cache_at if recipe.cache_frozen else None,
+    ).to(device)
+
+    def prep(imgs: list[Image.Image]) -> torch.Tensor:
+        return torch.from_numpy(prepare(imgs, base.img_size, base.mean, base.std, base.resize))
+
+    split = split_datasets(images_dir, val_fraction, seed)
+    train, val = split.items("train"), split.items("val")
+    val_groups = [split.groups.get(val[2][lab], "") for lab in val[1]] if split.groups else None
+    log.info(
+        "train: %d identities / %d images; val: %d identities / %d images",
+        len(train[2]),
+        len(train[0]),
+        len(val[2]),
+        len(val[0]),
+    )
+    cache_dir = Path(settings.data_dir) / "cache" / "reid-trunk"
+    enc = Encoder(net, prep, device, seed, cache_dir, base.model_id)
+    val_views = ["clean", "degrade"] + (["flip", "degrade_flip"] if recipe.tta_flip else [])
+    # Degraded validation queries are seeded differently from any training view.
+    val_enc = Encoder(net, prep, device, seed + 7_919, cache_dir, base.model_id)
+    val_cache = {v: val_enc.cache(val[0], v, f"cache val/{v}") for v in val_views}
+    train_cache: dict[str, torch.Tensor] = {}
+    if recipe.train and recipe.cache_frozen:
+        train_cache = {v: enc.cache(train[0], v, f"cache train/{v}") for v in recipe.views}
+        _advance_cache(net, [(enc, train[0], train_cache), (val_enc, val[0], val_cache)], device)
+    return _Run(
+        recipe,
+        world,
+        seed,
+        base,
+        spec,
+        net,
+        enc,
+        split,
+        train,
+        val,
+        val_groups,
+        train_cache,
+        val_cache,
+        started,
+        cpu_started,
+    )
+
+
+def _init_top(r: _Run) -> Criterion:
+    """The head (PCA of the pooled training features, random, or none) and the loss, proxies set from class means
+    when the recipe asks."""
+    recipe, net, device = r.recipe, r.net, r.device
+    pooled_train = _pooled_features(net, r.enc, r.train[0], r.train_cache.get("clean"), device)
+    if recipe.head == "pca":
+        net.head = pca_head(pooled_train, recipe.head_dim).to(device)
+    elif recipe.head == "random":
+        net.head = random_head(net.num_features, recipe.head_dim, r.seed).to(device)
+    with torch.no_grad():
+        projected = net.head(pooled_train.to(device)) if net.head is not None else pooled_train
+        emb_train = torch.nn.functional.normalize(projected, dim=-1).cpu()
+    dim = int(net.head.out_features) if net.head is not None else net.num_features
+    criterion = Criterion(recipe.loss, dim, len(r.train[2]), recipe).to(device)
+    if criterion.arcface is not None and recipe.proxy_init == "class_mean":
+        criterion.arcface.init_from_means(emb_train, torch.tensor(r.train[1]), r.seed)
+    return criterion
+
+
+def _optimizer(net: ReIDNet, criterion: Criterion, recipe: Recipe) -> torch.optim.Optimizer:
+    groups = [
+        {"params": [p for p in net.backbone.parameters() if p.requires_grad], "lr": recipe.lr},
+        {"params": list(net.head.parameters()) if net.head is not None else [], "lr": recipe.head_lr},
+        {"params": list(criterion.parameters()), "lr": recipe.proxy_lr, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=recipe.weight_decay)
+
+
+class _Steps:
+    """One optimisation step at a time over P×K batches, the learning rate on a warm-up + cosine schedule."""
+
+    def __init__(self, r: _Run, criterion: Criterion, sampler: PKSampler, epochs: int) -> None:
+        self.r, self.sampler = r, sampler
+        module: nn.Module = TrainStep(r.net, criterion)
+        self.module = r.world.prepare(module) if r.world.prepare is not None else module
+        self.opt = _optimizer(r.net, criterion, r.recipe)
+        self.base_lrs = [g["lr"] for g in self.opt.param_groups]
+        self.total = max(1, epochs * len(sampler))
+        self.warmup = max(1, int(r.recipe.warmup_epochs * len(sampler)))
+        self.labels = torch.tensor(r.train[1])
+        self.rng = random.Random(r.seed * 31 + r.world.rank)
+        self.step = 0
+
+    def features(self, batch: list[int]) -> torch.Tensor:
+        r, recipe = self.r, self.r.recipe
+        views = [self.rng.choice(recipe.views) for _ in batch]
+        if not recipe.cache_frozen:
+            return r.enc.trunk(r.train[0], views, batch)
+        h = torch.stack([r.train_cache[v][i] for v, i in zip(views, batch, strict=True)]).to(r.device, torch.float32)
+        if recipe.feature_flip:
+            flip = torch.rand(len(batch)) < 0.5
+            h[flip] = h[flip].flip(-1)
+        return h
+
+    def epoch(self, epoch: int, epochs: int) -> float:
+        """Trains one epoch; returns its mean loss."""
+        r = self.r
+        r.net.train()
+        if r.recipe.freeze_bn:
+            r.net.freeze_bn_stats()
+        self.sampler.set_epoch(epoch)
+        bar = tqdm(self.sampler, desc=f"epoch {epoch}/{epochs}", unit="step", leave=False, disable=not r.world.main)
+        losses = []
+        for batch in bar:
+            h = self.features(batch)
+            progress = min(1.0, self.step / self.total)
+            lr_scale = min(1.0, (self.step + 1) / self.warmup) * 0.5 * (1 + math.cos(math.pi * progress))
+            for g, lr in zip(self.opt.param_groups, self.base_lrs, strict=True):
+                g["lr"] = lr * lr_scale
+            loss = self.module(h, self.labels[batch].to(r.device))
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.step += 1
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        return float(np.mean(losses))
+
+
+@dataclass
+class _Fit:
+    history: list[dict[str, Any]]
+    best_metrics: dict[str, Any]
+    best_epoch: int
+
+
+def _fit(r: _Run, epochs: int, max_minutes: float, batch_identities: int, images_per_identity: int) -> _Fit:
+    """Trains the top, validating every epoch; stops early or at ``max_minutes`` and loads the best epoch's
+    weights when the recipe keeps the best."""
+    recipe = r.recipe
+    criterion = _init_top(r)
+    epoch0 = r.validate()
+    history: list[dict[str, Any]] = [{"epoch": 0, "minutes": _minutes(r.started), **epoch0}]
+    best = _Fit(history, epoch0, 0)
+    best_state = copy.deepcopy(_trainable_state(r.net))
+    log.info("epoch 0 (initialised, not trained): %s", _fmt(epoch0))
+    sampler = PKSampler(
+        r.train[1],
+        batch_identities,
+        images_per_identity,
+        seed=r.seed,
+        rank=r.world.rank,
+        batches=max(1, len(r.train[0]) // (batch_identities * images_per_identity * r.world.size)),
+    )
+    steps = _Steps(r, criterion, sampler, epochs)
+    bad, epoch_s = 0, 0.0
+    best_score = _score(epoch0, recipe)
+    for epoch in range(1, epochs + 1):
+        t_epoch = time.monotonic()
+        if _agree(time.monotonic() - r.started + epoch_s > max_minutes * 60):
+            log.info("stopping before epoch %d: the next epoch would pass max_minutes=%s", epoch, max_minutes)
+            break
+        loss = steps.epoch(epoch, epochs)
+        metrics = r.validate()
+        epoch_s = time.monotonic() - t_epoch
+        row = {
+            "epoch": epoch,
+            "minutes": _minutes(r.started),
+            "cpu_minutes": (time.process_time() - r.cpu_started) / 60,
+            "loss": loss,
+            **metrics,
+        }
+        history.append(row)
+        score = _score(metrics, recipe)
+        improved = score < best_score - 1e-6
+        if improved:
+            best_score, best.best_metrics, best.best_epoch, bad = score, metrics, epoch, 0
+            best_state = copy.deepcopy(_trainable_state(r.net))
+        else:
+            bad += 1
+        log.info(
+            "epoch %d (%.1f min, loss %.3f)%s: %s", epoch, row["minutes"], loss, " *" if improved else "", _fmt(metrics)
+        )
+        if r.world.report is not None:
+            r.world.report({k: v for k, v in row.items() if isinstance(v, (int, float))})
+        if _agree(bad >= recipe.patience):
+            log.info("early stop: no better validation score in %d epochs (best epoch %d)", bad, best.best_epoch)
+            break
+    if not recipe.keep_best:
+        last = history[-1]
+        best.best_epoch = last["epoch"]
+        best.best_metrics = {k: v for k, v in last.items() if k not in ("epoch", "minutes", "loss")}
+    else:
+        r.net.load_state_dict(best_state, strict=False)
+    return best
+
+
+def _metadata(
+    r: _Run,
+    images_dir: str,
+    val_fraction: float,
+    fit: _Fit,
+    baseline: dict[str, Any],
+    *,
+    epochs: int,
+    batch_identities: int,
+    images_per_identity: int,
+) -> dict[str, Any]:
+    identities = {**r.split.train, **r.split.val}
+    return {
+        "recipe": r.recipe.to_dict(),
+        "data": {
+            "path": os.pathsep.join(str(d.resolve()) for d in dataset_dirs(images_dir)),
+            "fingerprint": data_fingerprint(images_dir, identities),
+            "identities": len(identities),
+            "images": sum(len(v) for v in identities.values()),
+            "split_seed": r.seed,
+            "val_fraction": val_fraction,
+            "train_identities": r.train[2],
+            "val_identities": r.val[2],
+            "train_images": len(r.train[0]),
+            "val_images": len(r.val[0]),
+        },
+        "metrics": {
+            "baseline": baseline,
+            "finetuned": fit.best_metrics,
+            "best_epoch": fit.best_epoch,
+            "history": fit.history,
+        },
+        "training": {
+            "epochs_requested": epochs,
+            "epochs_run": max(0, len(fit.history) - 1),
+            "minutes": round(_minutes(r.started), 2),
+            "cpu_minutes": round((time.process_time() - r.cpu_started) / 60, 2),
+            "batch_identities": batch_identities,
+            "images_per_identity": images_per_identity,
+            "world_size": r.world.size,
+            "device": r.device,
+            "base_model_id": r.base.model_id,
+        },
+    }
+
+
 def run(
     settings: Any,
     images_dir: str,
@@ -245,230 +547,41 @@ def run(
     images_per_identity: int,
     world: World | None = None,
 ) -> dict[str, Any]:
-    from engine.models.embedder import prepare
-    from engine.models.registry import load_profile, stage_spec
-    from engine.models.timm_embedder import TimmEmbedder
     from engine.train.checkpoint import save_reid_checkpoint
 
     world = world or World()
-    started = time.monotonic()
-    cpu_started = time.process_time()
     random.seed(seed)
     torch.manual_seed(seed)
-    device = world.device
-
-    # A profile whose embedder is itself fine-tuned (cpu) names the pretrained profile training starts from.
-    spec = stage_spec(settings, "embedder", load_profile(settings).get("train_from"))
-    if spec.get("kind") != "timm":
-        raise HomewardError(
-            f"homeward train fine-tunes one timm embedder; the profile's embedder is {spec.get('kind')!r}: give the "
-            "profile a `train_from:` profile whose embedder is the timm model to start from, or pick such a profile "
-            "with --set enrich.profile=NAME"
-        )
-    spec["device"] = device
-    base = TimmEmbedder(spec, settings)
-    backbone = base.model.float().to(memory_format=torch.contiguous_format)
-    net = ReIDNet(
-        backbone,
-        recipe.trainable_from if recipe.train else 10**6,
-        cache_at=recipe.cache_at if recipe.cache_frozen else None,
-    ).to(device)
-
-    def prep(imgs: list[Image.Image]) -> torch.Tensor:
-        return torch.from_numpy(prepare(imgs, base.img_size, base.mean, base.std, base.resize))
-
-    split: Split = split_datasets(images_dir, val_fraction, seed)
-    identities = {**split.train, **split.val}
-    train_paths, train_labels, train_names = split.items("train")
-    val_paths, val_labels, val_names = split.items("val")
-    val_groups = [split.groups.get(val_names[lab], "") for lab in val_labels] if split.groups else None
-    log.info(
-        "train: %d identities / %d images; val: %d identities / %d images",
-        len(train_names),
-        len(train_paths),
-        len(val_names),
-        len(val_paths),
-    )
-
-    cache_dir = Path(settings.data_dir) / "cache" / "reid-trunk"
-    enc = Encoder(net, prep, device, seed, cache_dir, base.model_id)
-    val_views = ["clean", "degrade"] + (["flip", "degrade_flip"] if recipe.tta_flip else [])
-    # Degraded validation queries are seeded differently from any training view.
-    val_enc = Encoder(net, prep, device, seed + 7_919, cache_dir, base.model_id)
-    val_cache = {v: val_enc.cache(val_paths, v, f"cache val/{v}") for v in val_views}
-
-    train_views = list(recipe.views) if recipe.train else []
-    train_cache: dict[str, torch.Tensor] = {}
-    if recipe.train and recipe.cache_frozen:
-        train_cache = {v: enc.cache(train_paths, v, f"cache train/{v}") for v in train_views}
-        _advance_cache(net, [(enc, train_paths, train_cache), (val_enc, val_paths, val_cache)], device)
-    # After the advance: the frozen middle stages then run once over the validation views, not twice.
-    baseline = validate(net, val_cache, val_labels, device, pooled=True, tta=recipe.tta_flip, groups=val_groups)
+    r = _prepare(settings, images_dir, recipe, val_fraction, seed, world)
+    # After the cache advance: the frozen middle stages then run once over the validation views, not twice.
+    baseline = r.validate(pooled=True)
     log.info("baseline (pretrained, no head): %s", _fmt(baseline))
-
-    history: list[dict[str, Any]] = []
-    best_metrics, best_state, best_epoch = baseline, None, 0
-    if recipe.train:
-        pooled_train = _pooled_features(net, enc, train_paths, train_cache.get("clean"), device)
-        if recipe.head == "pca":
-            net.head = pca_head(pooled_train, recipe.head_dim).to(device)
-        elif recipe.head == "random":
-            net.head = random_head(net.num_features, recipe.head_dim, seed).to(device)
-        with torch.no_grad():
-            projected = net.head(pooled_train.to(device)) if net.head is not None else pooled_train
-            emb_train = torch.nn.functional.normalize(projected, dim=-1).cpu()
-        del pooled_train
-        dim = int(net.head.out_features) if net.head is not None else net.num_features
-        criterion = Criterion(recipe.loss, dim, len(train_names), recipe).to(device)
-        if criterion.arcface is not None and recipe.proxy_init == "class_mean":
-            criterion.arcface.init_from_means(emb_train, torch.tensor(train_labels), seed)
-
-        epoch0 = validate(net, val_cache, val_labels, device, tta=recipe.tta_flip, groups=val_groups)
-        history.append({"epoch": 0, "minutes": _minutes(started), **epoch0})
-        best_metrics, best_epoch = epoch0, 0
-        best_state = copy.deepcopy(_trainable_state(net))
-        log.info("epoch 0 (initialised, not trained): %s", _fmt(epoch0))
-
-        step_module: nn.Module = TrainStep(net, criterion)
-        if world.prepare is not None:
-            step_module = world.prepare(step_module)
-        groups = [
-            {"params": [p for p in net.backbone.parameters() if p.requires_grad], "lr": recipe.lr},
-            {"params": list(net.head.parameters()) if net.head is not None else [], "lr": recipe.head_lr},
-            {"params": list(criterion.parameters()), "lr": recipe.proxy_lr, "weight_decay": 0.0},
-        ]
-        groups = [g for g in groups if g["params"]]
-        opt = torch.optim.AdamW(groups, weight_decay=recipe.weight_decay)
-        base_lrs = [g["lr"] for g in groups]
-        sampler = PKSampler(
-            train_labels,
-            batch_identities,
-            images_per_identity,
-            seed=seed,
-            rank=world.rank,
-            batches=max(1, len(train_paths) // (batch_identities * images_per_identity * world.size)),
-        )
-        total_steps = max(1, epochs * len(sampler))
-        warmup = max(1, int(recipe.warmup_epochs * len(sampler)))
-        labels_t = torch.tensor(train_labels)
-        rng = random.Random(seed * 31 + world.rank)
-        step, bad, epoch_s = 0, 0, 0.0
-        best_score = _score(epoch0, recipe)
-        for epoch in range(1, epochs + 1):
-            t_epoch = time.monotonic()
-            if _agree(time.monotonic() - started + epoch_s > max_minutes * 60):
-                log.info("stopping before epoch %d: the next epoch would pass max_minutes=%s", epoch, max_minutes)
-                break
-            net.train()
-            if recipe.freeze_bn:
-                net.freeze_bn_stats()
-            sampler.set_epoch(epoch)
-            bar = tqdm(sampler, desc=f"epoch {epoch}/{epochs}", unit="step", leave=False, disable=not world.main)
-            losses = []
-            for batch in bar:
-                views = [rng.choice(train_views) for _ in batch]
-                if recipe.cache_frozen:
-                    h = torch.stack([train_cache[v][i] for v, i in zip(views, batch, strict=True)])
-                    h = h.to(device, torch.float32)
-                    if recipe.feature_flip:
-                        flip = torch.rand(len(batch)) < 0.5
-                        h[flip] = h[flip].flip(-1)
-                else:
-                    h = enc.trunk(train_paths, views, batch)
-                lr_scale = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total_steps)))
-                for g, lr in zip(opt.param_groups, base_lrs, strict=True):
-                    g["lr"] = lr * lr_scale
-                loss = step_module(h, labels_t[batch].to(device))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-                losses.append(float(loss.detach()))
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-            metrics = validate(net, val_cache, val_labels, device, tta=recipe.tta_flip, groups=val_groups)
-            epoch_s = time.monotonic() - t_epoch
-            row = {
-                "epoch": epoch,
-                "minutes": _minutes(started),
-                "cpu_minutes": (time.process_time() - cpu_started) / 60,
-                "loss": float(np.mean(losses)),
-                **metrics,
-            }
-            history.append(row)
-            score = _score(metrics, recipe)
-            improved = score < best_score - 1e-6
-            if improved:
-                best_score, best_metrics, best_epoch, bad = score, metrics, epoch, 0
-                best_state = copy.deepcopy(_trainable_state(net))
-            else:
-                bad += 1
-            log.info(
-                "epoch %d (%.1f min, loss %.3f)%s: %s",
-                epoch,
-                row["minutes"],
-                row["loss"],
-                " *" if improved else "",
-                _fmt(metrics),
-            )
-            if world.report is not None:
-                world.report({k: v for k, v in row.items() if isinstance(v, (int, float))})
-            if _agree(bad >= recipe.patience):
-                log.info("early stop: no better validation score in %d epochs (best epoch %d)", bad, best_epoch)
-                break
-        if not recipe.keep_best:
-            best_metrics, best_epoch = history[-1], history[-1]["epoch"]
-            best_metrics = {k: v for k, v in best_metrics.items() if k not in ("epoch", "minutes", "loss")}
-        elif best_state is not None:
-            net.load_state_dict(best_state, strict=False)
-
-    minutes = _minutes(started)
-    metadata = {
-        "recipe": recipe.to_dict(),
-        "data": {
-            "path": os.pathsep.join(str(d.resolve()) for d in dataset_dirs(images_dir)),
-            "fingerprint": data_fingerprint(images_dir, identities),
-            "identities": len(identities),
-            "images": sum(len(v) for v in identities.values()),
-            "split_seed": seed,
-            "val_fraction": val_fraction,
-            "train_identities": train_names,
-            "val_identities": val_names,
-            "train_images": len(train_paths),
-            "val_images": len(val_paths),
-        },
-        "metrics": {
-            "baseline": baseline,
-            "finetuned": best_metrics,
-            "best_epoch": best_epoch,
-            "history": history,
-        },
-        "training": {
-            "epochs_requested": epochs,
-            "epochs_run": max(0, len(history) - 1),
-            "minutes": round(minutes, 2),
-            "cpu_minutes": round((time.process_time() - cpu_started) / 60, 2),
-            "batch_identities": batch_identities,
-            "images_per_identity": images_per_identity,
-            "world_size": world.size,
-            "device": device,
-            "base_model_id": base.model_id,
-        },
-    }
+    fit = _fit(r, epochs, max_minutes, batch_identities, images_per_identity) if recipe.train else _Fit([], baseline, 0)
+    metadata = _metadata(
+        r,
+        images_dir,
+        val_fraction,
+        fit,
+        baseline,
+        epochs=epochs,
+        batch_identities=batch_identities,
+        images_per_identity=images_per_identity,
+    )
     result = summarize(metadata)
     if world.main:
         path = out or str(Path(settings.data_dir) / "models" / f"reid-{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}")
         saved = save_reid_checkpoint(
             path,
-            net,
-            arch=base.arch,
-            mean=base.mean,
-            std=base.std,
-            img_size=base.img_size,
-            resize=base.resize,
+            r.net,
+            arch=r.base.arch,
+            mean=r.base.mean,
+            std=r.base.std,
+            img_size=r.base.img_size,
+            resize=r.base.resize,
             metadata=metadata,
             base_profile=_base_profile(str(settings.enrich.profile)),
-            profile_extra=_keep_breed_classifier(settings, spec, base),
-            heldout=split.val,
+            profile_extra=_keep_breed_classifier(settings, r.spec, r.base),
+            heldout=r.split.val,
         )
         result["checkpoint"] = str(saved)
     return result
