@@ -171,108 +171,131 @@ def _normalised(counts: Counter[str], fn: Any) -> Counter[Any]:
     return out
 
 
-def load_region_model(datasets_dir: str | os.PathLike[str] | None = None, shelter_share: float = 0.3) -> RegionModel:
-    """Estimate every distribution from the datasets folder (see the module docstring for what comes from where)."""
-    from engine.normalize import (
-        age_group_from_text,
-        normalize_colors,
-        normalize_sex,
-        normalize_size,
-        normalize_species,
-    )
+@dataclass
+class _Rows:
+    """The rows of every dataset the region model is estimated from."""
 
-    root = Path(datasets_dir) if datasets_dir else default_datasets_dir()
-    if not root.is_dir():
-        raise DatasetsMissing(f"datasets folder {root} is missing (set HW_DATASETS_DIR or pass datasets_dir)")
-    lost = _csv(root / "pet911_2025" / "Dataset_final_Pet911_lost.csv")
-    found = _csv(root / "pet911_2025" / "dataset_final_Pet911_found.csv")
-    vk: list[dict[str, Any]] = []
-    for path in sorted((root / "vk_posts_labelled").glob("*.json")):
-        vk.extend(json.loads(path.read_text(encoding="utf-8")))
-    sonoma = _csv(root / "sonoma_shelter" / "Animal_Shelter_Intake_and_Outcome.csv")
-    beach = _csv(root / "long_beach_shelter" / "animal-shelter-intakes-and-outcomes.csv")
-    petfinder = _csv(root / "petfinder_my" / "test.csv")
+    lost: list[dict[str, Any]]  # pet911 lost posts
+    found: list[dict[str, Any]]  # pet911 found posts
+    vk: list[dict[str, Any]]  # labelled VK posts
+    sonoma: list[dict[str, Any]]  # Sonoma County shelter intakes and outcomes
+    beach: list[dict[str, Any]]  # Long Beach shelter intakes and outcomes (cats)
+    petfinder: list[dict[str, Any]]  # PetFinder.my listings
 
-    # kinds
-    n_lost = len(lost) + sum(r.get("MessageType") == "L" for r in vk)
-    n_found = len(found) + sum(r.get("MessageType") == "F" for r in vk)
-    stray = sum(r["Intake Type"] == "STRAY" for r in sonoma)
-    other_intake = len(sonoma) - stray
+    @classmethod
+    def read(cls, root: Path) -> _Rows:
+        vk: list[dict[str, Any]] = []
+        for path in sorted((root / "vk_posts_labelled").glob("*.json")):
+            vk.extend(json.loads(path.read_text(encoding="utf-8")))
+        return cls(
+            lost=_csv(root / "pet911_2025" / "Dataset_final_Pet911_lost.csv"),
+            found=_csv(root / "pet911_2025" / "dataset_final_Pet911_found.csv"),
+            vk=vk,
+            sonoma=_csv(root / "sonoma_shelter" / "Animal_Shelter_Intake_and_Outcome.csv"),
+            beach=_csv(root / "long_beach_shelter" / "animal-shelter-intakes-and-outcomes.csv"),
+            petfinder=_csv(root / "petfinder_my" / "test.csv"),
+        )
+
+
+def _kinds(rows: _Rows, shelter_share: float) -> Empirical:
+    n_lost = len(rows.lost) + sum(r.get("MessageType") == "L" for r in rows.vk)
+    n_found = len(rows.found) + sum(r.get("MessageType") == "F" for r in rows.vk)
+    stray = sum(r["Intake Type"] == "STRAY" for r in rows.sonoma)
     posts = n_lost + n_found
-    kind = Empirical.of(
+    return Empirical.of(
         {
             "lost": (1 - shelter_share) * n_lost / posts,
             "found": (1 - shelter_share) * n_found / posts,
-            "shelter": shelter_share * stray / len(sonoma),
-            "adoptable": shelter_share * other_intake / len(sonoma),
+            "shelter": shelter_share * stray / len(rows.sonoma),
+            "adoptable": shelter_share * (len(rows.sonoma) - stray) / len(rows.sonoma),
         }
     )
 
-    # species
-    vk_species = {"D": "dog", "C": "cat", "O": "other"}
-    post_species = _normalised(Counter(r["тип_животного"] for r in lost + found), normalize_species)
-    post_species.update(vk_species[r["Species"]] for r in vk if r.get("Species") in vk_species)
-    shelter_species = _normalised(
-        Counter([r["Type"] for r in sonoma] + [r["Animal Type"] for r in beach]), normalize_species
-    )
-    post_species.pop("unknown", None)
-    shelter_species.pop("unknown", None)
 
-    # looks, per species (dog/cat from the shelters; "other" gets the shelters' OTHER rows)
-    def by_species(rows: list[tuple[str, str]], fn: Any) -> dict[str, Empirical]:
+def _species(rows: _Rows) -> dict[str, Empirical]:
+    from engine.normalize import normalize_species
+
+    vk_species = {"D": "dog", "C": "cat", "O": "other"}
+    post = _normalised(Counter(r["тип_животного"] for r in rows.lost + rows.found), normalize_species)
+    post.update(vk_species[r["Species"]] for r in rows.vk if r.get("Species") in vk_species)
+    shelter = _normalised(
+        Counter([r["Type"] for r in rows.sonoma] + [r["Animal Type"] for r in rows.beach]), normalize_species
+    )
+    post.pop("unknown", None)
+    shelter.pop("unknown", None)
+    return {"post": Empirical.of(post), "shelter": Empirical.of(shelter)}
+
+
+def _looks(rows: _Rows) -> dict[str, dict[str, Empirical]]:
+    """Colours, sex, size, breed and age group per species (dog/cat from the shelters; "other" gets the shelters'
+    OTHER rows, else the cat or dog table)."""
+    from engine.normalize import age_group_from_text, normalize_colors, normalize_sex, normalize_size, normalize_species
+
+    def by_species(pairs: list[tuple[str, str]], fn: Any) -> dict[str, Empirical]:
         per: dict[str, Counter[str]] = {}
-        for sp, raw in rows:
+        for sp, raw in pairs:
             per.setdefault(sp, Counter())[raw] += 1
         return {sp: Empirical.of(_normalised(c, fn)) for sp, c in per.items()}
 
-    sonoma_sp = [(normalize_species(r["Type"]), r) for r in sonoma]
-    beach_rows = [("cat", r) for r in beach]
-    colors = by_species(
-        [(sp, r["Color"]) for sp, r in sonoma_sp]
-        + [(sp, "/".join(x for x in (r["Primary Color"], r["Secondary Color"]) if x)) for sp, r in beach_rows],
-        lambda raw: tuple(normalize_colors(raw.replace("BRN", "BROWN").replace("ORG", "ORANGE"))) or ("unknown",),
-    )
-    sex = by_species(
-        [(sp, r["Sex"]) for sp, r in sonoma_sp] + [(sp, r["Sex"]) for sp, r in beach_rows],
-        lambda raw: normalize_sex(_SEX_PRE.get(raw.strip().lower(), raw)),
-    )
-    size = by_species([(sp, r["Size"]) for sp, r in sonoma_sp], normalize_size)
-    breed = by_species([(sp, r["Breed"]) for sp, r in sonoma_sp], lambda raw: raw.strip().lower() or "unknown")
-    age_group = by_species(
-        [(sp, f"{r['Age']} years") for sp, r in beach_rows if r["Age"].strip().isdigit()]
-        + [(sp, _age_text(r["Date Of Birth"], r["Intake Date"])) for sp, r in sonoma_sp],
-        age_group_from_text,
-    )
-    for table in (colors, sex, size, breed, age_group):
+    sonoma = [(normalize_species(r["Type"]), r) for r in rows.sonoma]
+    beach = [("cat", r) for r in rows.beach]
+    tables = {
+        "colors": by_species(
+            [(sp, r["Color"]) for sp, r in sonoma]
+            + [(sp, "/".join(x for x in (r["Primary Color"], r["Secondary Color"]) if x)) for sp, r in beach],
+            lambda raw: tuple(normalize_colors(raw.replace("BRN", "BROWN").replace("ORG", "ORANGE"))) or ("unknown",),
+        ),
+        "sex": by_species(
+            [(sp, r["Sex"]) for sp, r in sonoma] + [(sp, r["Sex"]) for sp, r in beach],
+            lambda raw: normalize_sex(_SEX_PRE.get(raw.strip().lower(), raw)),
+        ),
+        "size": by_species([(sp, r["Size"]) for sp, r in sonoma], normalize_size),
+        "breed": by_species([(sp, r["Breed"]) for sp, r in sonoma], lambda raw: raw.strip().lower() or "unknown"),
+        "age_group": by_species(
+            [(sp, f"{r['Age']} years") for sp, r in beach if r["Age"].strip().isdigit()]
+            + [(sp, _age_text(r["Date Of Birth"], r["Intake Date"])) for sp, r in sonoma],
+            age_group_from_text,
+        ),
+    }
+    for table in tables.values():
         for sp in ("dog", "cat", "other"):
             table.setdefault(sp, table.get("cat") or table.get("dog") or Empirical.of({"unknown": 1}))
+    return tables
 
-    # photos per listing
-    post_photos = Counter(int(r["количество_фото"]) for r in lost + found if r["количество_фото"].strip().isdigit())
-    shelter_photos = Counter(
-        int(float(r["PhotoAmt"])) for r in petfinder if r.get("PhotoAmt", "").replace(".", "", 1).isdigit()
+
+def _photos(rows: _Rows) -> dict[str, Empirical]:
+    post = Counter(int(r["количество_фото"]) for r in rows.lost + rows.found if r["количество_фото"].strip().isdigit())
+    shelter = Counter(
+        int(float(r["PhotoAmt"])) for r in rows.petfinder if r.get("PhotoAmt", "").replace(".", "", 1).isdigit()
     )
+    return {"post": Empirical.of(post), "shelter": Empirical.of(shelter)}
 
-    # delays (days)
+
+def _delays(rows: _Rows) -> tuple[Empirical, Empirical]:
+    """Days from the event to the post (pet911), and from intake to a return to the owner (the shelters)."""
     post_delay: Counter[int] = Counter()
-    for rows, event_col in ((lost, "дата пропажи"), (found, "дата находки")):
-        for r in rows:
+    for posts, event_col in ((rows.lost, "дата пропажи"), (rows.found, "дата находки")):
+        for r in posts:
             ev, posted = _date(r.get(event_col)), _date(r.get("дата_публикации"))
             if ev and posted and 0 <= (posted - ev).days <= 365:
                 post_delay[(posted - ev).days] += 1
     reunion: Counter[int] = Counter()
-    for r in sonoma:
+    for r in rows.sonoma:
         if r["Outcome Type"] == "RETURN TO OWNER" and r["Days in Shelter"].strip().isdigit():
             reunion[int(r["Days in Shelter"])] += 1
-    for r in beach:
+    for r in rows.beach:
         if "RETURN" in r["Outcome Type"] and "OWNER" in r["Outcome Type"]:
             a, b = _date(r["Intake Date"]), _date(r["Outcome Date"])
             if a and b and 0 <= (b - a).days <= 365:
                 reunion[(b - a).days] += 1
-    reunion_share = sum(r["статус"] == "питомец найден" for r in lost) / max(1, len(lost))
+    return Empirical.of(post_delay), Empirical.of(reunion)
 
-    # geography and season
-    coords = [tuple(float(g) for g in m.groups()) for r in sonoma if (m := _COORDS.search(r.get("Location") or ""))]
+
+def _geography(rows: _Rows) -> tuple[np.ndarray, tuple[float, float], np.ndarray]:
+    """Sonoma intake places as km offsets from their median centre, the centre, and the intake-day season."""
+    coords = [
+        tuple(float(g) for g in m.groups()) for r in rows.sonoma if (m := _COORDS.search(r.get("Location") or ""))
+    ]
     if len(coords) < 100:
         raise DatasetsMissing("sonoma_shelter Location coordinates are missing or unreadable")
     arr = np.array(coords)
@@ -281,32 +304,38 @@ def load_region_model(datasets_dir: str | os.PathLike[str] | None = None, shelte
     geo = np.column_stack([(arr[:, 1] - centre[1]) * km_lon, (arr[:, 0] - centre[0]) * KM_PER_DEG_LAT])
     geo = geo[np.hypot(geo[:, 0], geo[:, 1]) < 80]  # drop far-away out-of-county addresses
     season = np.ones(366)
-    for r in [*sonoma, *beach]:
+    for r in [*rows.sonoma, *rows.beach]:
         d = _date(r.get("Intake Date"))
         if d:
             season[d.timetuple().tm_yday - 1] += 1
+    return geo, centre, season / season.sum()
 
+
+def load_region_model(datasets_dir: str | os.PathLike[str] | None = None, shelter_share: float = 0.3) -> RegionModel:
+    """Estimate every distribution from the datasets folder (see the module docstring for what comes from where)."""
+    root = Path(datasets_dir) if datasets_dir else default_datasets_dir()
+    if not root.is_dir():
+        raise DatasetsMissing(f"datasets folder {root} is missing (set HW_DATASETS_DIR or pass datasets_dir)")
+    rows = _Rows.read(root)
+    post_delay, reunion_delay = _delays(rows)
+    geo, centre, season = _geography(rows)
     return RegionModel(
-        kind=kind,
-        species={"post": Empirical.of(post_species), "shelter": Empirical.of(shelter_species)},
-        colors=colors,
-        sex=sex,
-        size=size,
-        breed=breed,
-        age_group=age_group,
-        photos={"post": Empirical.of(post_photos), "shelter": Empirical.of(shelter_photos)},
-        post_delay=Empirical.of(post_delay),
-        reunion_delay=Empirical.of(reunion),
-        reunion_share=reunion_share,
+        kind=_kinds(rows, shelter_share),
+        species=_species(rows),
+        **_looks(rows),
+        photos=_photos(rows),
+        post_delay=post_delay,
+        reunion_delay=reunion_delay,
+        reunion_share=sum(r["статус"] == "питомец найден" for r in rows.lost) / max(1, len(rows.lost)),
         geo_km=geo,
         centre=centre,
-        season=season / season.sum(),
+        season=season,
         rows_read={
-            "pet911": len(lost) + len(found),
-            "vk": len(vk),
-            "sonoma": len(sonoma),
-            "long_beach": len(beach),
-            "petfinder_my": len(petfinder),
+            "pet911": len(rows.lost) + len(rows.found),
+            "vk": len(rows.vk),
+            "sonoma": len(rows.sonoma),
+            "long_beach": len(rows.beach),
+            "petfinder_my": len(rows.petfinder),
         },
     )
 
