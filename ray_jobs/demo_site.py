@@ -211,6 +211,118 @@ def _round_robin(identities: list[str], decks: dict[str, list[Photo]]) -> Iterat
         yield from (i for i in identities if decks[i])
 
 
+class _Poster:
+    """Writes posts' photos under ``root/photos`` and keeps their JSON-LD cards; one animal keeps one set of traits
+    across its posts."""
+
+    def __init__(self, root: Path, site: DemoSite, rng: random.Random) -> None:
+        self.root, self.site, self.rng = root, site, rng
+        self.posts: list[dict[str, object]] = []
+        self.traits: dict[str, dict[str, str]] = {}
+
+    def _words(self, kind: str, identity: str) -> dict[str, str]:
+        rng = self.rng
+        words = dict(
+            self.traits.setdefault(
+                identity,
+                {
+                    "colour": rng.choice(COLOURS),
+                    "breed": rng.choice(BREEDS),
+                    "name": rng.choice(NAMES),
+                    "sex": rng.choice(("male", "female")),
+                },
+            )
+        )
+        # A finder sometimes can't tell the sex or guesses another breed.
+        if kind == "found":
+            words["sex"] = words["sex"] if rng.random() < 0.7 else "unknown"
+            words["breed"] = words["breed"] if rng.random() < 0.5 else rng.choice(BREEDS)
+        return words
+
+    def add(self, kind: str, identity: str, photos: list[Image.Image], where: tuple[float, float], when: date) -> str:
+        source_id = f"{kind[0]}{len(self.posts) + 1000}"
+        urls = []
+        for n, photo in enumerate(photos):
+            photo.save(self.root / "photos" / f"{source_id}-{n}.jpg", "JPEG", quality=90)
+            urls.append(f"/photos/{source_id}-{n}.jpg")
+        words = self._words(kind, identity)
+        template = self.rng.choice(LOST_TEMPLATES if kind == "lost" else FOUND_TEMPLATES)
+        self.posts.append(
+            {
+                "@context": "https://schema.org",
+                "@type": "homeward:Listing",
+                "identifier": source_id,
+                "kind": kind,
+                "name": words["name"] if kind == "lost" else "Found pet",
+                "breed": words["breed"],
+                "gender": words["sex"],
+                "color": [words["colour"]],
+                "description": template.format(**words),
+                "image": urls,
+                "eventDate": when.isoformat(),
+                "datePosted": datetime.combine(when, datetime.min.time(), UTC).isoformat(),
+                "address": {"addressLocality": "Seattle, WA"},
+                "geo": {"latitude": round(where[0], 5), "longitude": round(where[1], 5)},
+            }
+        )
+        self.site.post_identity[source_id] = identity
+        self.site.post_photos[source_id] = len(urls)
+        return source_id
+
+
+DEMO_TODAY = date(2026, 11, 1)
+
+
+def _plant_reunions(poster: _Poster, candidates: list[str], decks: dict[str, list[Photo]], reunions: int) -> None:
+    """A lost post and a later found post nearby for each planted animal, its photos split between them."""
+    site, rng = poster.site, poster.rng
+    for identity in candidates:
+        if len(site.reunions) == reunions:
+            break
+        want_lost, want_found = rng.randint(1, MAX_PHOTOS_PER_POST), rng.randint(1, MAX_PHOTOS_PER_POST)
+        photos = _take(decks[identity], want_lost + want_found, site.warnings)
+        if len(photos) < 2:
+            continue
+        n_lost = min(want_lost, len(photos) - 1)
+        lost_at = _jitter(rng, CENTRE, 8)
+        lost_on = DEMO_TODAY - timedelta(days=rng.randrange(10, 40))
+        lost_id = poster.add("lost", identity, photos[:n_lost], lost_at, lost_on)
+        found_on = lost_on + timedelta(rng.randrange(1, 9))
+        found_id = poster.add("found", identity, photos[n_lost:], _jitter(rng, lost_at, 3), found_on)
+        site.reunions.append(PlantedReunion(identity, lost_id, found_id))
+    if len(site.reunions) < reunions:
+        site.warnings.append(f"planted {len(site.reunions)} reunions of {reunions} asked for: too few identities")
+
+
+def _post_distractors(poster: _Poster, order: list[str], decks: dict[str, list[Photo]], distractors: int) -> None:
+    site, rng = poster.site, poster.rng
+    planted = {r.identity for r in site.reunions}
+    others = [k for k in order if k not in planted]
+    # A distractor animal keeps one kind across its posts: a lost and a found post of it would be an unplanted reunion.
+    kinds = {identity: "lost" if j % 4 == 0 else "found" for j, identity in enumerate(others)}
+    made = 0
+    for identity in _round_robin(others, decks):
+        if made == distractors:
+            break
+        photos = _take(decks[identity], rng.randint(1, MAX_PHOTOS_PER_POST), site.warnings)
+        if photos:
+            when = DEMO_TODAY - timedelta(days=rng.randrange(0, 40))
+            poster.add(kinds[identity], identity, photos, _jitter(rng, CENTRE, 8), when)
+            made += 1
+    if made < distractors:
+        site.warnings.append(f"posted {made} distractors of {distractors} asked for: the other identities ran out")
+
+
+def _write_pages(root: Path, posts: list[dict[str, object]]) -> None:
+    for post in posts:
+        (root / "pets" / f"{post['identifier']}.html").write_text(_card_html(post), encoding="utf-8")
+    ids = [str(p["identifier"]) for p in posts]
+    pages = max(1, -(-len(ids) // CARDS_PER_PAGE))
+    for page in range(1, pages + 1):
+        chunk = ids[(page - 1) * CARDS_PER_PAGE : page * CARDS_PER_PAGE]
+        (root / "catalog" / f"{page}.html").write_text(_catalog_html(page, pages, chunk), encoding="utf-8")
+
+
 def build_demo_site(
     root: Path, *, reunions: int = 20, distractors: int = 60, images_dir: Path | None = None, seed: int = 7
 ) -> DemoSite:
@@ -237,101 +349,16 @@ def build_demo_site(
 
     if root.exists():
         shutil.rmtree(root)
-    (root / "photos").mkdir(parents=True)
-    (root / "pets").mkdir()
-    (root / "catalog").mkdir()
+    for folder in ("photos", "pets", "catalog"):
+        (root / folder).mkdir(parents=True)
     (root / "robots.txt").write_text("User-agent: *\nAllow: /\n")
 
-    today = date(2026, 11, 1)
-    posts: list[dict[str, object]] = []
-    traits: dict[str, dict[str, str]] = {}
-
-    def add_post(kind: str, identity: str, photos: list[Image.Image], where: tuple[float, float], when: date) -> str:
-        source_id = f"{kind[0]}{len(posts) + 1000}"
-        urls = []
-        for n, photo in enumerate(photos):
-            photo.save(root / "photos" / f"{source_id}-{n}.jpg", "JPEG", quality=90)
-            urls.append(f"/photos/{source_id}-{n}.jpg")
-        # One animal, one set of traits; a finder sometimes can't tell the sex or guesses another breed.
-        words = dict(
-            traits.setdefault(
-                identity,
-                {
-                    "colour": rng.choice(COLOURS),
-                    "breed": rng.choice(BREEDS),
-                    "name": rng.choice(NAMES),
-                    "sex": rng.choice(("male", "female")),
-                },
-            )
-        )
-        if kind == "found":
-            words["sex"] = words["sex"] if rng.random() < 0.7 else "unknown"
-            words["breed"] = words["breed"] if rng.random() < 0.5 else rng.choice(BREEDS)
-        template = rng.choice(LOST_TEMPLATES if kind == "lost" else FOUND_TEMPLATES)
-        posts.append(
-            {
-                "@context": "https://schema.org",
-                "@type": "homeward:Listing",
-                "identifier": source_id,
-                "kind": kind,
-                "name": words["name"] if kind == "lost" else "Found pet",
-                "breed": words["breed"],
-                "gender": words["sex"],
-                "color": [words["colour"]],
-                "description": template.format(**words),
-                "image": urls,
-                "eventDate": when.isoformat(),
-                "datePosted": datetime.combine(when, datetime.min.time(), UTC).isoformat(),
-                "address": {"addressLocality": "Seattle, WA"},
-                "geo": {"latitude": round(where[0], 5), "longitude": round(where[1], 5)},
-            }
-        )
-        site.post_identity[source_id] = identity
-        site.post_photos[source_id] = len(urls)
-        return source_id
-
-    for identity in candidates:
-        if len(site.reunions) == reunions:
-            break
-        want_lost, want_found = rng.randint(1, MAX_PHOTOS_PER_POST), rng.randint(1, MAX_PHOTOS_PER_POST)
-        photos = _take(decks[identity], want_lost + want_found, site.warnings)
-        if len(photos) < 2:
-            continue
-        n_lost = min(want_lost, len(photos) - 1)
-        lost_at = _jitter(rng, CENTRE, 8)
-        lost_on = today - timedelta(days=rng.randrange(10, 40))
-        lost_id = add_post("lost", identity, photos[:n_lost], lost_at, lost_on)
-        found_on = lost_on + timedelta(rng.randrange(1, 9))
-        found_id = add_post("found", identity, photos[n_lost:], _jitter(rng, lost_at, 3), found_on)
-        site.reunions.append(PlantedReunion(identity, lost_id, found_id))
-    if len(site.reunions) < reunions:
-        site.warnings.append(f"planted {len(site.reunions)} reunions of {reunions} asked for: too few identities")
-
-    planted = {r.identity for r in site.reunions}
-    others = [k for k in order if k not in planted]
-    # A distractor animal keeps one kind across its posts: a lost and a found post of it would be an unplanted reunion.
-    kinds = {identity: "lost" if j % 4 == 0 else "found" for j, identity in enumerate(others)}
-    made = 0
-    for identity in _round_robin(others, decks):
-        if made == distractors:
-            break
-        photos = _take(decks[identity], rng.randint(1, MAX_PHOTOS_PER_POST), site.warnings)
-        if photos:
-            when = today - timedelta(days=rng.randrange(0, 40))
-            add_post(kinds[identity], identity, photos, _jitter(rng, CENTRE, 8), when)
-            made += 1
-    if made < distractors:
-        site.warnings.append(f"posted {made} distractors of {distractors} asked for: the other identities ran out")
+    poster = _Poster(root, site, rng)
+    _plant_reunions(poster, candidates, decks, reunions)
+    _post_distractors(poster, order, decks, distractors)
     for warning in site.warnings:
         log.warning("demo site: %s", warning)
-
-    rng.shuffle(posts)
-    for post in posts:
-        (root / "pets" / f"{post['identifier']}.html").write_text(_card_html(post), encoding="utf-8")
-    ids = [str(p["identifier"]) for p in posts]
-    pages = max(1, -(-len(ids) // CARDS_PER_PAGE))
-    for page in range(1, pages + 1):
-        chunk = ids[(page - 1) * CARDS_PER_PAGE : page * CARDS_PER_PAGE]
-        (root / "catalog" / f"{page}.html").write_text(_catalog_html(page, pages, chunk), encoding="utf-8")
-    site.posts = len(posts)
+    rng.shuffle(poster.posts)
+    _write_pages(root, poster.posts)
+    site.posts = len(poster.posts)
     return site
