@@ -183,9 +183,19 @@ def demo(
     _stage(5, 5, f"checking planted reunions [match took {time.monotonic() - t:.0f}s]")
 
     ranks = _planted_ranks(settings, site)
+    summary = _summary(settings, site, ranks, profile, images_dir)
+    summary.update(crawl=crawled, enrich=enriched, match=matched, seconds=round(time.monotonic() - started, 1))
+    _print_summary(summary, settings, site, len(ranks))
+    return summary
+
+
+def _summary(
+    settings: Settings, site: DemoSite, ranks: list[int | None], profile: str, images_dir: Path | None
+) -> dict[str, Any]:
+    """What the store holds after the demo and how the planted reunions ranked, overall and per species."""
     totals = _figures(ranks)
     lance = LanceStore(settings.lance, settings.storage_options)
-    summary = {
+    return {
         "listings": lance.count("listings"),
         "photos": lance.count("photos"),
         "detections": lance.count("detections"),
@@ -204,11 +214,10 @@ def demo(
         "lance": settings.lance,
         "duckdb": settings.duckdb,
         "photo_store": settings.photos,
-        "crawl": crawled,
-        "enrich": enriched,
-        "match": matched,
-        "seconds": round(time.monotonic() - started, 1),
     }
+
+
+def _print_summary(summary: dict[str, Any], settings: Settings, site: DemoSite, planted: int) -> None:
     per_species = "".join(
         f"\n  {species}: rank 1 {f['rank1']}/{f['reunions']}, top 5 {f['top5']}/{f['reunions']}, "
         f"photos with a detection {f['detected_share']}"
@@ -217,13 +226,12 @@ def demo(
     print(
         f"\nHomeward demo: {summary['listings']} listings, {summary['photos']} photos, "
         f"{summary['detections']} detections, {summary['matches']} matches in {summary['seconds']}s.\n"
-        f"Planted reunions found at rank 1: {summary['reunions_rank1']}/{len(ranks)}, "
-        f"in the top 5: {summary['reunions_top5']}/{len(ranks)} (profile {profile}, photos: {site.photos_from}); "
-        f"photos with a detection: {summary['detected_share']}.{per_species}\n"
+        f"Planted reunions found at rank 1: {summary['reunions_rank1']}/{planted}, "
+        f"in the top 5: {summary['reunions_top5']}/{planted} (profile {summary['profile']}, photos: "
+        f"{site.photos_from}); photos with a detection: {summary['detected_share']}.{per_species}\n"
         f"LanceDB: {settings.lance}\nDuckDB:  {settings.duckdb}\nPhotos:  {settings.photos}",
         file=sys.stderr,
     )
-    return summary
 
 
 def demo_source(base_url: str) -> dict[str, Any]:
