@@ -303,18 +303,14 @@ def make_photo(
     return out.getvalue()
 
 
-def populate(settings: Settings, now: dt.datetime | None = None) -> dict[str, Any]:
-    """Write the sample database under ``settings``; return listing ids, photo ids and run ids by name."""
-    now = now or dt.datetime.now(UTC)
-    runs = RunsDB(settings.duckdb)
+def _store_photos(settings: Settings, now: dt.datetime) -> dict[str, str]:
+    """One EXIF-carrying photo per listing in the PhotoStore and its LanceDB row; photo ids by listing name."""
     lance = LanceStore(settings.lance, settings.storage_options)
     store = PhotoStore(settings.photos, settings.storage_options)
-
     photo_ids: dict[str, str] = {}
     photo_rows = []
     for name in LISTINGS:
-        data = make_photo(*_PALETTE[name])
-        pid, uri = store.put(data, "jpg")
+        pid, uri = store.put(make_photo(*_PALETTE[name]), "jpg")
         photo_ids[name] = pid
         src_url = f"https://img.example.invalid/{name}.jpg"
         photo_rows.append(
@@ -336,33 +332,69 @@ def populate(settings: Settings, now: dt.datetime | None = None) -> dict[str, An
             )
         )
     upsert_photos(lance, photo_rows)
+    return photo_ids
 
-    def day(days_ago: float) -> dt.datetime:
-        return now - dt.timedelta(days=days_ago)
 
-    runs_info = {
-        "old": ("match-old", day(8), day(8) + dt.timedelta(seconds=95), "published"),
+def _match_runs(now: dt.datetime) -> dict[str, tuple[str, dt.datetime, dt.datetime | None, str]]:
+    """(run id, started, finished, status) by the name the tests use."""
+    return {
+        "old": (
+            "match-old",
+            now - dt.timedelta(days=8),
+            now - dt.timedelta(days=8) + dt.timedelta(seconds=95),
+            "published",
+        ),
         "latest": ("match-latest", now - dt.timedelta(minutes=62), now - dt.timedelta(minutes=60), "published"),
         "running": ("match-running", now - dt.timedelta(minutes=5), None, "running"),
     }
-    # (lost, found, score, image, text, attrs, geo, time, distance_km, days_apart, per run)
-    pairs = {
-        "old": [
-            ("lost_buddy", "shelter_a101", 0.88, 0.90, 0.61, 0.9, 0.8, 0.9, 7.4, 2.0),
-            ("lost_rex", "shelter_k9", 0.64, 0.66, 0.50, 0.8, 0.7, 0.6, 3.6, 5.0),
-        ],
-        "latest": [
-            ("lost_buddy", "shelter_a101", 0.91, 0.93, 0.64, 0.9, 0.8, 0.9, 7.4, 2.0),
-            ("lost_buddy", "shelter_a102", 0.52, 0.55, 0.30, 0.4, 0.8, 0.9, 7.4, 5.0),
-            ("lost_misha", "found_cat", 0.77, 0.81, 0.58, 0.7, 0.9, 0.9, 0.6, 3.0),
-            ("lost_rex", "shelter_k9", 0.62, 0.63, 0.52, 0.8, 0.7, 0.6, 3.6, 5.0),
-            ("lost_luna", "shelter_a101", 0.41, 0.45, 0.20, 0.3, 0.9, 0.9, 10.1, -4.0),
-        ],
-        "running": [
-            ("lost_buddy", "shelter_a101", 0.95, 0.96, 0.70, 0.9, 0.8, 0.9, 7.4, 2.0),
-            (*GHOST_PAIR, 0.99, 0.99, 0.90, 0.9, 0.9, 0.9, 8.0, 1.0),
-        ],
-    }
+
+
+#: (lost, found, score, image, text, attrs, geo, time, distance_km, days_apart) of each match run, by its name.
+PAIRS: dict[str, list[tuple[Any, ...]]] = {
+    "old": [
+        ("lost_buddy", "shelter_a101", 0.88, 0.90, 0.61, 0.9, 0.8, 0.9, 7.4, 2.0),
+        ("lost_rex", "shelter_k9", 0.64, 0.66, 0.50, 0.8, 0.7, 0.6, 3.6, 5.0),
+    ],
+    "latest": [
+        ("lost_buddy", "shelter_a101", 0.91, 0.93, 0.64, 0.9, 0.8, 0.9, 7.4, 2.0),
+        ("lost_buddy", "shelter_a102", 0.52, 0.55, 0.30, 0.4, 0.8, 0.9, 7.4, 5.0),
+        ("lost_misha", "found_cat", 0.77, 0.81, 0.58, 0.7, 0.9, 0.9, 0.6, 3.0),
+        ("lost_rex", "shelter_k9", 0.62, 0.63, 0.52, 0.8, 0.7, 0.6, 3.6, 5.0),
+        ("lost_luna", "shelter_a101", 0.41, 0.45, 0.20, 0.3, 0.9, 0.9, 10.1, -4.0),
+    ],
+    "running": [
+        ("lost_buddy", "shelter_a101", 0.95, 0.96, 0.70, 0.9, 0.8, 0.9, 7.4, 2.0),
+        (*GHOST_PAIR, 0.99, 0.99, 0.90, 0.9, 0.9, 0.9, 8.0, 1.0),
+    ],
+}
+
+
+def _insert_match_runs(
+    con: Any, runs_info: dict[str, tuple[str, dt.datetime, dt.datetime | None, str]], photo_ids: dict[str, str]
+) -> None:
+    for key, (run_id, started, finished, status) in runs_info.items():
+        rows = PAIRS[key]
+        con.execute(
+            "INSERT INTO match_runs (run_id, started, finished, status, parameters, embed_model, lost_listings, "
+            "found_listings, candidate_pairs, matches, duration_s, message) VALUES (?, ?, ?, ?, ?, 'tiny-test', "
+            "4, 4, ?, ?, ?, NULL)",
+            [
+                run_id,
+                started,
+                finished,
+                status,
+                json.dumps({"top_k": 10}),
+                16 * (len(rows) + 1),
+                len(rows),
+                (finished - started).total_seconds() if finished else None,
+            ],
+        )
+        for rank, (lost, found, *terms) in enumerate(rows):
+            _insert_match(con, run_id, rank + 1, (lid(lost), lid(found), *terms), (photo_ids[lost], photo_ids[found]))
+
+
+def _insert_feedback(con: Any, now: dt.datetime) -> None:
+    """One pair confirmed, one rejected, one rejected then confirmed."""
     feedback = [
         (
             "lost_buddy",
@@ -373,72 +405,61 @@ def populate(settings: Settings, now: dt.datetime | None = None) -> dict[str, An
             "owner verified chip",
         ),
         ("lost_luna", "shelter_a101", "rejected", "seas-staff", now - dt.timedelta(minutes=20), "different dog"),
-        ("lost_rex", "shelter_k9", "rejected", "astn-staff", day(5), "first look: no"),
-        ("lost_rex", "shelter_k9", "confirmed", "astn-staff", day(2), "owner came in"),
+        ("lost_rex", "shelter_k9", "rejected", "astn-staff", now - dt.timedelta(days=5), "first look: no"),
+        ("lost_rex", "shelter_k9", "confirmed", "astn-staff", now - dt.timedelta(days=2), "owner came in"),
     ]
+    for lost, found, verdict, who, at, note in feedback:
+        con.execute("INSERT INTO feedback VALUES (?, ?, ?, ?, ?, ?)", [lid(lost), lid(found), verdict, who, at, note])
 
-    with runs.write() as con:
+
+def _insert_job_runs(con: Any, now: dt.datetime) -> None:
+    """Crawl runs (one source healthy, one whose latest run failed, one that never succeeded) and an enrich run."""
+    crawl = [
+        ("crawl-petango-1", "petango", now - dt.timedelta(days=2), "ok", 40, 1),
+        ("crawl-petango-2", "petango", now - dt.timedelta(hours=5), "ok", 42, 0),
+        ("crawl-pet911-1", "pet911", now - dt.timedelta(days=3), "ok", 120, 4),
+        ("crawl-pet911-2", "pet911", now - dt.timedelta(hours=4), "failed", 0, 9),
+        ("crawl-craigslist-1", "craigslist", now - dt.timedelta(days=1), "failed", 0, 3),
+        ("crawl-petharbor-1", "petharbor", now - dt.timedelta(days=20), "ok", 12, 0),
+    ]
+    for run_id, source, started, status, items, errors in crawl:
+        con.execute(
+            "INSERT INTO crawl_runs (run_id, source, started, finished, status, pages, items, new_items, errors, "
+            "errors_by_reason, duration_s, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 60, ?)",
+            [
+                run_id,
+                source,
+                started,
+                started + dt.timedelta(minutes=1),
+                status,
+                items + errors,
+                items,
+                items // 2,
+                errors,
+                json.dumps({"http_503": errors} if errors else {}),
+                "robots.txt refused" if status == "failed" else None,
+            ],
+        )
+    con.execute(
+        "INSERT INTO enrich_runs (run_id, started, finished, status, photos, ok, no_animal, failed, detections, "
+        "duration_s) VALUES ('enrich-1', ?, ?, 'ok', 160, 150, 6, 4, 151, 40.0)",
+        [now - dt.timedelta(hours=3), now - dt.timedelta(hours=3) + dt.timedelta(seconds=40)],
+    )
+
+
+def populate(settings: Settings, now: dt.datetime | None = None) -> dict[str, Any]:
+    """Write the sample database under ``settings``; return listing ids, photo ids and run ids by name."""
+    now = now or dt.datetime.now(UTC)
+    photo_ids = _store_photos(settings, now)
+    runs_info = _match_runs(now)
+    with RunsDB(settings.duckdb).write() as con:
         for table in ("matches", "match_runs", "feedback", "listings", "crawl_runs", "enrich_runs"):
             con.execute(f"DELETE FROM {table}")
         for name, spec in LISTINGS.items():
             _insert_listing(con, spec, photo_ids[name], now)
-        for key, (run_id, started, finished, status) in runs_info.items():
-            rows = pairs[key]
-            con.execute(
-                "INSERT INTO match_runs (run_id, started, finished, status, parameters, embed_model, lost_listings, "
-                "found_listings, candidate_pairs, matches, duration_s, message) VALUES (?, ?, ?, ?, ?, 'tiny-test', "
-                "4, 4, ?, ?, ?, NULL)",
-                [
-                    run_id,
-                    started,
-                    finished,
-                    status,
-                    json.dumps({"top_k": 10}),
-                    16 * (len(rows) + 1),
-                    len(rows),
-                    (finished - started).total_seconds() if finished else None,
-                ],
-            )
-            for rank, (lost, found, *terms) in enumerate(rows):
-                _insert_match(
-                    con, run_id, rank + 1, (lid(lost), lid(found), *terms), (photo_ids[lost], photo_ids[found])
-                )
-        for lost, found, verdict, who, at, note in feedback:
-            con.execute(
-                "INSERT INTO feedback VALUES (?, ?, ?, ?, ?, ?)", [lid(lost), lid(found), verdict, who, at, note]
-            )
-        crawl = [
-            ("crawl-petango-1", "petango", day(2), "ok", 40, 1),
-            ("crawl-petango-2", "petango", now - dt.timedelta(hours=5), "ok", 42, 0),
-            ("crawl-pet911-1", "pet911", day(3), "ok", 120, 4),
-            ("crawl-pet911-2", "pet911", now - dt.timedelta(hours=4), "failed", 0, 9),
-            ("crawl-craigslist-1", "craigslist", day(1), "failed", 0, 3),
-            ("crawl-petharbor-1", "petharbor", day(20), "ok", 12, 0),
-        ]
-        for run_id, source, started, status, items, errors in crawl:
-            con.execute(
-                "INSERT INTO crawl_runs (run_id, source, started, finished, status, pages, items, new_items, errors, "
-                "errors_by_reason, duration_s, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 60, ?)",
-                [
-                    run_id,
-                    source,
-                    started,
-                    started + dt.timedelta(minutes=1),
-                    status,
-                    items + errors,
-                    items,
-                    items // 2,
-                    errors,
-                    json.dumps({"http_503": errors} if errors else {}),
-                    "robots.txt refused" if status == "failed" else None,
-                ],
-            )
-        con.execute(
-            "INSERT INTO enrich_runs (run_id, started, finished, status, photos, ok, no_animal, failed, detections, "
-            "duration_s) VALUES ('enrich-1', ?, ?, 'ok', 160, 150, 6, 4, 151, 40.0)",
-            [now - dt.timedelta(hours=3), now - dt.timedelta(hours=3) + dt.timedelta(seconds=40)],
-        )
-
+        _insert_match_runs(con, runs_info, photo_ids)
+        _insert_feedback(con, now)
+        _insert_job_runs(con, now)
     return {
         "listings": {name: lid(name) for name in LISTINGS},
         "photos": photo_ids,
