@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 ANALYST_FILE = "analyst.duckdb"
 
+#: Columns blanked in the analysts' copy: owners' e-mail addresses are for their alerts, not for analysis.
+WITHHELD_COLUMNS = {"watches": ["email", "unsubscribe_hash"]}
+
 
 def analyst_path(settings: Settings) -> Path:
     return Path(settings.data_dir) / ANALYST_FILE
@@ -65,6 +68,9 @@ def copy_database(runs: RunsDB, target: Path) -> None:
             con.execute(f"ATTACH {_sql_text(fresh)} AS analyst_fresh (READ_WRITE)")
             try:
                 con.execute(f"COPY FROM DATABASE {_sql_ident(source)} TO analyst_fresh")
+                for table, columns in WITHHELD_COLUMNS.items():
+                    assignments = ", ".join(f"{_sql_ident(c)} = 'withheld'" for c in columns)
+                    con.execute(f"UPDATE analyst_fresh.{_sql_ident(table)} SET {assignments}")
             finally:
                 con.execute("DETACH analyst_fresh")  # checkpoints: the file is whole, no WAL left beside it
         os.replace(fresh, target)
