@@ -13,6 +13,7 @@ jobs' file per job, which holds DuckDB's shared lock for the copy's duration (wr
 their busy timeout, 30 s by default). Publishes are serialised by a lock file beside the copy, so the copy on disk
 is always the newest. A failed publish never fails the job that asked for it: the job's result names the reason and
 the previous copy stays in place. Changes made by the dashboard (verdicts) reach the copy at the next job.
+Owners' e-mail addresses (``watches``) read ``withheld`` in the copy (:data:`WITHHELD_COLUMNS`).
 """
 
 from __future__ import annotations

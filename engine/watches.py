@@ -190,7 +190,8 @@ def due_alerts(settings: Settings, watch: Watch, limit: int) -> tuple[list[Searc
     """Up to ``limit`` found/shelter listings scoring at least the watch's threshold that its owner was not sent yet,
     best first; and why none could be searched (``model_changed: …``), else None."""
     with RunsDB(settings.duckdb).read() as con:
-        sent = {r[0] for r in con.execute("SELECT listing_id FROM watch_alerts WHERE watch_id = ?", [watch.watch_id])}
+        got = con.execute("SELECT listing_id FROM watch_alerts WHERE watch_id = ?", [watch.watch_id]).fetchall()
+    sent = {r[0] for r in got}
     query = QueryVectors(watch.embed_model, watch.species or "unknown", watch.vectors, [], False)
     try:
         result = search_vectors(
