@@ -13,6 +13,7 @@ overrides built-in ones key by key (an entry with the name of a built-in source 
         enabled: true                 # crawled by `homeward crawl` without --source and by `schedule`
         max_pages: 0                  # stop after N pages (0: no limit)
         phone_region: US              # where phones without a +country code are read first (ISO code; default RU)
+        language: ru                  # the language of this source's shelter reports (default en)
         recheck_hours: 168            # re-check stored cards this old (conditional GET); 0 = every crawl
         concurrency_per_domain: 2     # politeness overrides for this source only
         download_delay_s: 0.5
@@ -60,6 +61,7 @@ KEYS: dict[str, type | tuple[type, ...]] = {
     "defaults": dict,
     "id_from_url": str,
     "phone_region": str,
+    "language": str,  # what its shelters read: their report e-mails' language (engine.source_settings)
 }
 SELECTOR_KEYS = ("cards", "next_page", "fields")
 

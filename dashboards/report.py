@@ -4,10 +4,15 @@ What a report holds: the open candidates of the latest PUBLISHED match run (``op
 rejected are gone, confirmed ones stay marked) whose found side belongs to the shelter: its ``shelter_key``, which is
 ``source:shelter_id`` (``petango:SEAS``; a shelter id only counts within the source that listed it, so another source
 claiming "SEAS" gets its own key and never lands in this report), or the bare ``source`` for found posts and sightings
-without a shelter id (the SQL macro ``shelter_key`` in ``views.sql``). Highest score first, at most ``top`` rows.
-Each row shows both photos side by side (thumbnails re-encoded without EXIF, embedded as ``data:`` URIs, so the file
-opens offline and can be mailed), the score and every evidence term, the dates, the distance and links to both
-original posts.
+without a shelter id (the SQL macro ``shelter_key`` in ``views.sql``).
+
+**New first.** Candidates no report e-mail to this shelter has carried yet (``report_deliveries``) lead, as cards:
+both photos side by side (thumbnails re-encoded without EXIF), the score and every evidence term, the dates, the
+distance, links to both original posts and, with ``report.dashboard_url``, to the pair on the shelter's dashboard
+page (with its token). The still-open ones the shelter has already been sent follow as compact table rows. Each group
+is best first; at most ``top`` rows in all. A shelter with nothing new gets no e-mail unless ``--resend``.
+**Language.** A shelter reads its source's ``language`` (sources config; pet911 and poiskzoo: Russian), through the
+Babel catalogues of :mod:`dashboards.i18n`; English otherwise.
 Every report carries a scam warning. No contact detail appears: the tables hold only salted hashes, and free text
 is shown as stored — the crawl's redact stage (:mod:`crawlers.pipelines.redact`) removed contacts before anything
 was written, and a second, cruder pass here would blank dates and price ranges it cannot tell from phones.
@@ -17,8 +22,10 @@ the same folder and renamed over the target, so a reader (or a mail job) never s
 new feedback rewrites the same files. CSV cells that a spreadsheet would run as a formula are escaped
 (:func:`csv_cell`); the Parquet file keeps every value raw.
 
-With ``--email``, each shelter listed in ``report.recipients`` gets its report by SMTP (``report.smtp_*``): the HTML
-as the message body, a plain-text summary for text-only readers, the CSV attached.
+With ``--email``, each shelter listed in ``report.recipients`` gets its report by SMTP (:mod:`dashboards.mail`:
+``report.smtp_*``, implicit TLS or STARTTLS): the HTML as the message body with its photos as inline CID parts (mail
+clients drop ``data:`` images; the file keeps ``data:`` URIs so it opens offline), a plain-text summary for text-only
+readers, the CSV attached. The pairs of a message the server accepted are recorded as delivered in the same run.
 """
 
 from __future__ import annotations
@@ -30,35 +37,48 @@ import io
 import logging
 import os
 import re
-import smtplib
-import ssl
 import tempfile
+import urllib.parse
 from email.message import EmailMessage
-from email.utils import getaddresses, make_msgid
 from pathlib import Path
 from typing import Any
 
 import fsspec
-import jinja2
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dashboards import i18n, mail
 from dashboards.access import shelter_token
 from dashboards.photos import PhotoLookup, data_uri
-from engine import analyst, views
+from engine import analyst, run_rows, views
 from engine.config import Settings
 from engine.errors import HomewardError
+from engine.source_settings import source_languages
 from engine.storage import RunsDB
 
 log = logging.getLogger(__name__)
 
-TEMPLATES = Path(__file__).with_name("templates")
 
-SCAM_WARNING = (
+def N_(message: str) -> str:
+    """Marks a message for the catalogues (``pybabel extract`` finds ``N_``); translated where it is shown."""
+    return message
+
+
+SCAM_WARNING = N_(
     "Never pay anyone who claims to have your pet before you have verified, in person, that the animal is yours. "
     "Scammers watch lost-pet posts and ask for a 'reward', 'shipping' or 'vet bills' up front. Verify ownership "
     "(microchip, photos, vet records) before releasing an animal, and meet in a public place or at the shelter."
 )
+
+#: The evidence terms of a candidate: label, column.
+TERMS = (
+    (N_("Photo similarity"), "image_sim"),
+    (N_("Description similarity"), "text_sim"),
+    (N_("Attributes agree"), "attribute_score"),
+    (N_("Distance prior"), "geo_score"),
+    (N_("Time prior"), "time_score"),
+)
+SPECIES_LABELS = (N_("dog"), N_("cat"), N_("other"), N_("unknown"), N_("pet"))
 
 #: The columns of the CSV and Parquet files, with their Arrow types (an empty report still has typed columns).
 REPORT_SCHEMA = pa.schema(
@@ -67,6 +87,7 @@ REPORT_SCHEMA = pa.schema(
         ("shelter_name", pa.string()),
         ("run_id", pa.string()),
         ("position", pa.int32()),
+        ("new", pa.bool_()),
         ("score", pa.float64()),
         ("image_sim", pa.float64()),
         ("text_sim", pa.float64()),
@@ -136,29 +157,13 @@ def atomic_write(path: str, data: bytes) -> None:
         raise
 
 
-def _jinja() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-        autoescape=jinja2.select_autoescape(["html"]),
-        undefined=jinja2.StrictUndefined,
-    )
-    env.filters["num"] = lambda v, d=2: "–" if v is None else f"{v:.{d}f}"
-    env.filters["pct"] = lambda v: 0 if v is None else max(0, min(100, round(float(v) * 100)))
-    return env
-
-
-def _safe_url(url: str | None) -> str | None:
-    """Only http(s) links reach a report (a ``javascript:`` URL in a scraped page must not become a link)."""
-    return url if url and url.lower().startswith(("http://", "https://")) else None
-
-
 def _report_row(row: dict[str, Any], position: int) -> dict[str, Any]:
     out = {name: row.get(name) for name in REPORT_SCHEMA.names if name != "position"}
     out["position"] = position
     for side in ("lost", "found"):
         colors = row.get(f"{side}_colors")
         out[f"{side}_colors"] = ", ".join(colors) if colors else None
-        out[f"{side}_url"] = _safe_url(row.get(f"{side}_url"))
+        out[f"{side}_url"] = mail.safe_url(row.get(f"{side}_url"))
         if not out.get(f"{side}_photo_id"):
             photos = row.get(f"{side}_photo_ids") or []
             out[f"{side}_photo_id"] = photos[0] if photos else None
@@ -188,15 +193,33 @@ def known_shelter(runs: RunsDB, key: str) -> str | None:
 
 
 def candidates(runs: RunsDB, key: str, top: int) -> list[dict[str, Any]]:
-    """The shelter's report rows, best first (ties: lost listing id, for a stable order)."""
+    """The shelter's report rows: first the candidates no e-mail to this shelter has carried yet (``new``), then the
+    ones it has seen; each group best first (ties: lost, then found listing id, for a stable order)."""
     with runs.read() as con:
         found = views.rows(
             con,
-            "SELECT * FROM open_candidates WHERE shelter_key = $1 "
-            "ORDER BY score DESC, lost_listing_id, found_listing_id LIMIT $2",
+            "SELECT c.*, d.shelter_key IS NULL AS new FROM open_candidates c LEFT JOIN report_deliveries d "
+            "ON d.shelter_key = c.shelter_key AND d.lost_listing_id = c.lost_listing_id "
+            "AND d.found_listing_id = c.found_listing_id WHERE c.shelter_key = $1 "
+            "ORDER BY new DESC, c.score DESC, c.lost_listing_id, c.found_listing_id LIMIT $2",
             [key, int(top)],
         )
     return [_report_row(r, i + 1) for i, r in enumerate(found)]
+
+
+def dashboard_link(settings: Settings, key: str, lost: str, found: str) -> str | None:
+    """The shelter's dashboard page at this pair, with the shelter's token (``None`` without report.dashboard_url)."""
+    base = settings.report.dashboard_url
+    if not base:
+        return None
+    query = urllib.parse.urlencode({"token": shelter_token(settings, key)})
+    return f"{base.rstrip('/')}/shelter/{urllib.parse.quote(key, safe='')}?{query}#pair-{lost}-{found}"
+
+
+def shelter_language(settings: Settings, key: str) -> str:
+    """The language of a shelter's report: its source's ``language`` (the shelter key starts with the source)."""
+    source = urllib.parse.unquote(key.split(":", 1)[0])
+    return i18n.resolve(source_languages(settings).get(source))
 
 
 def render_html(
@@ -205,38 +228,46 @@ def render_html(
     name: str,
     run: dict[str, Any],
     rows: list[dict[str, Any]],
-    photos: PhotoLookup | None = None,
+    src: mail.ImageSource,
+    language: str = i18n.DEFAULT,
 ) -> str:
-    photos = photos or PhotoLookup(settings)
-    thumbs = photos.thumbnails([r["lost_photo_id"] for r in rows] + [r["found_photo_id"] for r in rows])
+    """The report's HTML: new candidates as cards with both photos (``src`` gives each photo id's ``<img src>``),
+    still-open ones as compact table rows."""
     items = []
     for r in rows:
         items.append(
             dict(
                 r,
-                lost_img=data_uri(thumbs[r["lost_photo_id"]]) if r["lost_photo_id"] in thumbs else None,
-                found_img=data_uri(thumbs[r["found_photo_id"]]) if r["found_photo_id"] in thumbs else None,
-                terms=[
-                    ("Photo similarity", r["image_sim"]),
-                    ("Description similarity", r["text_sim"]),
-                    ("Attributes agree", r["attribute_score"]),
-                    ("Distance prior", r["geo_score"]),
-                    ("Time prior", r["time_score"]),
-                ],
+                lost_img=src(r["lost_photo_id"]) if r["new"] else None,
+                found_img=src(r["found_photo_id"]) if r["new"] else None,
+                terms=[(label, r[column]) for label, column in TERMS],
+                dashboard_link=dashboard_link(settings, key, r["lost_listing_id"], r["found_listing_id"]),
             )
         )
     return (
-        _jinja()
+        i18n.environment(language)
         .get_template("report.html")
         .render(
+            language=language,
             shelter_key=key,
             shelter_name=name,
             run=run,
-            rows=items,
-            generated=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            new=[r for r in items if r["new"]],
+            still_open=[r for r in items if not r["new"]],
+            generated=i18n.moment(dt.datetime.now(dt.UTC), language),
             scam_warning=SCAM_WARNING,
         )
     )
+
+
+def _data_uris(thumbs: dict[str, bytes]) -> mail.ImageSource:
+    """Photos inside the file itself, so a report opens offline."""
+    return lambda photo_id: data_uri(thumbs[photo_id]) if photo_id in thumbs else None
+
+
+def _photo_ids(rows: list[dict[str, Any]]) -> list[str]:
+    """The photos a report shows: both sides of each new candidate."""
+    return [r[f"{side}_photo_id"] for r in rows if r["new"] for side in ("lost", "found")]
 
 
 #: First characters that make Excel, LibreOffice or Google Sheets read a cell as a formula (OWASP's list, plus the
@@ -271,72 +302,86 @@ def _parquet_bytes(rows: list[dict[str, Any]]) -> bytes:
     return buf.getvalue()
 
 
-def _summary_text(name: str, rows: list[dict[str, Any]], run_id: str) -> str:
-    lines = [f"Homeward match report for {name} (match run {run_id}): {len(rows)} candidate(s).", ""]
+def _summary_text(
+    settings: Settings, key: str, name: str, rows: list[dict[str, Any]], run_id: str, language: str
+) -> str:
+    t = i18n.translations(language)
+    new = sum(1 for r in rows if r["new"])
+    lines = [
+        t.gettext("Homeward match report for %(name)s (match run %(run)s)") % {"name": name, "run": run_id},
+        t.ngettext("%(num)d new candidate", "%(num)d new candidates", new) % {"num": new}
+        + ", "
+        + t.ngettext("%(num)d still open", "%(num)d still open", len(rows) - new) % {"num": len(rows) - new},
+        "",
+    ]
+    label = {
+        "new": t.gettext("NEW"),
+        "score": t.gettext("score"),
+        "lost": t.gettext("lost post"),
+        "found": t.gettext("your listing"),
+        "dashboard": t.gettext("dashboard"),
+    }
     for r in rows:
-        km = "" if r["distance_km"] is None else f", {r['distance_km']:.1f} km apart"
+        km = "" if r["distance_km"] is None else ", " + t.gettext("%(km)s km apart") % {"km": f"{r['distance_km']:.1f}"}
+        mark = label["new"] + " " if r["new"] else ""
+        lost_on = i18n.day(r["lost_event_date"], language) or "?"
+        found_on = i18n.day(r["found_event_date"], language) or "?"
+        species = r["lost_species"] or "pet"
         lines.append(
-            f"{r['position']}. score {r['score']:.2f} - lost {r['lost_species'] or ''} {r['lost_name'] or ''} "
-            f"({r['lost_event_date'] or '?'}) vs your {r['found_kind'] or 'listing'} ({r['found_event_date'] or '?'})"
-            f"{km}"
+            f"{r['position']}. {mark}{label['score']} {r['score']:.2f} - {t.gettext(species)} {r['lost_name'] or ''} "
+            f"({lost_on}) / {r['found_kind'] or '?'} ({found_on}){km}"
         )
-        lines.append(f"   lost post: {r['lost_url'] or '-'}")
-        lines.append(f"   your listing: {r['found_url'] or '-'}")
-    lines += ["", "WARNING: " + SCAM_WARNING, "", "The full report with photos is the HTML part of this message."]
+        lines.append(f"   {label['lost']}: {r['lost_url'] or '-'}")
+        lines.append(f"   {label['found']}: {r['found_url'] or '-'}")
+        link = dashboard_link(settings, key, r["lost_listing_id"], r["found_listing_id"])
+        if link:
+            lines.append(f"   {label['dashboard']}: {link}")
+    lines += [
+        "",
+        t.gettext("WARNING:") + " " + t.gettext(SCAM_WARNING),
+        "",
+        t.gettext("The full report with photos is the HTML part of this message."),
+    ]
     return "\n".join(lines)
 
 
-def _send(settings: Settings, messages: list[tuple[str, EmailMessage]]) -> dict[str, str]:
-    """Send every message over one SMTP session; return key → error for the ones that failed."""
-    cfg = settings.report
-    errors: dict[str, str] = {}
-    try:
-        smtp = smtplib.SMTP(cfg.smtp_host, cfg.smtp_port, timeout=cfg.smtp_timeout_s)
-    except OSError as exc:
-        return {key: f"cannot connect to SMTP {cfg.smtp_host}:{cfg.smtp_port}: {exc}" for key, _ in messages}
-    try:
-        smtp.ehlo_or_helo_if_needed()
-        if cfg.smtp_starttls:
-            smtp.starttls(context=ssl.create_default_context())
-            smtp.ehlo()
-        if cfg.smtp_user:
-            smtp.login(cfg.smtp_user, cfg.smtp_password or "")
-        for key, msg in messages:
-            try:
-                refused = smtp.send_message(msg)
-                if refused:
-                    errors[key] = f"recipients refused: {sorted(refused)}"
-            except smtplib.SMTPException as exc:
-                errors[key] = f"{type(exc).__name__}: {exc}"
-    except (smtplib.SMTPException, OSError) as exc:
-        for key, _ in messages:
-            errors.setdefault(key, f"SMTP session failed: {exc}")
-    finally:
-        try:
-            smtp.quit()
-        except (smtplib.SMTPException, OSError):
-            smtp.close()
-    return errors
+def _subject(name: str, rows: list[dict[str, Any]], language: str) -> str:
+    t = i18n.translations(language)
+    new = sum(1 for r in rows if r["new"])
+    if new:
+        text = t.ngettext(
+            "Homeward: %(num)d new possible match for %(name)s",
+            "Homeward: %(num)d new possible matches for %(name)s",
+            new,
+        )
+        return text % {"num": new, "name": name}
+    text = t.ngettext(
+        "Homeward: %(num)d open candidate for %(name)s", "Homeward: %(num)d open candidates for %(name)s", len(rows)
+    )
+    return text % {"num": len(rows), "name": name}
 
 
 def _message(
     settings: Settings,
     to: str,
+    key: str,
     name: str,
-    run_id: str,
+    run: dict[str, Any],
     rows: list[dict[str, Any]],
-    html: str,
+    thumbs: dict[str, bytes],
     csv_data: bytes,
-    filename: str,
+    language: str,
 ) -> EmailMessage:
-    msg = EmailMessage()
-    msg["Subject"] = f"Homeward: {len(rows)} possible match(es) for {name}"
-    msg["From"] = settings.report.smtp_sender
-    msg["To"] = to
-    msg["Message-ID"] = make_msgid(domain="homeward.local")
-    msg.set_content(_summary_text(name, rows, run_id))
-    msg.add_alternative(html, subtype="html")
-    msg.add_attachment(csv_data, maintype="text", subtype="csv", filename=f"{filename}.csv")
+    shown = {pid: thumbs[pid] for pid in _photo_ids(rows) if pid in thumbs}
+    msg = mail.compose(
+        settings,
+        to=to,
+        subject=_subject(name, rows, language),
+        text=_summary_text(settings, key, name, rows, run["run_id"], language),
+        html=lambda src: render_html(settings, key, name, run, rows, src, language),
+        images=shown,
+    )
+    msg.add_attachment(csv_data, maintype="text", subtype="csv", filename=f"{slug(key)}.csv")
     return msg
 
 
@@ -346,6 +391,7 @@ def report(
     shelter: str | None = None,
     all: bool = False,
     email: bool = False,
+    resend: bool = False,
     top: int = 20,
 ) -> dict[str, Any]:
     """Write each shelter's match report (HTML, CSV, Parquet) from the latest published match run.
@@ -353,8 +399,9 @@ def report(
     Args:
         shelter: one shelter key: source:shelter_id (petango:SEAS), or the source of found posts without one.
         all: every shelter with open candidates (the default when no --shelter is given).
-        email: also send each report to the shelter's address in report.recipients over SMTP.
-        top: at most this many candidates per report, highest score first.
+        email: also e-mail each report with a candidate new since the shelter's last one to report.recipients.
+        resend: with --email, also e-mail shelters with nothing new (their still-open candidates).
+        top: at most this many candidates per report, new ones first, highest score first.
     """
     if shelter and all:
         raise HomewardError("give either --shelter KEY or --all, not both")
@@ -386,18 +433,24 @@ def report(
     photos = PhotoLookup(settings)
     written: list[dict[str, Any]] = []
     outgoing: list[tuple[str, EmailMessage]] = []
+    sent_rows: dict[str, list[dict[str, Any]]] = {}
     for key, name in targets:
         rows = candidates(runs, key, top)
-        html = render_html(settings, key, name, run, rows, photos)
+        language = shelter_language(settings, key)
+        thumbs = photos.thumbnails(_photo_ids(rows))
+        html = render_html(settings, key, name, run, rows, _data_uris(thumbs), language)
         base = f"{out_dir}/{slug(key)}"
         csv_data = _csv_bytes(rows)
         atomic_write(f"{base}.parquet", _parquet_bytes(rows))
         atomic_write(f"{base}.csv", csv_data)
         atomic_write(f"{base}.html", html.encode("utf-8"))
+        new = sum(1 for r in rows if r["new"])
         entry: dict[str, Any] = {
             "shelter": key,
             "name": name,
             "rows": len(rows),
+            "new": new,
+            "language": language,
             "html": f"{base}.html",
             "csv": f"{base}.csv",
             "parquet": f"{base}.parquet",
@@ -406,15 +459,25 @@ def report(
         }
         if email:
             to = settings.report.recipients.get(key)
-            if to and any(addr for _, addr in getaddresses([to])):
-                outgoing.append((key, _message(settings, to, name, run["run_id"], rows, html, csv_data, slug(key))))
-                entry["emailed_to"] = to
-            else:
+            if not mail.has_address(to):
                 entry["email_skipped"] = "no address in report.recipients"
+            elif not rows or not (new or resend):
+                entry["email_skipped"] = "nothing new since the last report (--resend sends it anyway)"
+            else:
+                msg = _message(settings, to, key, name, run, rows, thumbs, csv_data, language)
+                outgoing.append((key, msg))
+                sent_rows[key] = rows
+                entry["emailed_to"] = to
         written.append(entry)
-        log.info("report for %s (%s): %d candidate(s) → %s.html", name, key, len(rows), base)
+        log.info("report for %s (%s): %d candidate(s), %d new → %s.html", name, key, len(rows), new, base)
 
-    failed: dict[str, str] = _send(settings, outgoing) if outgoing else {}
+    failed = mail.send(settings, outgoing)
+    delivered = {key: rows for key, rows in sent_rows.items() if key not in failed}
+    if delivered:
+        at = dt.datetime.now(dt.UTC)
+        with runs.write() as con:
+            for key, rows in delivered.items():
+                run_rows.record_report_delivery(con, key, run["run_id"], at, rows)
     for entry in written:
         if entry["shelter"] in failed:
             entry["email_error"] = failed[entry["shelter"]]

@@ -13,6 +13,7 @@ jobs' file per job, which holds DuckDB's shared lock for the copy's duration (wr
 their busy timeout, 30 s by default). Publishes are serialised by a lock file beside the copy, so the copy on disk
 is always the newest. A failed publish never fails the job that asked for it: the job's result names the reason and
 the previous copy stays in place. Changes made by the dashboard (verdicts) reach the copy at the next job.
+Owners' e-mail addresses (``watches``) read ``withheld`` in the copy (:data:`WITHHELD_COLUMNS`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ from engine.views import VIEW_NAMES, ensure_views, rows
 log = logging.getLogger(__name__)
 
 ANALYST_FILE = "analyst.duckdb"
+
+#: Columns blanked in the analysts' copy: owners' e-mail addresses are for their alerts, not for analysis.
+WITHHELD_COLUMNS = {"watches": ["email", "unsubscribe_hash"]}
 
 
 def analyst_path(settings: Settings) -> Path:
@@ -65,6 +69,9 @@ def copy_database(runs: RunsDB, target: Path) -> None:
             con.execute(f"ATTACH {_sql_text(fresh)} AS analyst_fresh (READ_WRITE)")
             try:
                 con.execute(f"COPY FROM DATABASE {_sql_ident(source)} TO analyst_fresh")
+                for table, columns in WITHHELD_COLUMNS.items():
+                    assignments = ", ".join(f"{_sql_ident(c)} = 'withheld'" for c in columns)
+                    con.execute(f"UPDATE analyst_fresh.{_sql_ident(table)} SET {assignments}")
             finally:
                 con.execute("DETACH analyst_fresh")  # checkpoints: the file is whole, no WAL left beside it
         os.replace(fresh, target)

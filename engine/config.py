@@ -133,8 +133,18 @@ class ReportSettings:
     smtp_user: str | None = None
     smtp_password: str | None = field(default=None, repr=False, metadata=SECRET)
     smtp_sender: str = "homeward@localhost"
-    smtp_starttls: bool = False
+    smtp_tls: str | None = None
+    """``implicit`` (TLS from the first byte, ``smtplib.SMTP_SSL``), ``starttls`` (plain connect, then upgrade) or
+    ``none``; unset: ``implicit`` on port 465, ``starttls`` on 587, ``none`` otherwise."""
     smtp_timeout_s: float = 30.0
+    dashboard_url: str | None = None
+    """Public base URL of the dashboard (``https://dash.example.org``): report e-mails link each candidate to its
+    shelter page with the shelter's token, owner alerts carry ``<dashboard_url>/unsubscribe?token=…``. Unset: no
+    dashboard links (alerts then say to reply to unsubscribe)."""
+    alert_threshold: float = 0.6
+    """Default score a listing must reach to be e-mailed to the owner of a watch (``homeward watch add``)."""
+    alert_max_per_email: int = 10
+    """At most this many listings in one owner alert; the rest follow after the next match run."""
     recipients: dict[str, str] = field(default_factory=dict)
     """Shelter key (``source:shelter_id`` such as ``petango:SEAS``, or the ``source`` alone for found posts) →
     e-mail address(es, comma-separated) that ``homeward report --email`` sends that shelter's report to; shelters not

@@ -1,5 +1,6 @@
-"""The run rows of ``homeward.duckdb`` (``crawl_runs``, ``enrich_runs``, ``match_runs``) and shelter ``feedback``:
-every INSERT and UPDATE of those tables, beside the schema (``engine/sql/schema.sql``) they write.
+"""The run rows of ``homeward.duckdb`` (``crawl_runs``, ``enrich_runs``, ``match_runs``), shelter ``feedback`` and
+the candidates each shelter's report e-mail carried (``report_deliveries``): every INSERT and UPDATE of those tables,
+beside the schema (``engine/sql/schema.sql``) they write.
 
 Each function takes an open write connection (``with runs.write() as con:``) rather than a :class:`RunsDB`, so a
 caller composes it into its own transaction: a crawl's busy check and its new row, or a match run's matches and its
@@ -170,4 +171,19 @@ def add_feedback(
         "INSERT INTO feedback (lost_listing_id, found_listing_id, verdict, who, created_at, note) "
         "VALUES (?, ?, ?, ?, ?, ?)",
         [lost_listing_id, found_listing_id, verdict, who, created_at, note],
+    )
+
+
+# ------------------------------------------------------------------------------------------------ report_deliveries
+
+
+def record_report_delivery(
+    con: duckdb.DuckDBPyConnection, shelter_key: str, run_id: str, sent_at: dt.datetime, pairs: list[Mapping[str, Any]]
+) -> None:
+    """The candidate pairs (``lost_listing_id``, ``found_listing_id``) a shelter's report e-mail carried: from now on
+    they are no longer new for that shelter (a pair already recorded keeps its first run and time)."""
+    con.executemany(
+        "INSERT INTO report_deliveries (shelter_key, lost_listing_id, found_listing_id, run_id, sent_at) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        [[shelter_key, p["lost_listing_id"], p["found_listing_id"], run_id, sent_at] for p in pairs],
     )

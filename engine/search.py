@@ -38,6 +38,10 @@ from engine.scoring.sides import active_listings, build_side, select_model_vecto
 from engine.storage import LanceStore
 
 
+class VectorModelMismatch(HomewardError):
+    """The query's vectors come from another embedder than the stored ones: they cannot be compared."""
+
+
 @dataclass(frozen=True)
 class SearchHit:
     """One listing found, ranked by ``score`` (calibrated, as in ``homeward match``)."""
@@ -145,6 +149,35 @@ def query_side(vectors: np.ndarray, species: str, near: tuple[float, float] | No
     )
 
 
+@dataclass(frozen=True)
+class QueryVectors:
+    """A query photo as the search compares it: one unit vector per animal crop, and what the detector saw."""
+
+    model: str  # the embedder that made the vectors
+    species: str  # asked for, else what the detector saw most, else "unknown"
+    vectors: np.ndarray  # (crops, dim) float32, L2-normalised
+    detections: list[dict[str, Any]]
+    fallback_full_frame: bool
+
+
+def embed_query(settings: Settings, image: Any, species: str | None = None) -> QueryVectors:
+    """Detect, crop and embed ``image`` with the configured profile, as enrichment embeds a listing's photo.
+
+    Saved searches (:mod:`engine.watches`) keep these vectors and search with them after every match run
+    (:func:`search_vectors`) without the photo or the models."""
+    if species and species not in schema.SPECIES:
+        raise HomewardError(f"--species must be one of {', '.join(schema.SPECIES)}, got {species!r}")
+    from engine.models import load_detector, load_embedder
+
+    crops, dets, fallback = crops_of(image, load_detector(settings), species)
+    embedder = load_embedder(settings)
+    vectors = np.asarray(embedder.embed(crops), dtype=np.float32)
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    seen = [d["species"] for d in dets if d["species"] in ("dog", "cat")]
+    q_species = species or (max(set(seen), key=seen.count) if seen else "unknown")
+    return QueryVectors(embedder.model_id, q_species, vectors, dets, fallback)
+
+
 def search_image(
     settings: Settings,
     image: Any,
@@ -162,20 +195,34 @@ def search_image(
         near: (lat, lon) of where the animal was lost or found (adds the distance prior; :func:`parse_near`)
         radius_km: only listings within this distance of ``near`` (listings without a location are kept)
     """
-    if species and species not in schema.SPECIES:
-        raise HomewardError(f"--species must be one of {', '.join(schema.SPECIES)}, got {species!r}")
     if radius_km is not None and near is None:
         raise HomewardError("--radius-km needs --near LAT,LON")
-    from engine.models import load_detector, load_embedder
+    query = embed_query(settings, image, species)
+    return search_vectors(settings, query, species=species, near=near, radius_km=radius_km, k=k)
 
-    crops, dets, fallback = crops_of(image, load_detector(settings), species)
-    embedder = load_embedder(settings)
-    vectors = np.asarray(embedder.embed(crops), dtype=np.float32)
-    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    seen = [d["species"] for d in dets if d["species"] in ("dog", "cat")]
-    q_species = species or (max(set(seen), key=seen.count) if seen else "unknown")
-    result = SearchResult(model=embedder.model_id, species=q_species, detections=dets, fallback_full_frame=fallback)
-    if fallback:
+
+def search_vectors(
+    settings: Settings,
+    query: QueryVectors,
+    *,
+    species: str | None = None,
+    near: tuple[float, float] | None = None,
+    radius_km: float | None = None,
+    k: int = 10,
+    kinds: tuple[str, ...] = schema.LOST_KINDS + schema.FOUND_KINDS,
+) -> SearchResult:
+    """The ``k`` active listings of ``kinds`` whose stored photo vectors score best against ``query``'s, with the
+    scoring of ``homeward match``. ``species`` (when given) keeps listings of that species or of unknown species."""
+    if radius_km is not None and near is None:
+        raise HomewardError("--radius-km needs --near LAT,LON")
+    q_species = query.species
+    result = SearchResult(
+        model=query.model,
+        species=q_species,
+        detections=query.detections,
+        fallback_full_frame=query.fallback_full_frame,
+    )
+    if query.fallback_full_frame:
         result.notes.append("no animal detected in the photo: searched with the whole image")
 
     store = LanceStore(settings.lance, settings.storage_options)
@@ -184,18 +231,18 @@ def search_image(
     if listings.num_rows == 0 or det.num_rows == 0:
         result.notes.append("nothing to search yet: no enriched listings (run `homeward crawl` and `homeward enrich`)")
         return result
-    cand = active_listings(listings, schema.LOST_KINDS + schema.FOUND_KINDS)
+    cand = active_listings(listings, kinds)
     if species:
         cand = cand.filter(pc.is_in(pc.fill_null(cand["species"], "unknown"), pa.array([species, "unknown"])))
     det = det.filter(pc.is_in(det["listing_id"], cand["listing_id"]))
     det = det.filter(pc.invert(pc.is_in(pc.fill_null(det["status"], "ok"), pa.array(["failed", "error"]))))
     det = det.filter(pc.is_valid(det["embedding"]))
-    mine = det.filter(pc.equal(pc.fill_null(det["embed_model"], ""), embedder.model_id))
+    mine = det.filter(pc.equal(pc.fill_null(det["embed_model"], ""), query.model))
     if mine.num_rows == 0:
         models = sorted({m for m in det["embed_model"].to_pylist() if m})
         if models:
-            raise HomewardError(
-                f"search embeds with {embedder.model_id!r} but the stored vectors are of {', '.join(map(repr, models))}"
+            raise VectorModelMismatch(
+                f"search embeds with {query.model!r} but the stored vectors are of {', '.join(map(repr, models))}"
                 ": vectors of different models cannot be compared; search with the profile that enriched the data "
                 "(--set enrich.profile=...) or re-run `homeward enrich`"
             )
@@ -203,14 +250,14 @@ def search_image(
         return result
     skipped = len(set(det["listing_id"].to_pylist()) - set(mine["listing_id"].to_pylist()))
     if skipped:
-        result.notes.append(f"{skipped} listings have no vector of {embedder.model_id!r} yet and were not searched")
-    mine, _, _ = select_model_vectors(mine, embedder.model_id)
+        result.notes.append(f"{skipped} listings have no vector of {query.model!r} yet and were not searched")
+    mine, _, _ = select_model_vectors(mine, query.model)
     cand = cand.filter(pc.is_in(cand["listing_id"], mine["listing_id"]))
     found = build_side(cand, mine)
-    query = query_side(vectors, q_species, near)
-    params = background_stats(query, found, ScoreParams.from_settings(settings.match))
+    side = query_side(query.vectors, q_species, near)
+    params = background_stats(side, found, ScoreParams.from_settings(settings.match))
     dev = resolve_device(settings.match.device)
-    scorer = Scorer(query, found, params, dev)
+    scorer = Scorer(side, found, params, dev)
     kk = max(1, int(k))
 
     def tile(r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
@@ -224,7 +271,7 @@ def search_image(
     bounds = tile_bounds(found.det_counts.numpy(), tile_for(settings.match.tile_size, dev))
     top = blocked_topk(1, found.n, kk, tile, [(0, 1)], bounds, device=dev, want_cols=False)
     _, cols, _, _ = top.row_pairs()
-    terms = Scorer(query, found, params, "cpu").pairs(np.zeros(len(cols), dtype=np.int64), cols)
+    terms = Scorer(side, found, params, "cpu").pairs(np.zeros(len(cols), dtype=np.int64), cols)
     meta_cols = ["listing_id", "source", "url", "kind", "species", "name", "location_text", "event_date", "posted_at"]
     by_id = {r["listing_id"]: r for r in cand.select(meta_cols).to_pylist()}
     for n, j in enumerate(cols.tolist()):

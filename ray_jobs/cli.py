@@ -34,7 +34,7 @@ from typing import Any
 from engine.config import ConfigError, Settings, load_settings, parse_assignments
 from engine.errors import RESULT_ERROR, HomewardError
 
-#: verb → (``module:function``, one-line purpose). ``bench`` nests one level.
+#: verb → (``module:function``, one-line purpose). ``bench`` and ``watch`` nest one level.
 VERBS: dict[str, Any] = {
     "crawl": ("ray_jobs.crawl:crawl", "Crawl one or more sources into LanceDB (sources fan out as Ray tasks)."),
     "sources": ("ray_jobs.schedule:sources", "List sources with last success, lag and error rate."),
@@ -55,6 +55,12 @@ VERBS: dict[str, Any] = {
             "ray_jobs.bench.load:bench_load",
             "Synthetic region (200k listings): ingest -> match, per stage.",
         ),
+    },
+    "watch": {
+        "add": ("engine.watches:add", "Save an owner's search: e-mail new listings that look like the photo."),
+        "list": ("engine.watches:list_watches", "List saved searches (owner alerts)."),
+        "remove": ("engine.watches:remove", "End a saved search and erase its e-mail address."),
+        "notify": ("dashboards.alerts:deliver_watch_alerts", "E-mail owners the listings due since their last alert."),
     },
     "export": ("engine.analyst:export", "Write every table and analyst view as Parquet files for BI tools."),
     "demo": ("ray_jobs.demo:demo", "Run the whole job end to end on a local mirror with planted reunions."),
@@ -222,7 +228,7 @@ def _add_verbs(subparsers: Any, table: dict[str, Any], common: argparse.Argument
     chosen = next((a for a in argv if a in table), None)
     for verb, entry in table.items():
         if isinstance(entry, dict):
-            p = subparsers.add_parser(verb, help=f"benchmarks: {', '.join(entry)}")
+            p = subparsers.add_parser(verb, help=f"{verb}: {', '.join(entry)}")
             rest = argv[argv.index(verb) + 1 :] if verb == chosen else []
             _add_verbs(p.add_subparsers(dest=f"{verb}_verb", metavar="WHAT", required=True), entry, common, rest)
             continue

@@ -278,14 +278,29 @@ def test_email_delivers_each_shelter_report(settings, populated, smtp_server):
     raw = next(data for rcpt, data in inbox.messages if "intake@seas.test" in rcpt)
     msg = email.message_from_bytes(raw, policy=email.policy.default)
     assert msg["From"] == "reports@homeward.test"
-    assert msg["Subject"] == "Homeward: 2 possible match(es) for Seattle Animal Shelter"
+    assert msg["Subject"] == "Homeward: 2 new possible matches for Seattle Animal Shelter"
     text = msg.get_body(("plain",)).get_content()
     html = msg.get_body(("html",)).get_content()
     assert "Never pay anyone" in text and "https://seattle.craigslist.org/laf/7781.html" in text
-    assert html.replace("\r\n", "\n").strip() == Path(shelters[SEAS]["html"]).read_text().strip()
+    assert_inline_photos(msg, html, count=4)
+    assert "Dog-Pit-Bull-A102" in html and "Possible reunions for Seattle Animal Shelter" in html
+    assert len(embedded_jpegs(Path(shelters[SEAS]["html"]).read_text())) == 4  # the file keeps data: URIs
     attachments = {a.get_filename(): a.get_content() for a in msg.iter_attachments()}
     ((name, body),) = attachments.items()
     assert name.endswith(".csv") and body.replace("\r\n", "\n") == Path(shelters[SEAS]["csv"]).read_text()
+
+
+def assert_inline_photos(msg: email.message.EmailMessage, html: str, count: int) -> None:
+    """Every photo of the HTML is a ``cid:`` reference to an inline JPEG part of the same multipart/related."""
+    assert "data:image" not in html and not re.search(r'<img[^>]+src="https?:', html)
+    refs = re.findall(r'<img src="cid:([^"]+)"', html)
+    related = next(p for p in msg.walk() if p.get_content_type() == "multipart/related")
+    assert related.get_payload()[0].get_content_type() == "text/html"
+    parts = {p["Content-ID"].strip("<>"): p for p in related.iter_parts() if p.get_content_type() == "image/jpeg"}
+    assert len(refs) == count and set(refs) == set(parts)
+    for part in parts.values():
+        assert part.get_content_disposition() == "inline"
+        assert Image.open(io.BytesIO(part.get_content())).format == "JPEG"
 
 
 def test_email_failure_is_loud_and_keeps_the_files(settings, populated):
@@ -363,7 +378,8 @@ def test_email_logs_in_when_a_user_is_configured(settings, populated):
         base["recipients"] = {ASTN: "a@b.test"}
         report(settings.with_overrides({"report": {**base, "smtp_password": "s3cret"}}), shelter=ASTN, email=True)
         with pytest.raises(HomewardError, match=ASTN):
-            report(settings.with_overrides({"report": {**base, "smtp_password": "wrong"}}), shelter=ASTN, email=True)
+            wrong = settings.with_overrides({"report": {**base, "smtp_password": "wrong"}})
+            report(wrong, shelter=ASTN, email=True, resend=True)  # nothing new since the first: --resend sends
     finally:
         server.stop()
     assert seen[0] == ("homeward", "s3cret") and set(seen[1:]) == {("homeward", "wrong")}  # smtplib tries 2 ways
@@ -377,3 +393,194 @@ def test_a_missing_photo_file_shows_as_no_photo(settings, populated, caplog):
     html = Path(entry["html"]).read_text()
     assert len(embedded_jpegs(html)) == 1 and "no photo" in html
     assert any(gone in rec.getMessage() for rec in caplog.records)  # logged with the photo id, not silent
+
+
+# --- what each e-mail carries: new first, never resent, links, TLS, language ------------------------------------
+
+
+def mail_settings(settings, port: int, **extra: Any):
+    recipients = {SEAS: "intake@seas.test", ASTN: "astn@astn.test", "pet911": "moscow@pet911.test"}
+    cfg = {"smtp_host": "127.0.0.1", "smtp_port": port, "recipients": recipients, **extra}
+    return settings.with_overrides({"report": cfg})
+
+
+def received(inbox: Inbox, rcpt: str) -> list[email.message.EmailMessage]:
+    return [email.message_from_bytes(data, policy=email.policy.default) for to, data in inbox.messages if rcpt in to]
+
+
+def add_candidate(settings, lost: str, found: str, score: float) -> None:
+    """A pair the latest published run gained (as a later match run would publish it)."""
+    with RunsDB(settings.duckdb).write() as con:
+        con.execute(
+            "INSERT INTO matches (run_id, lost_listing_id, found_listing_id, score, image_sim, distance_km, "
+            "lost_photo_id, found_photo_id) SELECT 'match-latest', l.listing_id, f.listing_id, ?, ?, 3.0, "
+            "l.photo_ids[1], f.photo_ids[1] FROM listings l, listings f WHERE l.listing_id = ? AND f.listing_id = ?",
+            [score, score, sample.lid(lost), sample.lid(found)],
+        )
+
+
+def test_each_email_leads_with_what_is_new_and_nothing_is_resent(settings, populated, smtp_server):
+    inbox, port = smtp_server
+    cfg = mail_settings(settings, port)
+    first = by_shelter(report(cfg, all=True, email=True))
+    assert first[SEAS]["new"] == 2 and first[SEAS]["emailed_to"] == "intake@seas.test"
+    assert len(received(inbox, "intake@seas.test")) == 1
+
+    again = by_shelter(report(cfg, all=True, email=True))  # nothing new anywhere: no e-mail at all
+    assert again[SEAS]["new"] == 0 and again[SEAS]["emailed_to"] is None
+    assert "nothing new" in again[SEAS]["email_skipped"] and len(inbox.messages) == 3
+    assert [r["new"] for r in pq.read_table(again[SEAS]["parquet"]).to_pylist()] == [False, False]
+
+    add_candidate(settings, "lost_rex", "shelter_a102", 0.45)  # new, and scoring below both old ones
+    third = by_shelter(report(cfg, all=True, email=True))
+    assert third[SEAS]["new"] == 1 and third[ASTN]["emailed_to"] is None and len(inbox.messages) == 4
+    msg = received(inbox, "intake@seas.test")[-1]
+    assert msg["Subject"] == "Homeward: 1 new possible match for Seattle Animal Shelter"
+    html = msg.get_body(("html",)).get_content()
+    assert html.index("New since your last report") < html.index("Still open")
+    assert html.index("A-LOST-2211") < html.index("Dog-Labrador-Retriever-A101")  # new Rex first, though lower
+    assert_inline_photos(msg, html, count=2)  # photos of the new pair only; still-open rows are compact
+    rows = pq.read_table(third[SEAS]["parquet"]).to_pylist()
+    assert [(r["new"], r["position"]) for r in rows] == [(True, 1), (False, 2), (False, 3)]
+    assert rows[0]["lost_listing_id"] == sample.lid("lost_rex")
+    with RunsDB(settings.duckdb).read() as con:
+        sent = con.execute("SELECT count(*) FROM report_deliveries WHERE shelter_key = ?", [SEAS]).fetchone()[0]
+    assert sent == 3
+
+    report(cfg, shelter=SEAS, email=True, resend=True)  # --resend: the still-open list, though nothing is new
+    resent = received(inbox, "intake@seas.test")[-1]
+    assert len(inbox.messages) == 5 and resent["Subject"] == "Homeward: 3 open candidates for Seattle Animal Shelter"
+
+
+def test_a_failed_email_leaves_its_candidates_new(settings, populated):
+    cfg = mail_settings(settings, free_port(), smtp_timeout_s=3)  # nothing listens
+    with pytest.raises(HomewardError, match="cannot connect"):
+        report(cfg, shelter=SEAS, email=True)
+    with RunsDB(settings.duckdb).read() as con:
+        assert con.execute("SELECT count(*) FROM report_deliveries").fetchone()[0] == 0
+
+
+def test_candidates_link_to_the_dashboard_with_the_shelter_token(settings, populated):
+    plain = Path(by_shelter(report(settings, shelter=SEAS))[SEAS]["html"]).read_text()
+    assert "/shelter/" not in plain and "token=" not in plain  # no report.dashboard_url: no links
+    cfg = settings.with_overrides({"report": {"dashboard_url": "https://dash.example.org/"}})
+    html = Path(by_shelter(report(cfg, shelter=SEAS))[SEAS]["html"]).read_text()
+    token = shelter_token(settings, SEAS)
+    for found in ("shelter_a101", "shelter_a102"):
+        link = (
+            f"https://dash.example.org/shelter/petango%3ASEAS?token={token}"
+            f"#pair-{sample.lid('lost_buddy')}-{sample.lid(found)}"
+        )
+        assert f'href="{html_lib.escape(link)}"' in html
+
+
+def test_a_russian_sources_shelter_reads_russian(settings, populated, smtp_server):
+    inbox, port = smtp_server
+    result = by_shelter(report(mail_settings(settings, port), all=True, email=True))
+    assert result["pet911"]["language"] == "ru" and result[SEAS]["language"] == "en"
+    html = Path(result["pet911"]["html"]).read_text()
+    assert '<html lang="ru">' in html and "Возможные воссоединения" in html and "Никогда не платите" in html
+    assert "Сходство фото" in html and "Possible reunions" not in html and "Never pay" not in html
+    found_day = (populated["now"] - __import__("datetime").timedelta(days=3)).date()
+    months = [
+        "января",
+        "февраля",
+        "марта",
+        "апреля",
+        "мая",
+        "июня",
+        "июля",
+        "августа",
+        "сентября",
+        "октября",
+        "ноября",
+        "декабря",
+    ]
+    month = months[found_day.month - 1]  # Babel's Russian date: genitive month, "г." for the year
+    assert f'<time datetime="{found_day}">{found_day.day} {month} {found_day.year}\u202fг.</time>' in html
+    (msg,) = received(inbox, "moscow@pet911.test")
+    assert msg["Subject"] == "Homeward: 1 новое возможное совпадение для «pet911»"
+    assert "Полный отчёт с фотографиями" in msg.get_body(("plain",)).get_content()
+    assert "Possible reunions for Seattle" in Path(result[SEAS]["html"]).read_text()
+
+
+def test_a_sources_file_sets_the_language(settings, populated, tmp_path):
+    extra = tmp_path / "sources.yaml"
+    extra.write_text("sources:\n  - {name: petango, spider: petango, language: ru}\n")
+    cfg = settings.with_overrides({"crawl": {"sources_file": str(extra)}})
+    assert by_shelter(report(cfg, shelter=SEAS))[SEAS]["language"] == "ru"
+    extra.write_text("sources:\n  - {name: petango, spider: petango, language: xx}\n")  # no catalogue: English
+    assert by_shelter(report(cfg, shelter=SEAS))[SEAS]["language"] == "en"
+
+
+# --- TLS: implicit (port 465 style) and STARTTLS, against a certificate made here --------------------------------
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (cert.pem, key.pem)."""
+    import datetime as dt
+    import ipaddress
+
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    folder = tmp_path_factory.mktemp("tls")
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    (folder / "key.pem").write_bytes(key_pem)
+    return folder / "cert.pem", folder / "key.pem"
+
+
+@pytest.mark.parametrize("mode", ["implicit", "starttls"])
+def test_email_over_tls(settings, populated, certificate, monkeypatch, mode):
+    import ssl
+
+    controller_mod = pytest.importorskip("aiosmtpd.controller", reason="aiosmtpd is a dev dependency")
+    cert, key = certificate
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    inbox, port = Inbox(), free_port()
+    tls = {"ssl_context": server_ctx} if mode == "implicit" else {"tls_context": server_ctx, "require_starttls": True}
+    server = controller_mod.Controller(inbox, hostname="127.0.0.1", port=port, **tls)
+    server.start()
+    try:
+        cfg = mail_settings(settings, port, smtp_tls=mode, smtp_timeout_s=5)
+        with pytest.raises(HomewardError, match=r"tls " + mode):  # the server's certificate is not trusted yet
+            report(cfg, shelter=ASTN, email=True)
+        monkeypatch.setenv("HW_SMTP_CAFILE", str(cert))
+        assert by_shelter(report(cfg, shelter=ASTN, email=True))[ASTN]["emailed_to"] == "astn@astn.test"
+    finally:
+        server.stop()
+    assert [to for to, _ in inbox.messages] == [["astn@astn.test"]]
+
+
+def test_tls_mode_follows_the_port_unless_set(settings):
+    from dashboards.mail import tls_mode
+
+    def mode(**report: Any) -> str:
+        return tls_mode(settings.with_overrides({"report": report}))
+
+    assert (mode(smtp_port=465), mode(smtp_port=587), mode(smtp_port=25)) == ("implicit", "starttls", "none")
+    assert mode(smtp_port=2525, smtp_tls="implicit") == "implicit" and mode(smtp_port=465, smtp_tls="none") == "none"
+    with pytest.raises(HomewardError, match="smtp_tls"):
+        mode(smtp_tls="ssl3")

@@ -93,3 +93,40 @@ CREATE TABLE IF NOT EXISTS listings (
     posted_at TIMESTAMPTZ, scraped_at TIMESTAMPTZ, shelter_id VARCHAR, shelter_name VARCHAR,
     photo_ids VARCHAR[], n_photos INTEGER
 );
+
+-- What each shelter's report e-mail carried: a candidate pair is "new" for a shelter until it was e-mailed once.
+CREATE TABLE IF NOT EXISTS report_deliveries (
+    shelter_key      VARCHAR NOT NULL,
+    lost_listing_id  VARCHAR NOT NULL,
+    found_listing_id VARCHAR NOT NULL,
+    run_id           VARCHAR NOT NULL,      -- the match run whose report first carried the pair
+    sent_at          TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (shelter_key, lost_listing_id, found_listing_id)
+);
+
+-- Owners' saved searches (`homeward watch add`): the photo's vectors, where, how far, whom to e-mail.
+CREATE TABLE IF NOT EXISTS watches (
+    watch_id         VARCHAR PRIMARY KEY,
+    email            VARCHAR NOT NULL,
+    species          VARCHAR,
+    lat              DOUBLE NOT NULL,
+    lon              DOUBLE NOT NULL,
+    radius_km        DOUBLE NOT NULL,
+    threshold        DOUBLE NOT NULL,
+    embed_model      VARCHAR NOT NULL,
+    vectors          FLOAT[][] NOT NULL,    -- one unit vector per animal crop of the owner's photo
+    created          TIMESTAMPTZ NOT NULL,
+    unsubscribe_hash VARCHAR NOT NULL,      -- sha256 of the unsubscribe token (the token is derived from salt)
+    active           BOOLEAN NOT NULL DEFAULT TRUE,
+    ended            TIMESTAMPTZ
+);
+
+-- Listings already e-mailed to a watch's owner: each one once.
+CREATE TABLE IF NOT EXISTS watch_alerts (
+    watch_id         VARCHAR NOT NULL,
+    listing_id       VARCHAR NOT NULL,
+    score            DOUBLE NOT NULL,
+    run_id           VARCHAR,               -- the match run after which it was sent
+    sent_at          TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (watch_id, listing_id)
+);

@@ -1,0 +1,118 @@
+"""Owner alerts: after a match run, e-mail each watch's owner the listings that now look like their pet, once each.
+
+:func:`deliver_watch_alerts` is what the scheduler calls after publishing a match run (and what ``homeward watch
+notify`` runs). For each active watch it takes the due listings (:func:`engine.watches.due_alerts`: found, sighting
+and shelter listings at or above the watch's threshold, never sent to it before), renders one message per owner
+(never one message to several owners), sends them over one SMTP session (:mod:`dashboards.mail`) and records the
+listings of each message the server accepted (``watch_alerts``), so the next run sends only newer ones. A failed
+message is not recorded: its listings are tried again after the next run.
+
+What an alert shows is what the listing shows publicly: its stored (redacted) text, a photo thumbnail re-encoded
+without metadata, the distance and a link to the original post — never a contact hash, another owner's address or
+anything of the watch but its own place. Crawled text is escaped (the templates autoescape; links only http(s)).
+Each alert carries its unsubscribe link (``report.dashboard_url`` + ``/unsubscribe?token=…``) in the body and as
+``List-Unsubscribe`` / ``List-Unsubscribe-Post`` headers (RFC 2369, RFC 8058: one-click in mail clients).
+"""
+
+from __future__ import annotations
+
+import logging
+import urllib.parse
+from email.message import EmailMessage
+from typing import Any
+
+from dashboards import i18n, mail
+from dashboards.photos import PhotoLookup
+from engine import watches
+from engine.config import Settings
+from engine.search import SearchHit
+
+log = logging.getLogger(__name__)
+
+
+def unsubscribe_url(settings: Settings, watch_id: str) -> str | None:
+    base = settings.report.dashboard_url
+    if not base:
+        return None
+    query = urllib.parse.urlencode({"token": watches.unsubscribe_token(settings, watch_id)})
+    return f"{base.rstrip('/')}/unsubscribe?{query}"
+
+
+def _text(watch: watches.Watch, hits: list[SearchHit], unsubscribe: str | None) -> str:
+    lines = [
+        f"Homeward found {len(hits)} new listing(s) that may show your pet (watch {watch.watch_id}).",
+        "",
+    ]
+    for n, h in enumerate(hits, 1):
+        km = "" if h.distance_km is None else f", {h.distance_km:.1f} km away"
+        lines.append(
+            f"{n}. score {h.score:.2f} - {h.kind or 'listing'} ({h.species or '?'}, {h.event_date or '?'}){km}"
+        )
+        lines.append(f"   {mail.safe_url(h.url) or '-'}")
+    lines += [
+        "",
+        "Never pay anyone before you have seen your pet in person; verify with a microchip, photos or vet records.",
+        "",
+        f"Stop these alerts: {unsubscribe}"
+        if unsubscribe
+        else f"To stop these alerts, reply and ask for watch {watch.watch_id} to be removed.",
+    ]
+    return "\n".join(lines)
+
+
+def _message(settings: Settings, watch: watches.Watch, hits: list[SearchHit], thumbs: dict[str, bytes]) -> EmailMessage:
+    unsubscribe = unsubscribe_url(settings, watch.watch_id)
+    items = [dict(vars(h), url=mail.safe_url(h.url)) for h in hits]
+    template = i18n.environment(i18n.DEFAULT).get_template("alert.html")
+    headers = {}
+    if unsubscribe:
+        headers = {"List-Unsubscribe": f"<{unsubscribe}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+    return mail.compose(
+        settings,
+        to=watch.email,
+        subject=f"Homeward: {len(hits)} listing(s) that may show your pet",
+        text=_text(watch, hits, unsubscribe),
+        html=lambda src: template.render(watch_id=watch.watch_id, hits=items, src=src, unsubscribe=unsubscribe),
+        images={h.photo_id: thumbs[h.photo_id] for h in hits if h.photo_id in thumbs},
+        headers=headers,
+    )
+
+
+def deliver_watch_alerts(settings: Settings, run_id: str | None = None) -> dict[str, Any]:
+    """E-mail each watch's owner the listings due since their last alert; record what was sent.
+
+    Args:
+        run_id: the match run the alerts follow (recorded with each alert; default: none named)
+    """
+    active = watches.active(settings)
+    result: dict[str, Any] = {"run_id": run_id, "watches": len(active), "emailed": 0, "listings": 0}
+    if not active:
+        return result
+    limit = max(1, settings.report.alert_max_per_email)
+    due: dict[str, tuple[watches.Watch, list[SearchHit]]] = {}
+    problems: dict[str, str] = {}
+    for watch in active:
+        hits, problem = watches.due_alerts(settings, watch, limit)
+        if problem:
+            problems[watch.watch_id] = problem
+        elif hits:
+            due[watch.watch_id] = (watch, hits)
+    if due and not settings.report.smtp_host:
+        problems.update({wid: "no report.smtp_host: alerts not sent" for wid in due})
+        due = {}
+    photos = PhotoLookup(settings)
+    thumbs = photos.thumbnails([h.photo_id for _, hits in due.values() for h in hits if h.photo_id])
+    outgoing = [(wid, _message(settings, w, hits, thumbs)) for wid, (w, hits) in due.items()]
+    failed = mail.send(settings, outgoing)
+    for wid, (_, hits) in due.items():
+        if wid in failed:
+            problems[wid] = failed[wid]
+            continue
+        watches.record_alerts(settings, wid, hits, run_id)
+        result["emailed"] += 1
+        result["listings"] += len(hits)
+    if problems:
+        for wid, reason in sorted(problems.items()):
+            log.warning("watch %s: %s", wid, reason)
+        result["problems"] = problems
+    return result
