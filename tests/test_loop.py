@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from dashboards.report import slug
 from engine import ids
 from engine.config import Settings
 from engine.storage import LanceStore, RunsDB, upsert_listings
@@ -64,68 +65,52 @@ def tiny_site(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_enrich_match_and_reports_run_only_in_rounds_that_brought_listings(tiny_site) -> None:
+def test_steps_run_only_after_crawls_that_brought_listings_and_a_stopped_round_resumes(tiny_site, monkeypatch) -> None:
     data, settings = tiny_site
     first = schedule(settings, once=True)
     assert first["status"] == "ok", first
     _age_s(settings, "crawl_runs", 3600)
     second = schedule(settings, once=True)  # the site did not change: the crawl brings nothing
     assert second["launched"] == ["alpha"] and second["status"] == "ok"
+
+    # a new post; the scheduler stops in the middle of the match step
     _add_post(data, "l110")
     _age_s(settings, "crawl_runs", 3600)
-    third = schedule(settings, once=True)
-    assert third["status"] == "ok", third
+
+    def killed(_settings: Settings) -> dict[str, Any]:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setitem(loop.JOBS, "match", killed)
+        with pytest.raises(KeyboardInterrupt):
+            schedule(settings, once=True)
+    runs = RunsDB(settings.duckdb)
+    with runs.write() as con:  # what a SIGKILL would leave: the step still 'running'
+        con.execute("UPDATE loop_steps SET status = 'running', finished = NULL WHERE step = 'match' AND status <> 'ok'")
+    resumed = schedule(settings, once=True)  # continues at match: no second crawl (alpha is not due), no enrich
+    assert resumed["launched"] == [] and resumed["status"] == "ok", resumed
 
     pipeline = [("enrich", "ok"), ("match", "ok"), ("deliver:reports", "ok")]
     assert _steps(settings) == [
         [("crawl:alpha", "ok"), *pipeline],
         [("crawl:alpha", "ok")],
-        [("crawl:alpha", "ok"), *pipeline],
+        [("crawl:alpha", "ok"), ("enrich", "ok"), ("match", "interrupted"), ("match", "ok"), ("deliver:reports", "ok")],
     ]
-    runs = RunsDB(settings.duckdb)
+    assert runs.query("SELECT count(*) FROM crawl_runs")[0][0] == 3
     changed = runs.query("SELECT changed_listings, status, latency_s FROM loop_rounds ORDER BY started")
     assert [(c, s) for c, s, _ in changed] == [(3, "ok"), (0, "ok"), (1, "ok")]
     assert changed[0][2] > 0 and changed[1][2] is None and changed[2][2] > 0
-    # round 3 enriched only the new post's photo, in this process (no Ray actor pool for a small round)
-    enrich_runs = runs.query("SELECT photos FROM enrich_runs ORDER BY started")
-    assert [n for (n,) in enrich_runs] == [3, 1]
-    assert [r["steps"][0]["status"] for r in third["rounds"]] == ["ok"]
-    # each delivery wrote the shelter report of its match run ('alpha' found posts carry no shelter id)
-    match_runs = [r for (r,) in runs.query("SELECT run_id FROM match_runs ORDER BY started")]
-    for run_id in match_runs:
-        assert (Path(settings.reports) / run_id / "alpha.html").is_file()
+    # the third round enriched only the new post's photo, in this process (no Ray actor pool for a small round)
+    assert [n for (n,) in runs.query("SELECT photos FROM enrich_runs ORDER BY started")] == [3, 1]
+    # each delivery wrote the report of its match run for the shelter with new candidates
+    for (run_id,) in runs.query("SELECT run_id FROM match_runs WHERE status = 'published'"):
+        assert (Path(settings.reports) / run_id / f"{slug('alpha')}.html").is_file()
 
     state = sources(settings)
     alpha = next(s for s in state["sources"] if s["source"] == "alpha")
     assert alpha["consecutive_failures"] == 0 and alpha["latency_s"] == pytest.approx(changed[2][2], abs=0.1)
     assert state["loop"]["last_round"]["latency_s"] == changed[2][2]
     assert state["loop"]["open_round"] is None and state["loop"]["failing_steps"] == {}
-
-
-@pytest.mark.slow
-def test_a_stopped_round_resumes_at_its_step_without_repeating_earlier_ones(tiny_site, monkeypatch) -> None:
-    _, settings = tiny_site
-
-    def killed(_settings: Settings) -> dict[str, Any]:
-        raise KeyboardInterrupt  # the scheduler stops in the middle of the match step
-
-    monkeypatch.setitem(loop.JOBS, "match", killed)
-    with pytest.raises(KeyboardInterrupt):
-        schedule(settings, once=True)
-    runs = RunsDB(settings.duckdb)
-    # what a SIGKILL leaves behind: the step still 'running'
-    with runs.write() as con:
-        con.execute("UPDATE loop_steps SET status = 'running', finished = NULL WHERE step = 'match'")
-    monkeypatch.undo()
-
-    resumed = schedule(settings, once=True)
-    assert resumed["launched"] == [] and resumed["status"] == "ok"  # alpha is not due again: no second crawl
-    assert _steps(settings) == [
-        [("crawl:alpha", "ok"), ("enrich", "ok"), ("match", "interrupted"), ("match", "ok"), ("deliver:reports", "ok")]
-    ]
-    assert runs.query("SELECT count(*) FROM crawl_runs")[0][0] == 1
-    assert runs.query("SELECT count(*) FROM enrich_runs")[0][0] == 1
-    assert runs.query("SELECT status FROM loop_rounds") == [("ok",)]
 
 
 def test_failures_back_off_never_block_other_sources_and_alert_once(tmp_path: Path, monkeypatch) -> None:
