@@ -344,10 +344,14 @@ def _loop(
                 )
             last = once or (max_cycles is not None and cycles >= max_cycles)
             collect(block=last)
-            done = advance(settings) if pipeline else None
+            try:  # a store problem in the bookkeeping fails this round, not the service: the next round retries
+                done = advance(settings) if pipeline else None
+                alerts += _check_alerts(settings)
+            except HomewardError as exc:
+                log.exception("schedule: round bookkeeping failed")
+                done = {"error": str(exc), "steps": [{"step": "round", "status": "failed", "error": str(exc)}]}
             if done:
                 rounds.append(done)
-            alerts += _check_alerts(settings)
             if last:
                 break
             deadline = time.monotonic() + poll_seconds
