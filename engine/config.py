@@ -97,6 +97,9 @@ class EnrichSettings:
     max_side: int = 1280
     """Photos are downscaled to this longest side before detection."""
     retry_failed: bool = True
+    inline_max_photos: int = 64
+    """Runs with at most this many distinct images skip Ray: the same stages run in the calling process, on models
+    that stay loaded there between runs (a scheduler's small rounds pay no actor-pool start-up). 0: always Ray."""
 
 
 DEFAULT_CALIBRATION = {"slope": 8.0, "offset": -4.0}
@@ -152,6 +155,25 @@ class ReportSettings:
 
 
 @dataclass(frozen=True)
+class ScheduleSettings:
+    backoff_base_s: float = 60.0
+    """A failed step (a source's crawl, enrich, match, deliver) is retried this long after its first failure, then
+    twice as long after each further one in a row."""
+    backoff_max_s: float = 3600.0
+    """Longest wait between retries (a failing source's crawl also never waits longer than its cadence)."""
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    operator_email: str | None = None
+    """Address(es, comma-separated) that get an e-mail (over ``report.smtp_*``) when a source or a loop step fails
+    ``failures`` times in a row, or a source is overdue; once per incident. Unset: alerts are only logged."""
+    failures: int = 3
+    overdue_factor: float = 3.0
+    """A source is overdue when its last successful crawl is older than this many cadences."""
+
+
+@dataclass(frozen=True)
 class DashboardSettings:
     host: str = "127.0.0.1"
     port: int = 8501
@@ -187,6 +209,8 @@ class Settings:
     enrich: EnrichSettings = field(default_factory=EnrichSettings)
     match: MatchSettings = field(default_factory=MatchSettings)
     report: ReportSettings = field(default_factory=ReportSettings)
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)
 
     @property

@@ -1,6 +1,7 @@
-"""The run rows of ``homeward.duckdb`` (``crawl_runs``, ``enrich_runs``, ``match_runs``), shelter ``feedback`` and
-the candidates each shelter's report e-mail carried (``report_deliveries``): every INSERT and UPDATE of those tables,
-beside the schema (``engine/sql/schema.sql``) they write.
+"""The run rows of ``homeward.duckdb`` (``crawl_runs``, ``enrich_runs``, ``match_runs``), the scheduler's
+(``loop_rounds``, ``loop_steps``, ``loop_alerts``), shelter ``feedback`` and the candidates each shelter's report
+e-mail carried (``report_deliveries``): every INSERT and UPDATE of those tables, beside the schema
+(``engine/sql/schema.sql``) they write.
 
 Each function takes an open write connection (``with runs.write() as con:``) rather than a :class:`RunsDB`, so a
 caller composes it into its own transaction: a crawl's busy check and its new row, or a match run's matches and its
@@ -151,6 +152,103 @@ def fail_match(
     con.execute(
         "UPDATE match_runs SET status = 'failed', finished = ?, duration_s = ?, message = ? WHERE run_id = ?",
         [finished, duration_s, message, run_id],
+    )
+
+
+# ------------------------------------------------------------------------------------------------ loop rounds
+
+
+def start_round(
+    con: duckdb.DuckDBPyConnection,
+    round_id: str,
+    started: dt.datetime,
+    steps: list[str],
+    changed: int,
+    first_seen: dt.datetime | None,
+) -> None:
+    con.execute(
+        "INSERT INTO loop_rounds (round_id, started, status, steps, changed_listings, first_seen) "
+        "VALUES (?, ?, 'running', ?, ?, ?)",
+        [round_id, started, json.dumps(steps), changed, first_seen],
+    )
+
+
+def update_round(con: duckdb.DuckDBPyConnection, round_id: str, **columns: Any) -> None:
+    """Set ``columns`` (``status``, ``finished``, ``match_run_id``, ``published``, ``latency_s``, ``merged_into``,
+    ``message``) on a round's row."""
+    allowed = {"status", "finished", "match_run_id", "published", "latency_s", "merged_into", "message"}
+    unknown = set(columns) - allowed
+    if unknown:
+        raise ValueError(f"not a loop_rounds column to update: {sorted(unknown)}")
+    con.execute(
+        f"UPDATE loop_rounds SET {', '.join(f'{c} = ?' for c in columns)} WHERE round_id = ?",
+        [*columns.values(), round_id],
+    )
+
+
+def add_step(
+    con: duckdb.DuckDBPyConnection,
+    round_id: str,
+    step: str,
+    attempt: int,
+    status: str,
+    started: dt.datetime,
+    *,
+    source: str = "",
+    run_id: str | None = None,
+    finished: dt.datetime | None = None,
+    changed: int | None = None,
+    first_seen: dt.datetime | None = None,
+    error: str | None = None,
+) -> None:
+    con.execute(
+        "INSERT INTO loop_steps (round_id, step, source, attempt, status, run_id, started, finished, "
+        "changed_listings, first_seen, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [round_id, step, source, attempt, status, run_id, started, finished, changed, first_seen, error],
+    )
+
+
+def finish_step(
+    con: duckdb.DuckDBPyConnection,
+    round_id: str,
+    step: str,
+    attempt: int,
+    status: str,
+    finished: dt.datetime,
+    *,
+    run_id: str | None = None,
+    result: Mapping[str, Any] | None = None,
+    error: str | None = None,
+) -> None:
+    con.execute(
+        "UPDATE loop_steps SET status = ?, finished = ?, run_id = coalesce(?, run_id), result = ?, error = ? "
+        "WHERE round_id = ? AND step = ? AND source = '' AND attempt = ?",
+        [status, finished, run_id, json.dumps(result, default=str) if result else None, error, round_id, step, attempt],
+    )
+
+
+def interrupt_steps(con: duckdb.DuckDBPyConnection, at: dt.datetime, message: str) -> int:
+    """Close every ``running`` step row as ``interrupted`` (a scheduler stopped during it); returns how many."""
+    n = con.execute("SELECT count(*) FROM loop_steps WHERE status = 'running'").fetchone()[0]
+    con.execute(
+        "UPDATE loop_steps SET status = 'interrupted', finished = ?, error = ? WHERE status = 'running'", [at, message]
+    )
+    return int(n)
+
+
+def add_alert(
+    con: duckdb.DuckDBPyConnection,
+    subject: str,
+    kind: str,
+    incident: str,
+    raised: dt.datetime,
+    message: str,
+    emailed_to: str | None,
+) -> None:
+    con.execute(
+        "INSERT INTO loop_alerts (subject, kind, incident, raised, message, emailed_to) VALUES (?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT DO NOTHING",
+        [subject, kind, incident, raised, message, emailed_to],
     )
 
 

@@ -5,7 +5,17 @@ run and its status, the last success, the lag since it (and whether the source i
 share of failed runs and the error rate (errors ÷ (items + errors)) over its last ``window`` runs.
 
 ``schedule`` runs every enabled source at its ``cadence_minutes``: a source is due when its last finished run
-*started* more than one cadence ago (or it never finished one). All state is in ``crawl_runs``, so a restarted
+*started* more than one cadence ago (or it never finished one); a source whose last run failed is retried sooner,
+with exponential backoff (``schedule.backoff_base_s`` doubling per failure in a row, at most the cadence or
+``schedule.backoff_max_s``). After the crawls, each round runs the pipeline steps for what they brought
+(:mod:`ray_jobs.loop`: enrich, match, deliver reports, each a ``loop_steps`` row, resumed after a restart) and raises
+operator alerts (:mod:`ray_jobs.operator_alerts`). One scheduler per data dir (a lock file refuses a second).
+
+Why this loop and not APScheduler: what is due is a function of the run rows in DuckDB (last start, last failure,
+failures in a row), not of a timer, so a restarted scheduler resumes exactly from the database with nothing else to
+keep in step; APScheduler's interval jobs would need their own persistent job store (SQLAlchemy), which can disagree
+with ``crawl_runs``, and still this code to compute backoff and resume rounds. Its 3.x line is in maintenance and
+4.x, a different API, is still pre-release. All state is in ``crawl_runs``, so a restarted
 scheduler picks up exactly where the previous one was — a source crawled ten minutes before the restart is not
 crawled again, one that was due during the downtime is crawled at once, and a run left ``running`` by a killed
 scheduler is closed as ``interrupted`` and its source crawled again at once, resuming from the stored card state
@@ -21,6 +31,7 @@ interrupt stops the crawls in flight gracefully (recorded ``interrupted``; the n
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import sys
@@ -28,12 +39,18 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 from crawlers.sources import SourceError, load_sources
 from engine.config import Settings
+from engine.errors import HomewardError
 from engine.storage import RunsDB
 from ray_jobs.crawl import CrawlBusyError, absolute_settings, row_alive, run_sources
+from ray_jobs.loop import advance, backoff, close_interrupted_steps, loop_status, source_latency, step_failures
+from ray_jobs.operator_alerts import incidents, raise_alerts
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +80,28 @@ def human_minutes(minutes: float | None) -> str:
     return f"{hours}h {mins}m" if hours else f"{mins}m"
 
 
+def _next_due(settings: Settings, cadence: float, history: list[tuple[Any, ...]]) -> datetime | None:
+    """When a source is due, from its finished runs (newest first: started, finished, status, ...): one cadence after
+    its last finished run started; after a failure, sooner: the retry backoff after that failure (never later than
+    the cadence). None: it never finished a run (due now)."""
+    if not history:
+        return None
+    started, finished, status = _aware(history[0][0]), _aware(history[0][1]), history[0][2]
+    due = started + timedelta(minutes=float(cadence))
+    if status == "failed":
+        failures = next((i for i, r in enumerate(history) if r[2] != "failed"), len(history))
+        due = min(due, (finished or started) + backoff(settings, failures))
+    return due
+
+
 def source_status(settings: Settings, window: int = 10) -> list[dict[str, Any]]:
-    """One dict per source: config, last run, last success, lag, overdue, failure share and error rate."""
+    """One dict per source: config, last run, last success, lag, overdue, failure share and error rate, failures in
+    a row with the last error, when it is next due, and the latency of its latest new listings to a published match."""
     sources = load_sources(settings)
     runs = RunsDB(settings.duckdb)
     rows = runs.query(
         """
-        SELECT source, run_id, epoch(started), epoch(finished), status, items, errors, errors_by_reason,
+        SELECT source, run_id, epoch(started), epoch(finished), status, items, errors, errors_by_reason, message,
                row_number() OVER (PARTITION BY source ORDER BY started DESC) AS n
         FROM crawl_runs WHERE status <> 'skipped'
         """,
@@ -77,16 +109,20 @@ def source_status(settings: Settings, window: int = 10) -> list[dict[str, Any]]:
     by_source: dict[str, list[tuple[Any, ...]]] = {}
     for row in rows:
         by_source.setdefault(row[0], []).append(row)
+    latency = source_latency(runs)
     now = datetime.now(UTC)
     out = []
     for name in sorted(set(sources) | set(by_source)):
         cfg = sources.get(name, {})
-        history = sorted(by_source.get(name, []), key=lambda r: r[8])
-        recent = [r for r in history if r[8] <= window]
+        history = sorted(by_source.get(name, []), key=lambda r: r[9])
+        recent = [r for r in history if r[9] <= window]
         last = history[0] if history else None
         ok = [r for r in history if r[4] == "ok"]
         last_ok = _aware(ok[0][3]) if ok else None
+        finished = [r for r in history if r[4] in ("ok", "failed")]
+        streak = list(itertools.takewhile(lambda r: r[4] == "failed", finished))
         cadence = cfg.get("cadence_minutes")
+        next_due = _next_due(settings, cadence, [r[2:] for r in finished]) if cadence else None
         lag = now - last_ok if last_ok else None
         items = sum(int(r[5] or 0) for r in recent)
         errors = sum(int(r[6] or 0) for r in recent)
@@ -102,6 +138,7 @@ def source_status(settings: Settings, window: int = 10) -> list[dict[str, Any]]:
                 "enabled": bool(cfg.get("enabled", True)) if cfg else False,
                 "configured": bool(cfg),
                 "cadence_minutes": cadence,
+                "first_run": _aware(history[-1][2]).isoformat() if history else None,
                 "last_run": _aware(last[2]).isoformat() if last else None,
                 "last_status": last[4] if last else None,
                 "last_success": last_ok.isoformat() if last_ok else None,
@@ -109,6 +146,12 @@ def source_status(settings: Settings, window: int = 10) -> list[dict[str, Any]]:
                 "overdue": bool(cfg.get("enabled", True))
                 and bool(cfg)
                 and (lag is None or (cadence is not None and lag > timedelta(minutes=cadence))),
+                "next_due": (next_due or now).isoformat(timespec="seconds") if cadence else None,
+                "consecutive_failures": len(streak),
+                "failing_since": _aware(streak[-1][2]).isoformat(timespec="seconds") if streak else None,
+                "failing_since_run": streak[-1][1] if streak else None,
+                "last_error": next((r[8] for r in history if r[4] != "ok" and r[8]), None),
+                "latency_s": latency.get(name),
                 "runs": len(history),
                 "failed_share": round(sum(r[4] != "ok" for r in recent) / len(recent), 3) if recent else None,
                 "error_rate": round(errors / (items + errors), 4) if items + errors else None,
@@ -119,32 +162,57 @@ def source_status(settings: Settings, window: int = 10) -> list[dict[str, Any]]:
 
 
 def sources(settings: Settings, *, window: int = 10) -> dict[str, Any]:
-    """List sources with last success, lag and error rate (a table on stderr, JSON on the last line).
+    """List sources with last success, lag, error rate, failures in a row and next due, and the scheduler's rounds (a
+    table on stderr, JSON on the last line).
 
     Args:
         window: how many recent runs of each source the failure share and error rate are computed over.
     """
     table = source_status(settings, window)
+    state = loop_status(settings)
     header = f"{'source':<14}{'spider':<14}{'on':<4}{'cadence':>8}  {'last success':<20}{'lag':>9}  "
-    header += f"{'status':<12}{'err rate':>9}"
+    header += f"{'status':<12}{'err rate':>9}{'fails':>6}  {'next due':<17}{'latency':>9}"
     lines = [header]
+    now = datetime.now(UTC)
     for s in table:
         last = (s["last_success"] or "never")[:19].replace("T", " ")
         rate = "-" if s["error_rate"] is None else f"{s['error_rate']:.2%}"
         lag, cadence = human_minutes(s["lag_minutes"]), human_minutes(s["cadence_minutes"])
+        due = "-"
+        if s["next_due"] and s["enabled"]:
+            wait = datetime.fromisoformat(s["next_due"]) - now
+            due = "now" if wait <= timedelta(0) else f"in {human_minutes(wait.total_seconds() / 60)}"
+        latency = "-" if s["latency_s"] is None else human_minutes(s["latency_s"] / 60)
         flag = " OVERDUE" if s["overdue"] else ""
         lines.append(
             f"{s['source']:<14}{s['spider'] or '?':<14}{'y' if s['enabled'] else 'n':<4}"
-            f"{cadence:>8}  {last:<20}{lag:>9}  {s['last_status'] or '-':<12}{rate:>9}{flag}"
+            f"{cadence:>8}  {last:<20}{lag:>9}  {s['last_status'] or '-':<12}{rate:>9}{s['consecutive_failures']:>6}  "
+            f"{due:<17}{latency:>9}{flag}"
         )
+        if s["consecutive_failures"] and s["last_error"]:
+            lines.append(f"{'':<14}last error: {s['last_error'][:100]}")
+    last_round = state["last_round"]
+    if last_round:
+        steps = ", ".join(
+            f"{st['step']}{'(' + st['source'] + ')' if st.get('source') else ''} {st['status']}"
+            for st in last_round["steps"]
+        )
+        latency = "" if last_round["latency_s"] is None else f", latency {last_round['latency_s']:.0f}s"
+        lines.append(
+            f"\nlast round {last_round['round_id']} ({last_round['status']}, {last_round['changed_listings']} new or "
+            f"changed listings{latency}): {steps}"
+        )
+    for step, f in state["failing_steps"].items():
+        lines.append(f"step {step}: {f['failures']} failure(s) in a row, retry at {f['retry_at']}: {f['last_error']}")
     print("\n".join(lines), file=sys.stderr)
-    return {"sources": table}
+    return {"sources": table, "loop": state}
 
 
 def due_sources(settings: Settings, names: list[str] | None = None, now: datetime | None = None) -> list[str]:
     """Enabled sources (or ``names``) not in flight whose last finished run (ok or failed) started at least one
-    cadence ago, or that never finished one. An interrupted run does not count: its source is due at once, so a
-    crawl cut short by a restart is resumed by the next round (the card state makes it skip what it stored)."""
+    cadence ago, or that never finished one; after a failed run, once the retry backoff has passed (see
+    :func:`_next_due`). An interrupted run does not count: its source is due at once, so a crawl cut short by a
+    restart is resumed by the next round (the card state makes it skip what it stored)."""
     now = now or datetime.now(UTC)
     config = load_sources(settings)
     wanted = names or [n for n, s in config.items() if s.get("enabled", True)]
@@ -152,11 +220,12 @@ def due_sources(settings: Settings, names: list[str] | None = None, now: datetim
     if unknown:
         raise SourceError(f"unknown source(s) {', '.join(unknown)}; known sources: {', '.join(sorted(config))}")
     runs = RunsDB(settings.duckdb)
-    last = dict(
-        runs.query(
-            "SELECT source, epoch(max(started)) FROM crawl_runs WHERE status IN ('ok', 'failed') GROUP BY source"
-        )
-    )
+    finished: dict[str, list[tuple[Any, ...]]] = {}
+    for source, *row in runs.query(
+        "SELECT source, epoch(started), epoch(finished), status FROM crawl_runs WHERE status IN ('ok', 'failed') "
+        "QUALIFY row_number() OVER (PARTITION BY source ORDER BY started DESC) <= 100 ORDER BY started DESC"
+    ):
+        finished.setdefault(source, []).append(tuple(row))
     in_flight = {
         source
         for run_id, source, params, started in runs.query(
@@ -168,10 +237,19 @@ def due_sources(settings: Settings, names: list[str] | None = None, now: datetim
     for name in wanted:
         if name in in_flight:
             continue
-        started = _aware(last.get(name))
-        if started is None or now - started >= timedelta(minutes=float(config[name]["cadence_minutes"])):
+        next_due = _next_due(settings, float(config[name]["cadence_minutes"]), finished.get(name, []))
+        if next_due is None or now >= next_due:
             due.append(name)
     return due
+
+
+class ScheduleBusyError(HomewardError):
+    """Another ``homeward schedule`` runs on this data dir."""
+
+
+def _check_alerts(settings: Settings) -> list[dict[str, Any]]:
+    current = incidents(settings, source_status(settings), step_failures(RunsDB(settings.duckdb)))
+    return raise_alerts(settings, current)
 
 
 def schedule(
@@ -183,23 +261,52 @@ def schedule(
     poll_seconds: float = 30.0,
     max_parallel: int = 4,
     timeout_minutes: float | None = None,
+    pipeline: bool = True,
 ) -> dict[str, Any]:
-    """Run every enabled source at its cadence, recording runs in DuckDB (resumes from crawl_runs after a restart).
+    """Run every enabled source at its cadence and, after crawls that brought new or changed listings, enrich, match
+    and deliver reports; every step a row in DuckDB, resumed after a restart.
 
     Args:
         source: only these sources (default: every enabled source).
-        once: run one round — start what is due, wait for it — then return.
+        once: run one round — start what is due, wait for it, run the steps after it — then return.
         max_cycles: stop after this many rounds (default: run until interrupted).
         poll_seconds: time between rounds.
         max_parallel: most crawls running at once.
         timeout_minutes: stop a crawl (gracefully) that runs longer than this.
+        pipeline: run the steps after the crawls (enrich, match, deliver); --no-pipeline: crawl only.
     """
     settings = absolute_settings(settings)
     settings.ensure_writable()
+    lock = FileLock(str(Path(settings.data_dir) / "schedule.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout as exc:
+        raise ScheduleBusyError(f"another `homeward schedule` runs on data dir {settings.data_dir}") from exc
+    try:
+        return _loop(settings, source, once, max_cycles, poll_seconds, max_parallel, timeout_minutes, pipeline)
+    finally:
+        lock.release()
+
+
+def _loop(
+    settings: Settings,
+    source: list[str] | None,
+    once: bool,
+    max_cycles: int | None,
+    poll_seconds: float,
+    max_parallel: int,
+    timeout_minutes: float | None,
+    pipeline: bool,
+) -> dict[str, Any]:
+    interrupted = close_interrupted_steps(settings)
+    if interrupted:
+        log.warning("schedule: %d step(s) left running by a stopped scheduler are resumed", interrupted)
     stop = threading.Event()
     pool = ThreadPoolExecutor(max_workers=max(1, max_parallel), thread_name_prefix="homeward-crawl")
     running: dict[str, Future[list[dict[str, Any]]]] = {}
     results: list[dict[str, Any]] = []
+    rounds: list[dict[str, Any]] = []
+    alerts: list[dict[str, Any]] = []
     launched: list[str] = []
     cycles = 0
     timeout_s = timeout_minutes * 60 if timeout_minutes else None
@@ -235,11 +342,17 @@ def schedule(
                     check_writable=False,
                     progress=False,
                 )
-            if once:
-                collect(block=True)
-                break
-            if max_cycles is not None and cycles >= max_cycles:
-                collect(block=True)
+            last = once or (max_cycles is not None and cycles >= max_cycles)
+            collect(block=last)
+            try:  # a store problem in the bookkeeping fails this round, not the service: the next round retries
+                done = advance(settings) if pipeline else None
+                alerts += _check_alerts(settings)
+            except HomewardError as exc:
+                log.exception("schedule: round bookkeeping failed")
+                done = {"error": str(exc), "steps": [{"step": "round", "status": "failed", "error": str(exc)}]}
+            if done:
+                rounds.append(done)
+            if last:
                 break
             deadline = time.monotonic() + poll_seconds
             while time.monotonic() < deadline and not all(f.done() for f in running.values()) and running:
@@ -253,9 +366,13 @@ def schedule(
     finally:
         stop.set()
         pool.shutdown(wait=True)
+    failed_steps = [st for r in rounds for st in r.get("steps", []) if st["status"] == "failed"]
+    ok = all(r.get("status") in ("ok", "skipped") for r in results) and not failed_steps
     return {
         "cycles": cycles,
         "launched": launched,
         "runs": results,
-        "status": "ok" if all(r.get("status") in ("ok", "skipped") for r in results) else "partial",
+        "rounds": rounds,
+        "alerts": alerts,
+        "status": "ok" if ok else "partial",
     }

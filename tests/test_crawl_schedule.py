@@ -38,13 +38,13 @@ def test_schedule_runs_due_sources_once_per_cadence_and_resumes_after_restart(tm
                 *({"name": n, "enabled": False} for n in BUILTIN),  # the real sites are out of reach here
             ],
         )
-        first = schedule(settings, once=True)
+        first = schedule(settings, once=True, pipeline=False)
         assert sorted(first["launched"]) == ["alpha", "beta"] and first["status"] == "ok"
         assert sorted(_runs(settings)) == [("alpha", "ok"), ("beta", "ok")]
         assert {r["source_id"] for r in listings(settings).values()} == {"l100", "f101"}
 
         # a restarted scheduler: nothing is due within the cadence
-        again = schedule(settings, max_cycles=2, poll_seconds=0.1)
+        again = schedule(settings, max_cycles=2, poll_seconds=0.1, pipeline=False)
         assert again["launched"] == [] and again["cycles"] == 2
         later = datetime.now(UTC) + timedelta(minutes=61)
         assert sorted(due_sources(settings, now=later)) == ["alpha", "beta"]
@@ -61,7 +61,7 @@ def test_schedule_runs_due_sources_once_per_cadence_and_resumes_after_restart(tm
         assert due_sources(settings) == []  # alpha's last finished run is recent...
         with RunsDB(settings.duckdb).write() as con:  # ...so pretend the killed crawl had been the due one
             con.execute("UPDATE crawl_runs SET started = started - INTERVAL 2 HOUR WHERE status = 'ok'")
-        resumed = schedule(settings, once=True, source=["alpha"])
+        resumed = schedule(settings, once=True, source=["alpha"], pipeline=False)
         assert resumed["launched"] == ["alpha"]
         statuses = dict(RunsDB(settings.duckdb).query("SELECT run_id, status FROM crawl_runs WHERE source='alpha'"))
         assert statuses.pop("deadrun") == "interrupted"
@@ -96,7 +96,7 @@ def test_never_two_crawls_of_one_source_at_once(tmp_path: Path) -> None:
         with pytest.raises(CrawlBusyError, match="already being crawled"):
             crawl(settings, source=["mock"])
         assert due_sources(settings, ["mock"]) == []  # the scheduler sees it in flight
-        busy = schedule(settings, once=True, source=["mock"])
+        busy = schedule(settings, once=True, source=["mock"], pipeline=False)
         assert busy["launched"] == []
         worker.join(timeout=120)
         assert outcome["first"]["status"] == "ok"  # type: ignore[index]

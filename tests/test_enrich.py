@@ -60,7 +60,8 @@ def _detections(settings: Settings) -> list[dict]:
 
 @pytest.fixture()
 def tiny(settings: Settings) -> Settings:
-    return settings.with_overrides({"enrich": {"profile": "tiny", "batch_size": 4}})
+    # inline_max_photos 0: these tests are about the Ray pipeline (tests/test_loop.py runs small batches inline)
+    return settings.with_overrides({"enrich": {"profile": "tiny", "batch_size": 4, "inline_max_photos": 0}})
 
 
 def test_bad_inputs_each_get_a_reason_and_the_job_goes_on(tiny: Settings, ray_local: None) -> None:

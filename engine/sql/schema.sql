@@ -130,3 +130,50 @@ CREATE TABLE IF NOT EXISTS watch_alerts (
     sent_at          TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (watch_id, listing_id)
 );
+
+-- The scheduler's rounds (`homeward schedule`): each covers the crawl runs that finished since the previous one and,
+-- when they brought new or changed listings, runs the pipeline steps after them. A round is `running` until every
+-- step it needs is done (a failed step waits for its retry), then `ok`; an open round a new one takes over is `merged`.
+CREATE TABLE IF NOT EXISTS loop_rounds (
+    round_id     VARCHAR PRIMARY KEY,
+    started      TIMESTAMPTZ NOT NULL,
+    finished     TIMESTAMPTZ,
+    status       VARCHAR NOT NULL,          -- running | ok | merged
+    steps        JSON,                      -- the pipeline steps this round runs, in order ([] when nothing changed)
+    changed_listings BIGINT DEFAULT 0,      -- new or changed listings its crawls wrote (and those of merged rounds)
+    first_seen   TIMESTAMPTZ,               -- when the earliest of them was crawled
+    match_run_id VARCHAR,
+    published    TIMESTAMPTZ,               -- when that match run was published
+    latency_s    DOUBLE,                    -- published - first_seen: a post crawled to its match published
+    merged_into  VARCHAR,
+    message      VARCHAR
+);
+
+-- One row per step attempt of a round: a crawl (source = the source, run_id = its crawl_runs row) or a pipeline step
+-- (enrich, match, deliver:<name>; source = ''). A step done `ok` in a round is never run again for that round.
+CREATE TABLE IF NOT EXISTS loop_steps (
+    round_id     VARCHAR NOT NULL,
+    step         VARCHAR NOT NULL,
+    source       VARCHAR NOT NULL DEFAULT '',
+    attempt      INTEGER NOT NULL,
+    status       VARCHAR NOT NULL,          -- running | ok | failed | interrupted | skipped
+    run_id       VARCHAR,                   -- the crawl, enrich or match run it was
+    started      TIMESTAMPTZ NOT NULL,
+    finished     TIMESTAMPTZ,
+    changed_listings BIGINT,                -- crawl steps: new or changed listings written
+    first_seen   TIMESTAMPTZ,               -- crawl steps: when the earliest of them was crawled
+    result       JSON,
+    error        VARCHAR,
+    PRIMARY KEY (round_id, step, source, attempt)
+);
+
+-- Operator alerts sent (or logged, without alerts.operator_email): one row per incident, so each is sent once.
+CREATE TABLE IF NOT EXISTS loop_alerts (
+    subject      VARCHAR NOT NULL,          -- a source, or step:<name> for a pipeline step
+    kind         VARCHAR NOT NULL,          -- failing | overdue
+    incident     VARCHAR NOT NULL,          -- what identifies this incident (the first failure, the last success)
+    raised       TIMESTAMPTZ NOT NULL,
+    message      VARCHAR,
+    emailed_to   VARCHAR,
+    PRIMARY KEY (subject, kind, incident)
+);

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from engine import run_rows
 from engine.config import Settings
+from ray_jobs.enrich.inline import run_inline
 from ray_jobs.enrich.pipeline import run_pipeline
 from ray_jobs.enrich.select import select_photos, work_items
 from ray_jobs.enrich.writer import DetectionWriter
@@ -35,6 +36,9 @@ def enrich(
     settings: Settings, *, limit: int | None = None, retry_failed: bool = True, profile: str | None = None
 ) -> dict:
     """Detect, embed and caption every photo not yet enriched, as a Ray Data job; returns the run's counts.
+
+    Runs of at most ``enrich.inline_max_photos`` distinct images skip Ray and run the same stages in this process
+    (:mod:`ray_jobs.enrich.inline`; the result's ``mode`` says which ran).
 
     Args:
         limit: enrich at most this many photos (rows of the photos table) this run
@@ -68,6 +72,7 @@ def enrich(
     errors: Counter[str] = Counter()
     models: dict[str, Any] = {"profile": prof["name"], "embed_model": embed_model}
     writer = DetectionWriter(lance)
+    inline = False
     n_dets = 0
     first_row_s: float | None = None
     t_first = t_last = 0.0
@@ -77,15 +82,23 @@ def enrich(
     try:
         if todo.num_rows:
             items = work_items(lance, todo)
+            inline = len(items) <= settings.enrich.inline_max_photos
             log.info(
-                "enrich %s: %d photo rows (%d distinct images), profile %s",
+                "enrich %s: %d photo rows (%d distinct images), profile %s, %s",
                 run["run_id"],
                 todo.num_rows,
                 len(items),
                 prof["name"],
+                "in this process" if inline else "on Ray",
             )
-            with ray_session(settings), _progress(len(items)) as bar:
-                for rows in run_pipeline(settings, prof, items, cluster_gpus(), ray):
+            session = contextlib.nullcontext() if inline else ray_session(settings)
+            with session, _progress(len(items)) as bar:
+                batches = (
+                    run_inline(settings, prof, items)
+                    if inline
+                    else run_pipeline(settings, prof, items, cluster_gpus(), ray)
+                )
+                for rows in batches:
                     now = time.perf_counter()
                     if first_row_s is None:  # steady-state rate: batches after the first one
                         first_row_s, t_first = now - t0, now
@@ -139,6 +152,7 @@ def enrich(
         "errors_by_reason": dict(errors),
         "models": models,
         "duration_s": run["duration_s"],
+        "mode": "inline" if inline else "ray",
         "images_per_s": round(run["photos"] / run["duration_s"], 3) if run["duration_s"] else None,
         # steady state: images after the first result over the time they took (excludes actor start-up)
         "first_result_s": round(first_row_s, 3) if first_row_s is not None else None,

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from engine.config import Settings
-from ray_jobs.enrich.stages import CaptionStage, DetectStage, EmbedStage, TextStage, decode_batch, unpack
+from ray_jobs.enrich.stages import batch_rows, decode_batch, decode_options, model_stages, unpack
 
 log = logging.getLogger(__name__)
 
@@ -48,27 +48,17 @@ def run_pipeline(
 
     # One row batch (photos) for every stage: a later stage with a bigger batch would wait for rows to pile up and
     # the pipeline would stop streaming. Each model still batches its own inputs (crops, texts) internally.
-    rows = max(1, int(prof["detector"].get("batch_size") or cfg.batch_size))
+    rows = batch_rows(settings, prof)
     n_blocks = max(1, min(len(items), math.ceil(len(items) / rows)))
     ds = ray.data.from_items(items, override_num_blocks=n_blocks)
     ds = ds.map_batches(
         decode_batch,
-        fn_kwargs={
-            "max_side": cfg.max_side,
-            "max_pixels": settings.crawl.max_image_pixels,
-            "storage_options": settings.storage_options,
-        },
+        fn_kwargs=decode_options(settings),
         batch_size=rows,
         batch_format="numpy",
         num_cpus=DECODE_CPUS,
     )
-    vlm = prof["captioner"].get("kind") != "attributes"
-    stages: list[tuple[type, dict[str, Any]]] = [
-        (DetectStage, {}),
-        (EmbedStage, {"with_captions": not vlm}),
-        *([(CaptionStage, {})] if vlm else []),
-        (TextStage, {}),
-    ]
+    stages = model_stages(prof)
     share = actor_cpu_share(cpus, len(stages) * max(1, int(cfg.actors)), float(ray.cluster_resources().get("CPU", 0.0)))
     for stage, extra in stages:
         ds = ds.map_batches(

@@ -230,3 +230,29 @@ class TextStage(_Stage):
         for r in rows:
             r["text_model"] = self.text.model_id
             r["text_dim"] = self.text.dim
+
+
+def model_stages(prof: dict[str, Any]) -> list[tuple[type[_Stage], dict[str, Any]]]:
+    """The model stages of a profile, in order, with their extra constructor arguments: a VLM captioner runs as its
+    own stage; an ``attributes`` captioner reuses the embedder's forward pass inside the embed stage."""
+    vlm = prof["captioner"].get("kind") != "attributes"
+    return [
+        (DetectStage, {}),
+        (EmbedStage, {"with_captions": not vlm}),
+        *([(CaptionStage, {})] if vlm else []),
+        (TextStage, {}),
+    ]
+
+
+def batch_rows(settings: Settings, prof: dict[str, Any]) -> int:
+    """Photos per batch, the same for every stage (the detector's batch size, else ``enrich.batch_size``)."""
+    return max(1, int(prof["detector"].get("batch_size") or settings.enrich.batch_size))
+
+
+def decode_options(settings: Settings) -> dict[str, Any]:
+    """The keyword arguments of :func:`decode_batch` from the settings."""
+    return {
+        "max_side": settings.enrich.max_side,
+        "max_pixels": settings.crawl.max_image_pixels,
+        "storage_options": settings.storage_options,
+    }
