@@ -17,15 +17,19 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
 
 from dashboards import sample
 from dashboards.access import host_allowed, same_origin, shelter_token
-from dashboards.app import Dashboard, DashboardServer, Request, make_server
+from dashboards.app import create_app, make_server
+from dashboards.pages import Dashboard
 from dashboards.report import report
+from dashboards.server import DashboardServer
 from engine.errors import HomewardError
 from engine.search import SearchHit, SearchResult
 from engine.storage import RunsDB
@@ -37,9 +41,12 @@ LOCAL = "127.0.0.1:8501"
 
 
 def call(app: Dashboard, method: str, path: str, query=None, headers=None, body: bytes = b""):
-    """A request straight to the app, as a browser on the dashboard's own page sends it (Host, and Origin on POST)."""
+    """A request to the app in process (no socket), as a browser on the dashboard's own page sends it (Host, and Origin
+    on POST); a GET follows redirects with the cookies they set, as a browser does after a token link."""
     hdrs = {"host": LOCAL, **({"origin": f"http://{LOCAL}"} if method == "POST" else {}), **(headers or {})}
-    return app.handle(Request(method, path, query or {}, hdrs, body))
+    client = TestClient(create_app(app), base_url=f"http://{LOCAL}", follow_redirects=method == "GET")
+    resp = client.request(method, path, params=query, headers=hdrs, content=body)
+    return SimpleNamespace(status=resp.status_code, body=resp.content, headers=resp.headers)
 
 
 class Client:
@@ -52,9 +59,9 @@ class Client:
         opener = urllib.request.build_opener(NoRedirect)
         try:
             with opener.open(req, timeout=30) as resp:
-                return resp.status, dict(resp.headers), resp.read()
+                return resp.status, resp.headers, resp.read()
         except urllib.error.HTTPError as exc:
-            return exc.code, dict(exc.headers), exc.read()
+            return exc.code, exc.headers, exc.read()
 
     def get(self, path: str) -> tuple[int, dict[str, str], bytes]:
         return self.request("GET", path)
@@ -388,7 +395,9 @@ def test_exposed_shelter_views_need_the_shelter_token(settings):
     assert denied.status == 403
     body = urllib.parse.urlencode({**fields, "token": seas}).encode()
     ok = call(app, "POST", f"/shelter/{SEAS}/feedback", headers=hdrs, body=body)
-    assert ok.status == 303 and ok.headers["Location"] == f"/shelter/petango%3ASEAS?token={seas}"
+    # back to the clean URL: the token moves into the shelter's cookie, out of the address bar and history
+    assert ok.status == 303 and ok.headers["Location"] == "/shelter/petango%3ASEAS"
+    assert f"hw_token={seas}" in ok.headers["set-cookie"]
     assert RunsDB(cfg.duckdb).query("SELECT count(*) FROM feedback WHERE who = 'dashboard:petango:SEAS'") == [(1,)]
 
 
