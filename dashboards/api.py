@@ -1,4 +1,4 @@
-"""The JSON API, documented at ``/openapi.json`` (and browsable at ``/docs``): photo search, a shelter's candidates
+"""The JSON API, documented at ``/openapi.json``: photo search, a shelter's candidates
 (paged and filtered as on its review page), verdicts and a health check.
 
 Shelter routes take the token in ``X-Homeward-Token`` (or ``Authorization: Bearer``), never in the URL. A POST needs

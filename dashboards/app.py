@@ -61,7 +61,7 @@ def create_app(dash: Dashboard) -> Guard:
         title="Homeward dashboard",
         version="1",
         description="Lost-pet matches: photo search, shelter candidates and verdicts.",
-        docs_url="/docs",
+        docs_url=None,  # Swagger UI loads its scripts from a CDN, which the CSP (rightly) refuses
         redoc_url=None,
     )
     app.include_router(api.router(dash))
