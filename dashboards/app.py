@@ -1,693 +1,269 @@
-"""``homeward dashboard``: the operator, analyst, search and shelter-review web pages.
+"""``homeward dashboard``: the operator, analyst, search and shelter-review web pages, and a JSON API.
 
-A small stdlib HTTP server (``http.server.ThreadingHTTPServer``) rendering Jinja2 templates, with a few lines of
-vanilla JavaScript for the review buttons; no web framework, nothing fetched from the internet.
+FastAPI on uvicorn: the pages are Jinja2 templates rendered by :class:`dashboards.pages.Dashboard` (which holds the
+data and the rules), the API is :mod:`dashboards.api` (documented at ``/openapi.json``), uploads are parsed by
+python-multipart, and the few scripts (the review buttons, the map) and Leaflet are served from
+``dashboards/static``: nothing is fetched from another site unless ``dashboard.tile_url`` names a tile server.
 
-* **Reads DuckDB read-only while jobs write.** The server creates the schema and views once at start (one short
-  write, skipped when current), then every request opens a read-only connection for its queries and closes it.
-  Within this process connections are serialised by a lock (DuckDB refuses a read-only and a read-write handle on
-  one file in one process at the same time). A verdict is one short ``RunsDB.write()`` transaction.
-* **Photos** are looked up by photo id in LanceDB ``photos`` and read from the photo store, then downscaled and
-  re-encoded without metadata; the original remote URL is never fetched or linked as an image.
-* **Access.** Bound to a loopback address (the default), every page is open. Bound to another address, a shelter's
-  pages and its verdicts need that shelter's token (:mod:`dashboards.access`), the shelter index needs the operator
-  token (``--token``), and the server refuses to start with the default ``salt``. Every verdict also needs the
-  per-process form key embedded in the page, so another web site cannot post verdicts through a browser.
-* **Host and Origin.** Every request must name this dashboard in its ``Host`` header (the bound address, loopback
-  names when bound to loopback, ``dashboard.allowed_hosts``): a DNS-rebinding page gets 400 and no data. Every POST
-  (verdicts, photo uploads) must carry an ``Origin`` (else a ``Referer``) of the dashboard itself, else 403: every
-  browser in use sends ``Origin`` on a POST, so a request with neither is refused too (a script adds the header).
-  Pages are sent with ``Referrer-Policy: same-origin``: under ``no-referrer`` browsers send ``Origin: null`` even on a
-  page's own POSTs.
-* **Request limits** (:class:`DashboardServer`): a body needs one non-negative integer ``Content-Length`` within the
-  path's limit (411/400/413 otherwise, answered, never a dropped connection); an idle or stalled socket is closed
-  after ``idle_timeout_s``; at most ``max_connections`` connections are served at once.
+In front of every route, :class:`dashboards.guard.Guard` checks the ``Host`` (DNS rebinding), the request's framing
+and size, and a POST's ``Origin``, and adds the security headers; :mod:`dashboards.server` bounds idle connections
+and how many are served at once.
+
+**Tokens leave the URL.** A shelter's link carries its token once (``/shelter/<key>?token=…``, as ``homeward report``
+prints it): the page answers with a redirect to the clean URL that sets the token as an ``HttpOnly``,
+``SameSite=Strict`` cookie scoped to that shelter's path (``Secure`` over https), so the token stays out of the
+address bar, the history and any ``Referer``. The operator token does the same on ``/shelters`` for the whole
+dashboard. API clients send tokens in a header.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import email.parser
-import email.policy
 import hmac
-import http.server
-import io
-import json
 import logging
-import math
-import re
-import secrets
-import signal
-import socket
-import threading
 import time
-import urllib.parse
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Annotated, Any, Literal
 
-import duckdb
-import jinja2
-from PIL import Image
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from dashboards.access import (
-    DEFAULT_SALT,
-    check_token,
-    host_allowed,
-    is_loopback,
-    same_origin,
-    shelter_token,
-    split_host,
+from dashboards import api
+from dashboards.candidates import MAX_PER_PAGE, PER_PAGE, Filters, page_link, visit_window
+from dashboards.guard import Guard, wants_json
+from dashboards.pages import (
+    OPERATOR_COOKIE,
+    TOKEN_COOKIE,
+    Dashboard,
+    HTTPError,
+    SearchForm,
+    SearchRefused,
+    hit_view,
+    shelter_path,
 )
-from dashboards.photos import PHOTO_ID, PhotoLookup
-from engine import run_rows, views
+from dashboards.server import DashboardServer, stopped_by_signals
 from engine.config import Settings
-from engine.errors import HomewardError
-from engine.redact import redact_text
-from engine.storage import RunsDB, StorageError
-
-if TYPE_CHECKING:  # engine.search loads torch: imported when someone searches
-    from engine.search import SearchHit, SearchResult
 
 log = logging.getLogger(__name__)
 
-TEMPLATES = Path(__file__).with_name("templates")
-MAX_FORM_BYTES = 64 * 1024
-VERDICTS = ("confirmed", "rejected")
-SAFE_METHODS = ("GET", "HEAD")
-_CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
-DEFAULT_HEADERS = {
-    "Referrer-Policy": "same-origin",
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
-    "script-src 'self' 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
-    "Cache-Control": "no-store",
-}
+STATIC = Path(__file__).with_name("static")
+VISIT_COOKIE = "hw_visit"
+TOKEN_DAYS = 30  # how long a browser keeps a token after its first visit
 
 
-@dataclass
-class Response:
-    status: int = 200
-    body: bytes = b""
-    content_type: str = "text/html; charset=utf-8"
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-class HTTPError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-@dataclass
-class Request:
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    body: bytes
-    client: str = ""
-
-    def wants_json(self) -> bool:
-        return "application/json" in self.headers.get("accept", "") or self.headers.get("x-requested-with") == "fetch"
-
-
-def _fmt_num(value: Any, digits: int = 2) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return f"{value:,.{digits}f}"
-
-
-def _fmt_time(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, dt.datetime):
-        return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M")
-    return str(value)
-
-
-def _fmt_ago(value: Any) -> str:
-    if not isinstance(value, dt.datetime):
-        return "never"
-    secs = (dt.datetime.now(dt.UTC) - value).total_seconds()
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if secs >= size:
-            return f"{secs / size:.0f} {unit} ago"
-    return "just now"
-
-
-def _jinja() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-        autoescape=jinja2.select_autoescape(["html"]),
-        undefined=jinja2.ChainableUndefined,
+def create_app(dash: Dashboard) -> Guard:
+    """The whole ASGI application: the pages, the API and the static files behind the guard."""
+    app = FastAPI(
+        title="Homeward dashboard",
+        version="1",
+        description="Lost-pet matches: photo search, shelter candidates and verdicts.",
+        docs_url=None,  # Swagger UI loads its scripts from a CDN, which the CSP (rightly) refuses
+        redoc_url=None,
     )
-    env.filters.update(num=_fmt_num, time=_fmt_time, ago=_fmt_ago, urlencode=urllib.parse.quote)
-    env.filters["pct"] = lambda v, top=1.0: 0 if not v or not top else max(0, min(100, round(float(v) / top * 100)))
-    return env
+    app.include_router(api.router(dash))
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _add_error_handlers(app, dash)
+    _add_pages(app, dash)
+    return Guard(
+        app,
+        bound_host=dash.host,
+        allowed_hosts=list(dash.settings.dashboard.allowed_hosts),
+        max_upload=dash.max_upload,
+        headers=dash.headers,
+    )
 
 
-def _hit_view(hit: SearchHit) -> dict[str, Any]:
-    """A search hit as the page shows it: a listing URL only when it is http(s) (a crawled page may carry any
-    scheme) and the photo only when its id is one the photo route serves."""
-    view = asdict(hit)
-    view["url"] = hit.url if hit.url and hit.url.lower().startswith(("http://", "https://")) else None
-    view["_photo"] = hit.photo_id if hit.photo_id and PHOTO_ID.match(hit.photo_id) else None
-    return view
+def _add_error_handlers(app: FastAPI, dash: Dashboard) -> None:
+    def answer(request: Request, status: int, message: str) -> Response:
+        if wants_json(request.url.path, request.headers.raw):
+            return JSONResponse({"ok": False, "error": message}, status)
+        return dash.render("error.html", status, code=status, message=message)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPError)
+        return answer(request, exc.status, exc.message)
+
+    async def routing_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        message = f"no page at {request.url.path}" if exc.status_code == 404 else str(exc.detail)
+        return answer(request, exc.status_code, message)
+
+    async def invalid(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in exc.errors())
+        return answer(request, 422 if request.url.path.startswith("/api/") else 400, problems)
+
+    async def bug(request: Request, exc: Exception) -> Response:  # logged with its trace by the server
+        return PlainTextResponse(f"internal error: {type(exc).__name__}", 500)
+
+    app.add_exception_handler(HTTPError, http_error)
+    app.add_exception_handler(StarletteHTTPException, routing_error)
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(Exception, bug)
 
 
-def _is_image(data: bytes) -> bool:
-    """Whether ``data`` opens as an image (header only: no pixel is decoded here)."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.verify()
-        return True
-    except Exception:  # Pillow raises many types for garbage
-        return False
+def _remember(resp: Response, request: Request, name: str, value: str, path: str, days: int) -> None:
+    resp.set_cookie(
+        name, value, max_age=days * 86400, path=path, httponly=True, samesite="strict",
+        secure=request.url.scheme == "https",
+    )  # fmt: skip
 
 
-def _parse_multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
-    """``multipart/form-data`` → name → (filename, bytes), with the stdlib e-mail parser (``cgi`` is gone)."""
-    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
-    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
-    if not msg.is_multipart():
-        raise HTTPError(400, "expected a multipart/form-data upload")
-    fields: dict[str, tuple[str | None, bytes]] = {}
-    for part in msg.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        if not name:
-            continue
-        fields[str(name)] = (part.get_filename(), part.get_payload(decode=True) or b"")
-    return fields
+def _clean_redirect(request: Request, path: str) -> RedirectResponse:
+    """303 to ``path`` with the request's query minus ``token``."""
+    query = {k: v for k, v in request.query_params.items() if k != "token"}
+    return RedirectResponse(page_link(path, query), 303)
 
 
-class Dashboard:
-    """The application: routes a :class:`Request` to a page and returns a :class:`Response` (no sockets here)."""
+def _add_pages(app: FastAPI, dash: Dashboard) -> None:
+    @app.get("/", include_in_schema=False)
+    def home() -> Response:
+        return dash.home()
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        host: str,
-        token: str | None = None,
-        search_fn: Callable[..., SearchResult] | None = None,
-    ) -> None:
-        self.settings = settings
-        self.host = host
-        self.exposed = not is_loopback(host)
-        self.operator_token = token
-        if self.exposed and settings.salt == DEFAULT_SALT:
-            raise HomewardError(
-                f"refusing to serve on {host}: shelter tokens derive from `salt`, which is still the public default; "
-                "set your own (HOMEWARD_SALT or --set salt=...) or bind 127.0.0.1"
-            )
-        bad = [h for h in settings.dashboard.allowed_hosts if split_host(h) is None]
-        if bad:
-            raise HomewardError(f"dashboard.allowed_hosts: not a host name: {', '.join(map(repr, bad))}")
-        self.runs = RunsDB(settings.duckdb, busy_timeout_s=10.0)
-        views.ensure_views(self.runs)
-        self.photos = PhotoLookup(settings)
-        self.form_key = secrets.token_urlsafe(18)
-        self.db_lock = threading.RLock()
-        self.env = _jinja()
-        self._search_fn = search_fn
-        self.max_upload = int(settings.crawl.max_image_mb * 1024 * 1024)
+    @app.get("/operators", include_in_schema=False)
+    def operators() -> Response:
+        return dash.operators()
 
-    # --- data access -------------------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        with self.db_lock:
-            try:
-                with self.runs.read() as con:
-                    yield con
-            except StorageError as exc:
-                raise HTTPError(503, f"the database is busy (a job is writing); try again in a moment ({exc})") from exc
+    @app.get("/analysts", include_in_schema=False)
+    def analysts() -> Response:
+        return dash.analysts()
 
-    def q(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
-        with self.read() as con:
-            return views.rows(con, sql, params)
-
-    # --- plumbing ----------------------------------------------------------------------------------------------
-    def render(self, template: str, status: int = 200, **ctx: Any) -> Response:
-        ctx.setdefault("exposed", self.exposed)
-        ctx.setdefault("page", template.removesuffix(".html"))
-        html = self.env.get_template(template).render(**ctx)
-        return Response(status, html.encode("utf-8"))
-
-    def json(self, payload: Any, status: int = 200) -> Response:
-        return Response(status, json.dumps(payload, default=str).encode(), "application/json")
-
-    def handle(self, req: Request) -> Response:
-        try:
-            self.check_origin(req)
-            resp = self.route(req)
-        except HTTPError as exc:
-            if req.wants_json() or req.path.startswith("/api/"):
-                resp = self.json({"ok": False, "error": exc.message}, exc.status)
-            else:
-                resp = self.render("error.html", exc.status, code=exc.status, message=exc.message)
-        except Exception as exc:  # a bug must not kill the server thread; it is logged with its trace
-            log.exception("error serving %s %s", req.method, req.path)
-            resp = Response(500, f"internal error: {type(exc).__name__}".encode(), "text/plain; charset=utf-8")
-        return with_default_headers(resp)
-
-    def route(self, req: Request) -> Response:
-        path = req.path.rstrip("/") or "/"
-        get = req.method in ("GET", "HEAD")
-        if get and path == "/":
-            return self.home()
-        if get and path == "/operators":
-            return self.operators()
-        if get and path == "/analysts":
-            return self.analysts()
-        if path == "/search":
-            return self.search_page(req) if get else self.search_post(req)
-        if get and path == "/shelters":
-            return self.shelter_index(req)
-        if get and path == "/healthz":
-            return self.json({"ok": True, "exposed": self.exposed})
-        if get and path.startswith("/photo/"):
-            return self.photo(path.removeprefix("/photo/"), req)
-        m = re.fullmatch(r"/shelter/([^/]+)(/feedback)?", path)
-        if m:
-            key = urllib.parse.unquote(m.group(1))
-            if m.group(2):
-                if req.method != "POST":
-                    raise HTTPError(405, "verdicts are POSTed")
-                return self.feedback(key, req)
-            if get:
-                return self.shelter_page(key, req)
-        raise HTTPError(404, f"no page at {req.path}")
-
-    # --- access ------------------------------------------------------------------------------------------------
-    def check_origin(self, req: Request) -> None:
-        """Refuse a request whose ``Host`` is not this dashboard (400), and a state-changing one that does not come
-        from one of its own pages (403), before anything is read or written."""
-        allowed = self.settings.dashboard.allowed_hosts
-        host = req.headers.get("host", "")
-        if not host_allowed(host, self.host, allowed):
-            raise HTTPError(400, "unknown Host: this dashboard answers only its own names (dashboard.allowed_hosts)")
-        if req.method in SAFE_METHODS:
-            return
-        source = req.headers.get("origin") or req.headers.get("referer")
-        if not source or not same_origin(source, host, allowed):
-            raise HTTPError(403, "cross-origin request refused: post from the dashboard's own pages")
-
-    def _token(self, req: Request, form: dict[str, str] | None = None) -> str | None:
-        auth = req.headers.get("authorization", "")
-        if auth.lower().startswith("bearer "):
-            return auth[7:].strip()
-        return (form or {}).get("token") or req.query.get("token")
-
-    def require_shelter(self, key: str, req: Request, form: dict[str, str] | None = None) -> None:
-        if not self.exposed:
-            return
-        if not check_token(self.settings, key, self._token(req, form), self.operator_token):
-            raise HTTPError(403, "this shelter's pages need its token: open the link with ?token=… from the operator")
-
-    # --- pages -------------------------------------------------------------------------------------------------
-    def home(self) -> Response:
-        figures = {
-            "open": self.q("SELECT count(*) AS n FROM open_candidates")[0]["n"],
-            "week": self.q("SELECT count(DISTINCT lost_listing_id) AS n FROM matches_this_week")[0]["n"],
-            "reunions": self.q("SELECT count(*) AS n, median(days_to_reunion) AS d FROM time_to_reunion")[0],
-            "stale": self.q(
-                "SELECT count(*) AS n FROM crawl_health WHERE last_status <> 'ok' OR last_success IS NULL "
-                "OR lag_hours > 48"
-            )[0]["n"],
-            "run": (self.q("SELECT run_id, finished FROM latest_match_run") or [None])[0],
-        }
-        return self.render("home.html", f=figures)
-
-    def operators(self) -> Response:
-        return self.render(
-            "operators.html",
-            health=self.q("SELECT * FROM crawl_health ORDER BY source"),
-            crawls=self.q(
-                "SELECT run_id, source, started, finished, status, pages, items, new_items, errors, duration_s, "
-                "CASE WHEN duration_s > 0 THEN items / duration_s END AS items_per_s, message "
-                "FROM crawl_runs ORDER BY started DESC LIMIT 50"
-            ),
-            jobs=self.q("SELECT * FROM job_throughput ORDER BY started DESC LIMIT 50"),
-        )
-
-    def analysts(self) -> Response:
-        by_week = self.q(
-            "SELECT date_trunc('week', day) AS week, kind, sum(listings)::BIGINT AS n FROM listings_over_time "
-            "GROUP BY ALL ORDER BY week, kind"
-        )
-        weeks: dict[Any, dict[str, int]] = {}
-        for r in by_week:
-            weeks.setdefault(r["week"], {})[r["kind"]] = r["n"]
-        totals = self.q(
-            "SELECT source, kind, species, sum(listings)::BIGINT AS n FROM listings_over_time GROUP BY ALL "
-            "ORDER BY source, kind, species"
-        )
-        scores = self.q("SELECT * FROM score_distribution ORDER BY bin")
-        reunions = self.q("SELECT * FROM time_to_reunion ORDER BY confirmed_at DESC")
-        stats = self.q(
-            "SELECT count(*) AS n, median(days_to_reunion) AS med_reunion, median(days_to_match) AS med_match, "
-            "avg(days_to_match) AS mean_match FROM time_to_reunion"
-        )[0]
-        return self.render(
-            "analysts.html",
-            weeks=[{"week": w, "kinds": k, "total": sum(k.values())} for w, k in sorted(weeks.items())],
-            kinds=sorted({r["kind"] for r in by_week}),
-            totals=totals,
-            scores=scores,
-            max_bin=max([s["pairs"] for s in scores] or [1]),
-            max_week=max([sum(k.values()) for k in weeks.values()] or [1]),
-            reunions=reunions,
-            stats=stats,
-            sources=self.q("SELECT * FROM source_yield ORDER BY confirmed_pairs DESC, matched_listings DESC"),
-        )
-
-    def shelter_index(self, req: Request) -> Response:
-        if self.exposed and not (
-            self.operator_token and hmac.compare_digest((self._token(req) or "").encode(), self.operator_token.encode())
-        ):
-            raise HTTPError(403, "the shelter index needs the operator token (homeward dashboard --token)")
-        rows = self.q(
-            "SELECT shelter_key, any_value(shelter_name) AS shelter_name, count(*) AS candidates, "
-            "count(*) FILTER (WHERE verdict = 'confirmed') AS confirmed, max(score) AS best "
-            "FROM open_candidates GROUP BY shelter_key ORDER BY best DESC"
-        )
-        for r in rows:
-            r["token"] = shelter_token(self.settings, r["shelter_key"]) if self.exposed else None
-        return self.render("shelters.html", shelters=rows)
-
-    def shelter_page(self, key: str, req: Request) -> Response:
-        self.require_shelter(key, req)
-        rows = self.q(
-            "SELECT * FROM open_candidates WHERE shelter_key = $1 ORDER BY verdict NULLS FIRST, score DESC, "
-            "lost_listing_id, found_listing_id",
-            [key],
-        )
-        name = rows[0]["shelter_name"] if rows else key
-        if not rows and not self.q("SELECT 1 FROM listings WHERE shelter_key(source, shelter_id) = $1 LIMIT 1", [key]):
-            raise HTTPError(404, f"no shelter {key!r} in the listings")
-        for r in rows:
-            for side in ("lost", "found"):
-                if not r.get(f"{side}_photo_id"):
-                    ids = r.get(f"{side}_photo_ids") or []
-                    r[f"{side}_photo_id"] = ids[0] if ids else None
-                url = r.get(f"{side}_url")
-                r[f"{side}_url"] = url if url and url.lower().startswith(("http://", "https://")) else None
-        token = self._token(req) if self.exposed else None
-        run = (self.q("SELECT run_id, finished FROM latest_match_run") or [None])[0]
-        return self.render("shelter.html", key=key, name=name, rows=rows, token=token, form_key=self.form_key, run=run)
-
-    def feedback(self, key: str, req: Request) -> Response:
-        if len(req.body) > MAX_FORM_BYTES:
-            raise HTTPError(413, "form too large")
-        ctype = req.headers.get("content-type", "")
-        if ctype.startswith("application/json"):
-            try:
-                form = {k: str(v) for k, v in json.loads(req.body or b"{}").items() if v is not None}
-            except (ValueError, AttributeError) as exc:
-                raise HTTPError(400, f"bad JSON: {exc}") from exc
-        else:
-            form = {k: v[-1] for k, v in urllib.parse.parse_qs(req.body.decode("utf-8", "replace")).items()}
-        given_key = req.headers.get("x-homeward-form") or form.get("form_key") or ""
-        if not hmac.compare_digest(given_key.encode(), self.form_key.encode()):
-            raise HTTPError(403, "missing or stale form key: reload the page and try again")
-        self.require_shelter(key, req, form)
-        lost, found, verdict = form.get("lost_listing_id", ""), form.get("found_listing_id", ""), form.get("verdict")
-        if verdict not in VERDICTS:
-            raise HTTPError(400, f"verdict must be one of {', '.join(VERDICTS)}")
-        who = (form.get("who") or "").strip()[:80] or f"dashboard:{key}"
-        # Notes are free text typed by staff: the same redaction as stored posts (no phone, e-mail, chip number).
-        note = redact_text((form.get("note") or "").strip()[:500]) or None
-        known = self.q(
-            "SELECT 1 FROM latest_matches WHERE lost_listing_id = $1 AND found_listing_id = $2 AND shelter_key = $3",
-            [lost, found, key],
-        )
-        if not known:
-            raise HTTPError(404, "that pair is not a current candidate of this shelter")
-        at = dt.datetime.now(dt.UTC)
-        with self.db_lock:
-            try:
-                with self.runs.write() as con:
-                    run_rows.add_feedback(con, lost, found, verdict, who, at, note)
-            except StorageError as exc:
-                raise HTTPError(503, f"the database is busy; your verdict was NOT saved, try again ({exc})") from exc
-        log.info("verdict %s for %s × %s by %s (shelter %s)", verdict, lost, found, who, key)
-        payload = {"ok": True, "verdict": verdict, "lost_listing_id": lost, "found_listing_id": found, "at": at}
-        if req.wants_json():
-            return self.json(payload)
-        back = f"/shelter/{urllib.parse.quote(key, safe='')}"
-        if self.exposed and form.get("token"):
-            back += "?token=" + urllib.parse.quote(form["token"])
-        return Response(303, b"", headers={"Location": back})
-
-    def photo(self, photo_id: str, req: Request) -> Response:
-        if not PHOTO_ID.match(photo_id):
-            raise HTTPError(404, "no such photo")
-        try:
-            size = max(64, min(1024, int(req.query.get("size", "320"))))
-        except ValueError:
-            size = 320
-        data = self.photos.thumbnail(photo_id, size)
-        if data is None:
-            raise HTTPError(404, "photo not in the photo store")
-        return Response(200, data, "image/jpeg", {"Cache-Control": "private, max-age=86400"})
-
-    # --- search ------------------------------------------------------------------------------------------------
-    def search_fn(self) -> Callable[..., SearchResult]:
-        if self._search_fn is None:
-            from engine.search import search_image  # loads torch and the scoring stack: only when someone searches
-
-            self._search_fn = search_image
-        return self._search_fn
-
-    def search_page(self, req: Request, status: int = 200, **ctx: Any) -> Response:
+    def search_page(status: int = 200, **ctx: Any) -> Response:
         ctx.setdefault("form", {"species": "", "near": "", "radius_km": "", "k": "12"})
-        return self.render("search.html", status, form_key=self.form_key, **ctx)
+        ctx.setdefault("errors", [])
+        ctx.setdefault("searched", False)
+        return dash.render("search.html", status, form_key=dash.form_key, **ctx)
 
-    def search_post(self, req: Request) -> Response:
-        if req.method != "POST":
-            raise HTTPError(405, "use the form")
-        ctype = req.headers.get("content-type", "")
-        if not ctype.startswith("multipart/form-data"):
-            raise HTTPError(400, "upload the photo as multipart/form-data")
-        fields = _parse_multipart(ctype, req.body)
-        text = {k: v[1].decode("utf-8", "replace").strip() for k, v in fields.items() if v[0] is None}
-        if not hmac.compare_digest(text.get("form_key", "").encode(), self.form_key.encode()):
+    @app.get("/search", include_in_schema=False)
+    def search_get() -> Response:
+        return search_page()
+
+    @app.post("/search", include_in_schema=False)
+    def search_post(
+        photo: Annotated[UploadFile | None, File()] = None,
+        form_key: Annotated[str, Form()] = "",
+        species: Annotated[str, Form()] = "",
+        near: Annotated[str, Form()] = "",
+        radius_km: Annotated[str, Form()] = "",
+        k: Annotated[str, Form()] = "12",
+    ) -> Response:
+        if not hmac.compare_digest(form_key.encode(), dash.form_key.encode()):
             raise HTTPError(403, "missing or stale form key: reload the page and try again")
-        filename, photo = fields.get("photo", (None, b""))
-        form = {
-            "species": text.get("species", ""),
-            "near": text.get("near", ""),
-            "radius_km": text.get("radius_km", ""),
-            "k": text.get("k", "12") or "12",
-        }
-        errors = []
-        if not photo:
-            errors.append("choose a photo to upload")
-        near = form["near"] or None
-        if near and not re.fullmatch(r"\s*-?\d+(\.\d+)?\s*,\s*-?\d+(\.\d+)?\s*", near):
-            errors.append("place must be 'lat,lon', e.g. 47.61,-122.33")
-        try:
-            radius = float(form["radius_km"]) if form["radius_km"] else None
-            k = max(1, min(100, int(form["k"])))
-        except ValueError:
-            errors.append("radius and number of results must be numbers")
-            radius, k = None, 12
-        if radius is not None and not near:
-            errors.append("a radius needs a place")
-        species = form["species"] if form["species"] in ("dog", "cat", "other") else None
-        fn = self.search_fn()
-        if photo and not _is_image(photo):
-            errors.append("that file is not a photo Homeward can read (JPEG, PNG, WebP, GIF …)")
-        if errors:
-            return self.search_page(req, 400, form=form, errors=errors)
+        data = photo.file.read() if photo is not None else b""
+        form = SearchForm(data, photo.filename if photo else None, species, near, radius_km, k or "12")
         started = time.monotonic()
         try:
-            from engine.search import decode_query, parse_near
-
-            image = decode_query(photo, filename or "the upload")
-            result = fn(self.settings, image, species=species, near=parse_near(near), radius_km=radius, k=k)
-        except HomewardError as exc:
-            return self.search_page(req, 422, form=form, errors=[str(exc)])
-        except Exception as exc:  # the search engine's bug must not look like "nothing found"
-            log.exception("photo search failed")
-            return self.search_page(req, 500, form=form, errors=[f"search failed: {type(exc).__name__}: {exc}"])
-        items = [_hit_view(hit) for hit in result.results]
-        return self.search_page(
-            req, message=result.message, form=form, results=items, searched=True, elapsed=time.monotonic() - started
+            result = dash.search(form)
+        except SearchRefused as exc:
+            return search_page(exc.status, form=form.shown(), errors=exc.errors)
+        return search_page(
+            message=result.message,
+            form=form.shown(),
+            results=[hit_view(hit) for hit in result.results],
+            searched=True,
+            elapsed=time.monotonic() - started,
         )
 
+    @app.get("/shelters", include_in_schema=False)
+    def shelter_index(request: Request, token: str | None = None) -> Response:
+        if token and dash.exposed:
+            dash.require_operator(token)
+            resp = _clean_redirect(request, "/shelters")
+            _remember(resp, request, OPERATOR_COOKIE, token, "/", TOKEN_DAYS)
+            return resp
+        dash.require_operator(dash.token(request))
+        return dash.render("shelters.html", shelters=dash.shelters())
 
-# --- HTTP server ---------------------------------------------------------------------------------------------------
-
-
-def with_default_headers(resp: Response) -> Response:
-    """Add the security headers every answer carries (no framing, no MIME sniffing, CSP, no caching) unless set."""
-    for name, value in DEFAULT_HEADERS.items():
-        resp.headers.setdefault(name, value)
-    return resp
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    """One connection, one request (HTTP/1.0: no keep-alive, so a slot is held for one request only). ``timeout``
-    (the server's ``idle_timeout_s``) is the socket timeout: ``BaseHTTPRequestHandler`` closes the connection when a
-    request line, a header or the body stalls that long."""
-
-    server_version = "Homeward"
-    sys_version = ""
-    app: Dashboard  # set on the subclass made per server
-
-    def _body_limit(self, path: str) -> int:
-        return self.app.max_upload + MAX_FORM_BYTES if path.rstrip("/") == "/search" else MAX_FORM_BYTES
-
-    def _read_body(self, path: str) -> bytes:
-        """The request body, framed by exactly one valid ``Content-Length``; :class:`HTTPError` otherwise, before
-        anything beyond the limit is read. Several ``Host`` headers are refused here too (which one would count?)."""
-        if len(self.headers.get_all("Host") or []) > 1:
-            raise HTTPError(400, "one Host header, please")
-        if self.headers.get("Transfer-Encoding"):
-            raise HTTPError(411, "send the body with a Content-Length (Transfer-Encoding is not supported)")
-        values = {v.strip() for v in self.headers.get_all("Content-Length") or []}
-        if not values:
-            if self.command in SAFE_METHODS:
-                return b""
-            raise HTTPError(411, "a request body needs a Content-Length header")
-        length = values.pop()
-        if values or not _CONTENT_LENGTH.fullmatch(length):
-            raise HTTPError(400, "Content-Length must be one non-negative integer")
-        limit = self._body_limit(path)
-        if int(length) > limit:
-            raise HTTPError(413, f"request body too large: at most {limit:,} bytes here")
-        body = self.rfile.read(int(length))
-        if len(body) < int(length):
-            raise HTTPError(400, "the request body ended before its Content-Length")
-        return body
-
-    def _drain(self) -> None:
-        """Lingering close: half-close, then read and drop what the client still sends (at most 1 MiB, 2 s), since
-        closing a socket with unread input resets the connection and the client may lose the answer before reading
-        it."""
-        deadline, left = time.monotonic() + 2.0, 1 << 20
-        with contextlib.suppress(OSError):
-            self.connection.shutdown(socket.SHUT_WR)
-            self.connection.settimeout(0.5)
-            while left > 0 and time.monotonic() < deadline:
-                chunk = self.connection.recv(min(left, 65536))
-                if not chunk:
-                    break
-                left -= len(chunk)
-
-    def _send(self, method: str, resp: Response) -> None:
-        self.send_response(resp.status)
-        self.send_header("Content-Type", resp.content_type)
-        self.send_header("Content-Length", str(len(resp.body)))
-        for k, v in resp.headers.items():
-            self.send_header(k, v)
-        self.end_headers()
-        if method != "HEAD":
-            self.wfile.write(resp.body)
-
-    def _serve(self, method: str) -> None:
-        parsed = urllib.parse.urlsplit(self.path)
-        try:
-            body = self._read_body(parsed.path)
-        except HTTPError as exc:
-            # The unread body would be taken for the next request: answer, then close.
-            resp = Response(exc.status, exc.message.encode(), "text/plain; charset=utf-8", {"Connection": "close"})
-            self._send(method, with_default_headers(resp))
-            self._drain()
-            return
-        req = Request(
-            method=method,
-            path=parsed.path,
-            query={k: v[-1] for k, v in urllib.parse.parse_qs(parsed.query).items()},
-            headers={k.lower(): v for k, v in self.headers.items()},
-            body=body,
-            client=self.client_address[0],
+    @app.get("/shelter/{key}", include_in_schema=False)
+    def shelter_page(
+        key: str,
+        request: Request,
+        token: str | None = None,
+        page: Annotated[int, Query(ge=1)] = 1,
+        per_page: Annotated[int, Query(ge=1, le=MAX_PER_PAGE)] = PER_PAGE,
+        sort: Literal["best", "newest"] = "best",
+        open: bool = False,
+        new: bool = False,
+        species: str = "",
+        source: str = "",
+    ) -> Response:
+        path = shelter_path(key)
+        if token and dash.exposed:
+            dash.require_shelter(key, token)
+            resp = _clean_redirect(request, path)
+            _remember(resp, request, TOKEN_COOKIE, token, path, TOKEN_DAYS)
+            return resp
+        dash.require_shelter(key, dash.token(request))
+        name = dash.shelter_name(key)
+        since, visit = visit_window(request.cookies.get(VISIT_COOKIE), dt.datetime.now(dt.UTC))
+        filters = Filters(open, species or None, source or None, since if new else None, sort)
+        got = dash.candidates(key, filters, page, per_page)
+        query = {"sort": sort if sort != "best" else None, "open": open and 1, "new": new and 1, "species": species,
+                 "source": source, "per_page": per_page if per_page != PER_PAGE else None}  # fmt: skip
+        resp = dash.render(
+            "shelter.html",
+            key=key,
+            path=path,
+            name=name,
+            got=got,
+            since=since,
+            query=query,
+            link=lambda **changes: page_link(path, {**query, "page": got.page}, **changes),
+            form_key=dash.form_key,
+            run=dash.latest_run(),
         )
-        self._send(method, self.app.handle(req))
+        _remember(resp, request, VISIT_COOKIE, visit, path, 365)
+        return resp
 
-    def do_GET(self) -> None:
-        self._serve("GET")
+    @app.get("/shelter/{key}/pair", include_in_schema=False)
+    def pair_page(key: str, request: Request, lost: str, found: str) -> Response:
+        dash.require_shelter(key, dash.token(request))
+        pair = dash.pair(key, lost, found)
+        points = {
+            side: [pair[f"{side}_lat"], pair[f"{side}_lon"]]
+            for side in ("lost", "found")
+            if pair[f"{side}_lat"] is not None and pair[f"{side}_lon"] is not None
+        }
+        settings = dash.settings.dashboard
+        map_data = {"points": points, "distance_km": pair["distance_km"], "tile_url": settings.tile_url,
+                    "attribution": settings.tile_attribution}  # fmt: skip
+        return dash.render(
+            "pair.html", key=key, path=shelter_path(key), name=pair["shelter_name"], r=pair, map_data=map_data,
+            form_key=dash.form_key,
+        )  # fmt: skip
 
-    def do_HEAD(self) -> None:
-        self._serve("HEAD")
+    @app.post("/shelter/{key}/feedback", include_in_schema=False)
+    def feedback(
+        key: str,
+        request: Request,
+        form_key: Annotated[str, Form()] = "",
+        token: Annotated[str | None, Form()] = None,
+        lost_listing_id: Annotated[str, Form()] = "",
+        found_listing_id: Annotated[str, Form()] = "",
+        verdict: Annotated[str | None, Form()] = None,
+        who: Annotated[str | None, Form()] = None,
+        note: Annotated[str | None, Form()] = None,
+    ) -> Response:
+        given_key = request.headers.get("x-homeward-form") or form_key
+        if not hmac.compare_digest(given_key.encode(), dash.form_key.encode()):
+            raise HTTPError(403, "missing or stale form key: reload the page and try again")
+        dash.require_shelter(key, dash.token(request, token))
+        payload = dash.record_verdict(key, lost_listing_id, found_listing_id, verdict, who, note)
+        if wants_json(request.url.path, request.headers.raw):
+            return JSONResponse({**payload, "at": payload["at"].isoformat()})
+        resp = RedirectResponse(shelter_path(key), 303)
+        if token and dash.exposed:
+            _remember(resp, request, TOKEN_COOKIE, token, shelter_path(key), TOKEN_DAYS)
+        return resp
 
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.client_address[0], format % args)
-
-
-_BUSY_TEXT = b"the dashboard is busy: try again in a few seconds\n"
-BUSY = (
-    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 5\r\n"
-    + b"".join(f"{k}: {v}\r\n".encode() for k, v in DEFAULT_HEADERS.items())
-    + b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_TEXT), _BUSY_TEXT)
-)
-
-
-class DashboardServer(http.server.ThreadingHTTPServer):
-    """A thread per connection, with two bounds.
-
-    * ``idle_timeout_s`` (socket timeout, default 30 s): a client that opens a connection and sends nothing, or stops
-      mid-request, is disconnected after that long, so idle sockets do not pile up. A slow upload keeps going as long
-      as every read makes progress; a client dripping a byte just under the timeout can still hold its connection,
-      which is what the next bound is for.
-    * ``max_connections`` (default 32): connections served at once. One more is answered ``503`` with
-      ``Retry-After`` straight from the accepting thread and closed, instead of queueing (a queue would let idle
-      sockets delay everyone and would hold up ``shutdown``). The cost: a burst beyond the cap is refused rather than
-      delayed, and the 503 is best effort (a client that already sent its request may see a reset instead). Requests
-      read the database one at a time anyway (:attr:`Dashboard.db_lock`), so a larger cap buys little.
-
-    Behind a reverse proxy (nginx, Caddy) in a hostile network, let the proxy enforce per-client limits too.
-    """
-
-    daemon_threads = True
-
-    def __init__(
-        self, app: Dashboard, host: str, port: int, *, idle_timeout_s: float = 30.0, max_connections: int = 32
-    ) -> None:
-        if idle_timeout_s <= 0 or max_connections < 1:
-            raise HomewardError(
-                f"idle_timeout_s must be > 0 and max_connections >= 1, got {idle_timeout_s} and {max_connections}"
-            )
-        handler = type("Handler", (_Handler,), {"app": app, "timeout": idle_timeout_s})
-        self.app = app
-        self.slots = threading.BoundedSemaphore(max_connections)
-        super().__init__((host, port), handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):
-            with contextlib.suppress(OSError):
-                request.settimeout(1.0)
-                request.sendall(BUSY)
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:  # the thread did not start: its slot is free again
-            self.slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.slots.release()
-
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        shown = f"[{host}]" if ":" in str(host) else host
-        return f"http://{shown}:{port}"
+    @app.get("/photo/{photo_id}", include_in_schema=False)
+    def photo(photo_id: str, size: str | None = None) -> Response:
+        data = dash.photo(photo_id, size)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
 
 
 def make_server(
@@ -696,19 +272,26 @@ def make_server(
     host: str | None = None,
     port: int | None = None,
     token: str | None = None,
-    search_fn: Callable[..., SearchResult] | None = None,
+    search_fn: Callable[..., Any] | None = None,
     idle_timeout_s: float = 30.0,
     max_connections: int = 32,
 ) -> DashboardServer:
-    """A ready server (not yet serving); ``port=0`` picks a free port (see ``server.url``). ``idle_timeout_s`` and
-    ``max_connections``: see :class:`DashboardServer`."""
+    """A ready server (bound, not yet serving); ``port=0`` picks a free port (see ``server.url``). ``idle_timeout_s``
+    and ``max_connections``: see :mod:`dashboards.server`."""
     host = host or settings.dashboard.host
     port = settings.dashboard.port if port is None else port
-    app = Dashboard(settings, host=host, token=token, search_fn=search_fn)
-    try:
-        return DashboardServer(app, host, port, idle_timeout_s=idle_timeout_s, max_connections=max_connections)
-    except OSError as exc:
-        raise HomewardError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    dash = Dashboard(settings, host=host, token=token, search_fn=search_fn)
+    server = DashboardServer(
+        create_app(dash),
+        host,
+        port,
+        app=dash,
+        headers=dash.headers,
+        forwarded_allow_ips=list(settings.dashboard.forwarded_allow_ips),
+        idle_timeout_s=idle_timeout_s,
+        max_connections=max_connections,
+    )
+    return server
 
 
 def dashboard(
@@ -727,32 +310,12 @@ def dashboard(
     """
     server = make_server(settings, host=host, port=port, token=token)
     started = time.monotonic()
-    with _stopped_by_signals(server):  # before the URL is shown: a stop from then on is always a clean one
-        log.info("Homeward dashboard on %s (%s)", server.url, "tokens required" if server.app.exposed else "loopback")
+    with stopped_by_signals(server.stop):  # before the URL is shown: a stop from then on is always a clean one
+        exposed = server.app.exposed
+        log.info("Homeward dashboard on %s (%s)", server.url, "tokens required" if exposed else "loopback")
         print(f"Homeward dashboard: {server.url}  (Ctrl-C to stop)", flush=True)
         try:
-            server.serve_forever(poll_interval=0.5)
+            server.serve_forever()
         finally:
             server.server_close()
     return {"url": server.url, "served_s": round(time.monotonic() - started, 1), "exposed": server.app.exposed}
-
-
-@contextlib.contextmanager
-def _stopped_by_signals(server: DashboardServer) -> Iterator[None]:
-    """Ctrl-C (SIGINT) and SIGTERM (service managers) stop the server: ``shutdown()`` from a helper thread, since it
-    waits for the serving loop. Installed explicitly rather than relying on KeyboardInterrupt reaching the loop: a
-    SIGINT inherited as ignored (nohup, some supervisors) would never stop it, and one full test run saw Ctrl-C do
-    nothing. Only the main thread may install handlers; elsewhere the defaults stay."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum: int, frame: Any) -> None:
-        threading.Thread(target=server.shutdown, name="dashboard-stop", daemon=True).start()
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

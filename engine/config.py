@@ -181,6 +181,16 @@ class DashboardSettings:
     """Host names (``Host`` header, port ignored) the dashboard answers besides the address it binds (and, bound to
     loopback, ``localhost``/``127.0.0.1``/``[::1]``): the public name(s) of a deployment behind a reverse proxy, e.g.
     ``[dash.example.org]``. Any other name is refused (400), which stops DNS-rebinding pages."""
+    forwarded_allow_ips: list[str] = field(default_factory=list)
+    """Addresses of reverse proxies whose ``X-Forwarded-For``/``X-Forwarded-Proto`` the dashboard believes (uvicorn's
+    ``--forwarded-allow-ips``), e.g. ``[127.0.0.1]`` for nginx or Caddy on the same machine. Empty: nobody's, so a
+    client cannot claim another address or ``https``; behind a TLS proxy set it, or cookies lose ``Secure``."""
+    tile_url: str = ""
+    """Map tiles for the candidate map, a Leaflet URL template such as
+    ``https://tile.openstreetmap.org/{z}/{x}/{y}.png`` (its host is added to the pages' CSP). Empty: no tiles, no
+    third-party request; the lost and found points and the line between them still render."""
+    tile_attribution: str = ""
+    """Attribution text shown on the map for ``tile_url`` (tile providers require one, e.g. ``© OpenStreetMap``)."""
 
 
 @dataclass(frozen=True)

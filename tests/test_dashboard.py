@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import io
 import json
 import re
@@ -17,15 +18,19 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
 
 from dashboards import sample
 from dashboards.access import host_allowed, same_origin, shelter_token
-from dashboards.app import Dashboard, DashboardServer, Request, make_server
+from dashboards.app import create_app, make_server
+from dashboards.pages import Dashboard
 from dashboards.report import report
+from dashboards.server import DashboardServer
 from engine.errors import HomewardError
 from engine.search import SearchHit, SearchResult
 from engine.storage import RunsDB
@@ -37,9 +42,12 @@ LOCAL = "127.0.0.1:8501"
 
 
 def call(app: Dashboard, method: str, path: str, query=None, headers=None, body: bytes = b""):
-    """A request straight to the app, as a browser on the dashboard's own page sends it (Host, and Origin on POST)."""
+    """A request to the app in process (no socket), as a browser on the dashboard's own page sends it (Host, and Origin
+    on POST); a GET follows redirects with the cookies they set, as a browser does after a token link."""
     hdrs = {"host": LOCAL, **({"origin": f"http://{LOCAL}"} if method == "POST" else {}), **(headers or {})}
-    return app.handle(Request(method, path, query or {}, hdrs, body))
+    client = TestClient(create_app(app), base_url=f"http://{LOCAL}", follow_redirects=method == "GET")
+    resp = client.request(method, path, params=query, headers=hdrs, content=body)
+    return SimpleNamespace(status=resp.status_code, body=resp.content, headers=resp.headers)
 
 
 class Client:
@@ -52,9 +60,9 @@ class Client:
         opener = urllib.request.build_opener(NoRedirect)
         try:
             with opener.open(req, timeout=30) as resp:
-                return resp.status, dict(resp.headers), resp.read()
+                return resp.status, resp.headers, resp.read()
         except urllib.error.HTTPError as exc:
-            return exc.code, dict(exc.headers), exc.read()
+            return exc.code, exc.headers, exc.read()
 
     def get(self, path: str) -> tuple[int, dict[str, str], bytes]:
         return self.request("GET", path)
@@ -92,7 +100,7 @@ def site(settings):
             fallback_full_frame=False,
             results=[
                 SearchHit(
-                    **{**hit, "source": "petango", "name": "Buddy"},
+                    **{**hit, "source": "petango", "name": "Buddy", "event_date": dt.date(2026, 10, 2)},
                     rank=1,
                     listing_id=info["listings"]["shelter_a101"],
                     score=0.87,
@@ -168,6 +176,8 @@ def test_analyst_page(site):
     assert re.search(rf'id="median-reunion">{med:.1f}<', page)
     for section in ("listings-over-time", "score-distribution", "reunions", "source-yield", "listing-totals"):
         assert f'id="{section}"' in page
+    over_time = page.split('id="listings-over-time"')[1].split("</div>")[0]  # grouped by source and species
+    assert "petango · dog" in over_time and "pet911 · cat" in over_time
     yield_table = page.split('id="source-yield"')[1].split("</table>")[0]
     assert "petharbor" in yield_table
 
@@ -292,7 +302,7 @@ def test_search_upload_reaches_the_search_function(site):
     assert calls == [{"size": (400, 300), "species": "dog", "near": (47.61, -122.33), "radius_km": 25.0, "k": 5}]
     results = html.split('id="search-results"')[1]
     assert f"/photo/{info['photos']['shelter_a101']}" in results and "0.87" in results and "3.2 km" in results
-    assert "“Buddy”" in results and "petango" in results
+    assert "“Buddy”" in results and "petango" in results and "2026-10-02" in results  # source, name and date
     assert "javascript:" not in results and "etc/passwd" not in results
     # bad input is answered on the form, and nothing is searched
     body, ctype = multipart({"form_key": key, "near": "Seattle", "radius_km": "5"}, {"photo": ("x.jpg", photo)})
@@ -372,6 +382,20 @@ def test_exposed_shelter_views_need_the_shelter_token(settings):
     assert get("/shelter/petango:SEAS", token=astn).status == 403  # another shelter's token
     assert get("/shelter/petango:SEAS", token=seas).status == 200
     assert get("/shelter/petango:SEAS", token="operator-secret").status == 200
+    # the token moves from the query string to a cookie scoped to the shelter's path, and the URL comes back clean
+    client = TestClient(create_app(app), base_url=f"http://{LOCAL}", follow_redirects=False)
+    first = client.get(f"/shelter/{SEAS}?token={seas}&sort=newest")
+    assert first.status_code == 303 and first.headers["location"] == "/shelter/petango%3ASEAS?sort=newest"
+    cookie = first.headers["set-cookie"].lower()
+    assert f"hw_token={seas}" in cookie and "httponly" in cookie and "samesite=strict" in cookie
+    assert "path=/shelter/petango%3aseas" in cookie
+    assert call(app, "GET", "/shelter/petango%3ASEAS", headers={"cookie": f"hw_token={seas}"}).status == 200
+    assert call(app, "GET", "/shelter/petango%3ASEAS", headers={"cookie": f"hw_token={astn}"}).status == 403
+    # the API takes the token in a header
+    api = f"/api/shelters/{SEAS}/candidates"
+    assert call(app, "GET", api).status == 403 and call(app, "GET", api, {"token": seas}).status == 403
+    got = call(app, "GET", api, headers={"x-homeward-token": seas})
+    assert got.status == 200 and json.loads(got.body)["total"] == 2
     assert get("/shelters").status == 403 and get("/shelters", token=seas).status == 403
     index = get("/shelters", token="operator-secret")
     assert index.status == 200 and f"token={seas}".encode() in index.body
@@ -388,7 +412,9 @@ def test_exposed_shelter_views_need_the_shelter_token(settings):
     assert denied.status == 403
     body = urllib.parse.urlencode({**fields, "token": seas}).encode()
     ok = call(app, "POST", f"/shelter/{SEAS}/feedback", headers=hdrs, body=body)
-    assert ok.status == 303 and ok.headers["Location"] == f"/shelter/petango%3ASEAS?token={seas}"
+    # back to the clean URL: the token moves into the shelter's cookie, out of the address bar and history
+    assert ok.status == 303 and ok.headers["Location"] == "/shelter/petango%3ASEAS"
+    assert f"hw_token={seas}" in ok.headers["set-cookie"]
     assert RunsDB(cfg.duckdb).query("SELECT count(*) FROM feedback WHERE who = 'dashboard:petango:SEAS'") == [(1,)]
 
 
@@ -611,3 +637,100 @@ def test_same_origin_and_host_rules():
     assert host_allowed("DASH.local.", "192.168.1.5", ["dash.local"])
     for bad in ("", "a b", "a/b", "a@b", "[::1", "x:99999", "x:"):
         assert not host_allowed(bad, "127.0.0.1"), bad
+
+
+# --- the JSON API, paging and filters, the candidate map ------------------------------------------------------------
+
+
+def test_openapi_lists_the_api_and_search_answers_json(site):
+    c, info, calls = site["client"], site["info"], site["calls"]
+    status, _, body = c.get("/openapi.json")
+    paths = json.loads(body)["paths"]
+    assert status == 200 and "post" in paths["/api/search"] and "/healthz" in paths
+    assert "get" in paths["/api/shelters/{key}/candidates"] and "post" in paths["/api/shelters/{key}/verdicts"]
+    assert "/shelter/{key}" not in paths  # pages are not API
+    photo = sample.make_photo((20, 20, 24), (120, 170, 90), size=(300, 200), exif=False)
+    body, ctype = multipart({"near": "47.61,-122.33", "radius_km": "25", "species": "dog", "k": "5"},
+                            {"photo": ("q.jpg", photo)})  # fmt: skip
+    status, headers, got = c.request("POST", "/api/search", body, {"Content-Type": ctype})
+    assert status == 200 and headers["Content-Type"] == "application/json", got[:300]
+    first, second = json.loads(got)["results"]
+    assert calls[-1] == {"size": (300, 200), "species": "dog", "near": (47.61, -122.33), "radius_km": 25.0, "k": 5}
+    assert (first["source"], first["name"], first["kind"], first["event_date"]) == ("petango", "Buddy", "shelter",
+                                                                                    "2026-10-02")  # fmt: skip
+    assert first["score"] == 0.87 and first["distance_km"] == 3.2 and "explanation" in first
+    assert (
+        first["photo_id"] == info["photos"]["shelter_a101"] and first["listing_id"] == info["listings"]["shelter_a101"]
+    )
+    assert second["url"] is None and second["photo_id"] is None  # javascript: and a path are never handed on
+    body, ctype = multipart({"near": "Seattle"}, {"photo": ("q.jpg", photo)})
+    status, _, got = c.request("POST", "/api/search", body, {"Content-Type": ctype})
+    assert status == 400 and "lat,lon" in json.loads(got)["error"] and len(calls) == 1
+
+
+def test_candidates_are_paged_filtered_and_photos_lazy(site):
+    c, info = site["client"], site["info"]
+    a101, a102 = info["listings"]["shelter_a101"], info["listings"]["shelter_a102"]
+    first = c.page(f"/shelter/{SEAS}?per_page=1")
+    assert first.count('class="candidate') == 1 and a102 in first  # undecided first, then the confirmed a101
+    assert 'rel="next"' in first and "page 1 of 2" in first
+    second = c.page(f"/shelter/{SEAS}?per_page=1&page=2")
+    assert a101 in second and a102 not in second and 'rel="prev"' in second
+    imgs = re.findall(r"<img [^>]*>", first + second)
+    assert imgs and all('loading="lazy"' in img for img in imgs)
+    assert c.page(f"/shelter/{SEAS}?open=1").count('class="candidate') == 1  # the confirmed pair is decided
+    assert "No open candidates" in c.page(f"/shelter/{SEAS}?species=cat")
+    # new since the last visit: a visit two days ago saw a101 (first published 8 days ago), not a102 (an hour ago)
+    two_days = int((dt.datetime.now(dt.UTC) - dt.timedelta(days=2)).timestamp())
+    status, headers, body = c.request("GET", f"/shelter/{SEAS}?new=1", headers={"Cookie": f"hw_visit=0-{two_days}"})
+    page = body.decode()
+    assert status == 200 and a102 in page and a101 not in page and 'class="pill new"' in page
+    assert f"hw_visit={two_days}-" in headers["Set-Cookie"] and "Path=/shelter/petango%3ASEAS" in headers["Set-Cookie"]
+    # the same paging in the API
+    status, _, body = c.get(f"/api/shelters/{SEAS}/candidates?per_page=1&page=2")
+    got = json.loads(body)
+    assert status == 200 and (got["total"], got["pages"], got["page"]) == (2, 2, 2)
+    assert [(i["found_listing_id"], i["verdict"]) for i in got["items"]] == [(a101, "confirmed")]
+    newest = json.loads(c.get(f"/api/shelters/{SEAS}/candidates?sort=newest&open=true")[2])["items"]
+    assert [i["found_listing_id"] for i in newest] == [a102]
+    assert c.get(f"/api/shelters/{SEAS}/candidates?per_page=1000")[0] == 422
+
+
+def test_verdict_through_the_api(site):
+    c, info, settings = site["client"], site["info"], site["settings"]
+    pair = {"lost_listing_id": info["listings"]["lost_misha"], "found_listing_id": info["listings"]["found_cat"]}
+    data = json.dumps({**pair, "verdict": "rejected", "who": "api"}).encode()
+    # a script without Origin says so with the token header, which a cross-site page cannot send
+    script = {"Content-Type": "application/json", "Origin": "", "X-Homeward-Token": "x"}
+    status, _, body = c.request("POST", "/api/shelters/pet911/verdicts", data, script)
+    assert status == 200 and json.loads(body)["verdict"] == "rejected", body
+    assert RunsDB(settings.duckdb).query("SELECT verdict, who FROM pair_verdicts WHERE lost_listing_id = ?",
+                                         [pair["lost_listing_id"]]) == [("rejected", "api")]  # fmt: skip
+    status, _, _ = c.request("POST", "/api/shelters/pet911/verdicts", data,
+                             {"Content-Type": "application/json", "Origin": ""})  # fmt: skip
+    assert status == 403  # neither Origin nor a script's header
+
+
+def test_candidate_map_with_leaflet_served_locally(site):
+    c, info = site["client"], site["info"]
+    lost, found = info["listings"]["lost_buddy"], info["listings"]["shelter_a102"]
+    assert f"/shelter/petango%3ASEAS/pair?lost={lost}&amp;found={found}" in c.page(f"/shelter/{SEAS}")
+    status, headers, body = c.get(f"/shelter/{SEAS}/pair?lost={lost}&found={found}")
+    page = body.decode()
+    assert status == 200 and '<script src="/static/leaflet/leaflet.js"' in page and 'id="map"' in page
+    data = json.loads(page.split('id="map-data">')[1].split("</script>")[0])
+    assert data["points"] == {"lost": [47.6805, -122.329], "found": [47.589, -122.317]} and data["tile_url"] == ""
+    csp = headers["Content-Security-Policy"]
+    assert "http" not in csp and "script-src 'self';" in csp  # nothing from another site
+    for asset in ("/static/leaflet/leaflet.js", "/static/leaflet/leaflet.css", "/static/map.js"):
+        assert c.get(asset)[0] == 200, asset
+    assert b"Leaflet 1.9.4" in c.get("/static/leaflet/leaflet.js")[2]
+    assert c.get(f"/shelter/{SEAS}/pair?lost={lost}&found={info['listings']['found_cat']}")[0] == 404
+
+
+def test_tile_url_goes_into_the_csp(settings):
+    tiles = settings.with_overrides({"dashboard": {"tile_url": "https://{s}.tile.example.org/{z}/{x}/{y}.png"}})
+    csp = call(Dashboard(tiles, host="127.0.0.1"), "GET", "/healthz").headers["content-security-policy"]
+    assert "img-src 'self' data: https://*.tile.example.org;" in csp
+    with pytest.raises(HomewardError, match="tile_url"):
+        Dashboard(settings.with_overrides({"dashboard": {"tile_url": "javascript:alert(1)"}}), host="127.0.0.1")
