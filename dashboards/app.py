@@ -11,9 +11,9 @@ and how many are served at once.
 
 **Tokens leave the URL.** A shelter's link carries its token once (``/shelter/<key>?token=…``, as ``homeward report``
 prints it): the page answers with a redirect to the clean URL that sets the token as an ``HttpOnly``,
-``SameSite=Strict`` cookie scoped to that shelter's path (``Secure`` over https), so the token stays out of the
-address bar, the history and any ``Referer``. The operator token does the same on ``/shelters`` for the whole
-dashboard. API clients send tokens in a header.
+``SameSite=Lax`` cookie scoped to that shelter's path (``Secure`` over https), so the token stays out of the address
+bar, the history and any ``Referer`` (``Strict`` would not be sent on the redirect after a link in an e-mail). The
+operator token does the same on ``/shelters`` for the whole dashboard. API clients send tokens in a header.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from dashboards.pages import (
     HTTPError,
     SearchForm,
     SearchRefused,
+    WatchForm,
     hit_view,
     shelter_path,
 )
@@ -108,7 +109,7 @@ def _add_error_handlers(app: FastAPI, dash: Dashboard) -> None:
 
 def _remember(resp: Response, request: Request, name: str, value: str, path: str, days: int) -> None:
     resp.set_cookie(
-        name, value, max_age=days * 86400, path=path, httponly=True, samesite="strict",
+        name, value, max_age=days * 86400, path=path, httponly=True, samesite="lax",
         secure=request.url.scheme == "https",
     )  # fmt: skip
 
@@ -136,6 +137,9 @@ def _add_pages(app: FastAPI, dash: Dashboard) -> None:
         ctx.setdefault("form", {"species": "", "near": "", "radius_km": "", "k": "12"})
         ctx.setdefault("errors", [])
         ctx.setdefault("searched", False)
+        ctx.setdefault("watch_form", {"email": "", "near": "", "radius_km": "10", "species": ""})
+        ctx.setdefault("watch_errors", [])
+        ctx.setdefault("watch_saved", None)
         return dash.render("search.html", status, form_key=dash.form_key, **ctx)
 
     @app.get("/search", include_in_schema=False)
@@ -167,6 +171,36 @@ def _add_pages(app: FastAPI, dash: Dashboard) -> None:
             searched=True,
             elapsed=time.monotonic() - started,
         )
+
+    @app.post("/watch", include_in_schema=False)
+    def watch_post(
+        photo: Annotated[UploadFile | None, File()] = None,
+        form_key: Annotated[str, Form()] = "",
+        email: Annotated[str, Form()] = "",
+        near: Annotated[str, Form()] = "",
+        radius_km: Annotated[str, Form()] = "",
+        species: Annotated[str, Form()] = "",
+    ) -> Response:
+        if not hmac.compare_digest(form_key.encode(), dash.form_key.encode()):
+            raise HTTPError(403, "missing or stale form key: reload the page and try again")
+        data = photo.file.read() if photo is not None else b""
+        form = WatchForm(data, photo.filename if photo else None, email, near, radius_km, species)
+        try:
+            saved = dash.watch(form)
+        except SearchRefused as exc:
+            return search_page(exc.status, watch_form=form.shown(), watch_errors=exc.errors)
+        return search_page(watch_saved=saved)
+
+    # An alert's unsubscribe link carries its own secret; mail clients' one-click unsubscribe (RFC 8058) POSTs to it
+    # from their servers, without an Origin (dashboards.guard lets this path through).
+    @app.get("/unsubscribe", include_in_schema=False)
+    def unsubscribe_page(token: str = "") -> Response:
+        return dash.render("unsubscribe.html", token=token, done=None)
+
+    @app.post("/unsubscribe", include_in_schema=False)
+    def unsubscribe(token: str = "", form_token: Annotated[str, Form(alias="token")] = "") -> Response:
+        done = dash.unsubscribe(token or form_token)
+        return dash.render("unsubscribe.html", 200 if done else 404, token="", done=done)
 
     @app.get("/shelters", include_in_schema=False)
     def shelter_index(request: Request, token: str | None = None) -> Response:
@@ -220,7 +254,12 @@ def _add_pages(app: FastAPI, dash: Dashboard) -> None:
         return resp
 
     @app.get("/shelter/{key}/pair", include_in_schema=False)
-    def pair_page(key: str, request: Request, lost: str, found: str) -> Response:
+    def pair_page(key: str, request: Request, lost: str, found: str, token: str | None = None) -> Response:
+        if token and dash.exposed:  # a report e-mail's link: as on the shelter page
+            dash.require_shelter(key, token)
+            resp = _clean_redirect(request, f"{shelter_path(key)}/pair")
+            _remember(resp, request, TOKEN_COOKIE, token, shelter_path(key), TOKEN_DAYS)
+            return resp
         dash.require_shelter(key, dash.token(request))
         pair = dash.pair(key, lost, found)
         points = {

@@ -144,6 +144,21 @@ class SearchForm:
         return {"species": self.species, "near": self.near, "radius_km": self.radius_km, "k": self.k}
 
 
+@dataclass
+class WatchForm:
+    """An owner's saved search as typed into the search page: the photo, where the pet was lost, whom to e-mail."""
+
+    photo: bytes
+    filename: str | None
+    email: str
+    near: str
+    radius_km: str
+    species: str = ""
+
+    def shown(self) -> dict[str, str]:
+        return {"email": self.email, "near": self.near, "radius_km": self.radius_km, "species": self.species}
+
+
 class Dashboard:
     """The dashboard's state (settings, stores, the form key) and the logic of its pages and API answers."""
 
@@ -251,6 +266,15 @@ class Dashboard:
                 "FROM crawl_runs ORDER BY started DESC LIMIT 50"
             ),
             jobs=self.q("SELECT * FROM job_throughput ORDER BY started DESC LIMIT 50"),
+            rounds=self.q(
+                "SELECT r.round_id, r.started, r.finished, r.status, r.changed_listings, r.latency_s, r.match_run_id, "
+                "r.message, (SELECT string_agg(s.step || ':' || s.status, ', ' ORDER BY s.started) FROM loop_steps s "
+                "WHERE s.round_id = r.round_id AND s.source = '') AS steps "
+                "FROM loop_rounds r ORDER BY r.started DESC LIMIT 10"
+            ),
+            alerts=self.q(
+                "SELECT subject, kind, raised, message, emailed_to FROM loop_alerts ORDER BY raised DESC LIMIT 10"
+            ),
         )
 
     def analysts(self) -> HTMLResponse:
@@ -401,6 +425,48 @@ class Dashboard:
         except Exception as exc:  # the search engine's bug must not look like "nothing found"
             log.exception("photo search failed")
             raise SearchRefused(500, [f"search failed: {type(exc).__name__}: {exc}"]) from exc
+
+    def watch(self, form: WatchForm) -> dict[str, Any]:
+        """Save an owner's search (:func:`engine.watches.add_image`); :class:`SearchRefused` 400 with every problem
+        of the form, 422 when the engine refuses it (an address, a place, a photo it cannot use)."""
+        errors = []
+        if not form.photo:
+            errors.append("choose a photo of your pet")
+        elif not _is_image(form.photo):
+            errors.append("that file is not a photo Homeward can read (JPEG, PNG, WebP, GIF …)")
+        if not form.email.strip():
+            errors.append("give the e-mail address the alerts go to")
+        if not form.near.strip():
+            errors.append("give the place where your pet was lost")
+        try:
+            radius = float(form.radius_km or "0")
+        except ValueError:
+            radius = 0.0
+        if not 0 < radius <= 1000:
+            errors.append("radius must be a number of km between 0 and 1000")
+        if form.species not in ("", "dog", "cat"):
+            errors.append("species must be dog or cat")
+        if errors:
+            raise SearchRefused(400, errors)
+        from engine import watches
+        from engine.search import decode_query
+
+        try:
+            image = decode_query(form.photo, form.filename or "the upload")
+            with self.db_lock:
+                return watches.add_image(
+                    self.settings, image, near=form.near, radius_km=radius, email=form.email,
+                    species=form.species or None,
+                )  # fmt: skip
+        except HomewardError as exc:
+            raise SearchRefused(422, [str(exc)]) from exc
+
+    def unsubscribe(self, token: str) -> bool:
+        """End the watch an alert's unsubscribe link names; False when the token names no active watch."""
+        from engine import watches
+
+        with self.db_lock:
+            return watches.unsubscribe(self.settings, token)
 
 
 class SearchRefused(HTTPError):

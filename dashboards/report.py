@@ -208,12 +208,13 @@ def candidates(runs: RunsDB, key: str, top: int) -> list[dict[str, Any]]:
 
 
 def dashboard_link(settings: Settings, key: str, lost: str, found: str) -> str | None:
-    """The shelter's dashboard page at this pair, with the shelter's token (``None`` without report.dashboard_url)."""
+    """The dashboard's page of this pair (both photos, the verdict buttons, the map), with the shelter's token
+    (``None`` without report.dashboard_url)."""
     base = settings.report.dashboard_url
     if not base:
         return None
-    query = urllib.parse.urlencode({"token": shelter_token(settings, key)})
-    return f"{base.rstrip('/')}/shelter/{urllib.parse.quote(key, safe='')}?{query}#pair-{lost}-{found}"
+    query = urllib.parse.urlencode({"lost": lost, "found": found, "token": shelter_token(settings, key)})
+    return f"{base.rstrip('/')}/shelter/{urllib.parse.quote(key, safe='')}/pair?{query}"
 
 
 def shelter_language(settings: Settings, key: str) -> str:

@@ -6,6 +6,8 @@
   Animal Shelter via petango, shelter key ``petango:SEAS``; Austin Animal Center via petharbor, ``petharbor:ASTN``)
   and a found post with no shelter (pet911, keyed by its source: ``pet911``);
 * ``crawl_runs`` (one source healthy, one whose latest run failed, one that never succeeded), ``enrich_runs``;
+* a scheduler round (``loop_rounds``, ``loop_steps``: a match step that failed once, then published) and an operator
+  alert (``loop_alerts``);
 * three ``match_runs``: an old published one, the latest published one, and a newer one still ``running`` whose
   rows must stay invisible (it holds a pair no published run has: :data:`GHOST_PAIR`);
 * ``feedback``: one pair confirmed, one rejected, one rejected then confirmed;
@@ -447,19 +449,42 @@ def _insert_job_runs(con: Any, now: dt.datetime) -> None:
     )
 
 
+def _insert_loop(con: Any, now: dt.datetime) -> None:
+    """A scheduler round whose match step failed once before it published, and an operator alert."""
+    started = now - dt.timedelta(minutes=70)
+    con.execute(
+        "INSERT INTO loop_rounds (round_id, started, finished, status, steps, changed_listings, match_run_id, "
+        "published, latency_s) VALUES ('round-1', ?, ?, 'ok', '[\"enrich\", \"match\"]', 7, 'match-latest', ?, 610)",
+        [started, now - dt.timedelta(minutes=60), now - dt.timedelta(minutes=60)],
+    )
+    for step, attempt, status, error in (("enrich", 1, "ok", None), ("match", 1, "failed", "out of memory"),
+                                         ("match", 2, "ok", None)):  # fmt: skip
+        con.execute(
+            "INSERT INTO loop_steps (round_id, step, source, attempt, status, started, finished, error) "
+            "VALUES ('round-1', ?, '', ?, ?, ?, ?, ?)",
+            [step, attempt, status, started + dt.timedelta(minutes=attempt), started + dt.timedelta(minutes=2), error],
+        )
+    con.execute(
+        "INSERT INTO loop_alerts VALUES ('craigslist', 'failing', 'crawl-craigslist-1', ?, ?, NULL)",
+        [now - dt.timedelta(hours=20), "craigslist failed 3 times in a row: robots.txt refused"],
+    )
+
+
 def populate(settings: Settings, now: dt.datetime | None = None) -> dict[str, Any]:
     """Write the sample database under ``settings``; return listing ids, photo ids and run ids by name."""
     now = now or dt.datetime.now(UTC)
     photo_ids = _store_photos(settings, now)
     runs_info = _match_runs(now)
     with RunsDB(settings.duckdb).write() as con:
-        for table in ("matches", "match_runs", "feedback", "listings", "crawl_runs", "enrich_runs"):
+        for table in ("matches", "match_runs", "feedback", "listings", "crawl_runs", "enrich_runs", "loop_rounds",
+                      "loop_steps", "loop_alerts"):  # fmt: skip
             con.execute(f"DELETE FROM {table}")
         for name, spec in LISTINGS.items():
             _insert_listing(con, spec, photo_ids[name], now)
         _insert_match_runs(con, runs_info, photo_ids)
         _insert_feedback(con, now)
         _insert_job_runs(con, now)
+        _insert_loop(con, now)
     return {
         "listings": {name: lid(name) for name in LISTINGS},
         "photos": photo_ids,

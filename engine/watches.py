@@ -98,6 +98,22 @@ def add(
         species: dog or cat (default: what the detector sees)
         threshold: minimum score of a listing to e-mail (default: report.alert_threshold)
     """
+    return add_image(
+        settings, read_photo(photo), near=near, radius_km=radius_km, email=email, species=species, threshold=threshold
+    )
+
+
+def add_image(
+    settings: Settings,
+    image: Any,
+    *,
+    near: str,
+    radius_km: float,
+    email: str,
+    species: str | None = None,
+    threshold: float | None = None,
+) -> dict[str, Any]:
+    """:func:`add` for a decoded photo (the dashboard's upload): the photo itself is not kept, only its vectors."""
     address = check_email(email)
     where = parse_near(near)
     if where is None:
@@ -107,7 +123,7 @@ def add(
     score = settings.report.alert_threshold if threshold is None else float(threshold)
     if not 0 <= score <= 1:
         raise HomewardError(f"--threshold is a score between 0 and 1, got {threshold!r}")
-    query = embed_query(settings, read_photo(photo), species)
+    query = embed_query(settings, image, species)
     watch_id = "w-" + secrets.token_hex(6)
     created = dt.datetime.now(dt.UTC)
     with RunsDB(settings.duckdb).write() as con:

@@ -165,6 +165,9 @@ def test_overview_and_operator_pages(site):
     jobs = ops.split('id="jobs"')[1].split("</table>")[0]
     assert "enrich-1" in jobs and "4.00" in jobs  # 160 photos in 40 s
     assert "match-running" in jobs  # operators do see the run in progress
+    loop = ops.split('id="loop-rounds"')[1].split("</table>")[0]
+    assert "round-1" in loop and "match:failed, match:ok" in loop and "610.0" in loop
+    assert "craigslist failed 3 times in a row" in ops.split('id="loop-alerts"')[1]
 
 
 def test_analyst_page(site):
@@ -387,7 +390,7 @@ def test_exposed_shelter_views_need_the_shelter_token(settings):
     first = client.get(f"/shelter/{SEAS}?token={seas}&sort=newest")
     assert first.status_code == 303 and first.headers["location"] == "/shelter/petango%3ASEAS?sort=newest"
     cookie = first.headers["set-cookie"].lower()
-    assert f"hw_token={seas}" in cookie and "httponly" in cookie and "samesite=strict" in cookie
+    assert f"hw_token={seas}" in cookie and "httponly" in cookie and "samesite=lax" in cookie
     assert "path=/shelter/petango%3aseas" in cookie
     assert call(app, "GET", "/shelter/petango%3ASEAS", headers={"cookie": f"hw_token={seas}"}).status == 200
     assert call(app, "GET", "/shelter/petango%3ASEAS", headers={"cookie": f"hw_token={astn}"}).status == 403

@@ -12,6 +12,7 @@ import json
 import re
 import socket
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -467,10 +468,8 @@ def test_candidates_link_to_the_dashboard_with_the_shelter_token(settings, popul
     html = Path(by_shelter(report(cfg, shelter=SEAS))[SEAS]["html"]).read_text()
     token = shelter_token(settings, SEAS)
     for found in ("shelter_a101", "shelter_a102"):
-        link = (
-            f"https://dash.example.org/shelter/petango%3ASEAS?token={token}"
-            f"#pair-{sample.lid('lost_buddy')}-{sample.lid(found)}"
-        )
+        query = urllib.parse.urlencode({"lost": sample.lid("lost_buddy"), "found": sample.lid(found), "token": token})
+        link = f"https://dash.example.org/shelter/petango%3ASEAS/pair?{query}"
         assert f'href="{html_lib.escape(link)}"' in html
 
 

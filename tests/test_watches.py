@@ -201,3 +201,34 @@ def test_cli_watch_verbs(settings, indexed, capsys):
     assert cli.main([*base, "watch", "remove", watch_id]) == 0
     assert cli.main([*base, "watch", "notify", "--run-id", "match-9"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["watches"] == 0
+
+
+def test_dashboard_saves_a_watch_and_one_click_unsubscribe_ends_it(settings, indexed):
+    """The search page's watch form saves a watch from an upload; the alert's unsubscribe link works as a page and as
+    a mail client's one-click POST (RFC 8058: from the mail provider's servers, no Origin)."""
+    from fastapi.testclient import TestClient
+
+    from dashboards.app import create_app
+    from dashboards.pages import Dashboard
+
+    dash = Dashboard(settings, host="127.0.0.1")
+    client = TestClient(create_app(dash), base_url="http://127.0.0.1:8501")
+    origin = {"origin": "http://127.0.0.1:8501"}
+    photo = Path(indexed["photo"]).read_bytes()
+    form = {"form_key": dash.form_key, "email": "owner@example.org", "near": SEATTLE, "radius_km": "15"}
+    refused = client.post("/watch", data={**form, "email": ""}, files={"photo": ("b.png", photo)}, headers=origin)
+    assert refused.status_code == 400 and "e-mail address" in refused.text
+    assert watches.list_watches(settings)["count"] == 0
+    saved = client.post("/watch", data=form, files={"photo": ("b.png", photo)}, headers=origin)
+    assert saved.status_code == 200 and 'id="watch-saved"' in saved.text, saved.text[:500]
+    (watch,) = watches.list_watches(settings)["watches"]
+    assert watch["email"] == "owner@example.org" and watch["radius_km"] == 15
+
+    token = watches.unsubscribe_token(settings, watch["watch_id"])
+    page = client.get("/unsubscribe", params={"token": token})
+    assert page.status_code == 200 and 'id="unsubscribe-form"' in page.text
+    assert watches.list_watches(settings)["count"] == 1  # a GET (a link scanner) changes nothing
+    assert client.post("/unsubscribe", params={"token": "not-a-token"}).status_code == 404
+    one_click = client.post("/unsubscribe", params={"token": token}, data={"List-Unsubscribe": "One-Click"})
+    assert one_click.status_code == 200 and 'id="unsubscribed"' in one_click.text
+    assert watches.list_watches(settings)["count"] == 0
