@@ -36,15 +36,17 @@ from typing import Any
 
 from engine.errors import HomewardError
 
-__all__ = ["GEO_SOURCES", "Place", "near", "place_listing", "resolve"]
-
-#: Where a listing's coordinates came from (the ``listings.geo_source`` column).
-GEO_SOURCES = ("page", "postcode", "address", "city", "region", "shelter", "none")
+__all__ = ["Place", "near", "place_listing", "resolve"]
 
 DEFAULT_MIN_POPULATION = 5000
 MAX_TEXT = 300
 """Characters of a place text looked at (crawled text is hostile: a megabyte "address" costs no more than this)."""
 MAX_NGRAM = 4
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
 
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff]")
 _PUNCT_RE = re.compile(r"[^\w\s]|_")
@@ -61,28 +63,28 @@ _LATIN_NAME_RE = re.compile(r"^[\sA-Za-z\u00c0-\u024f\u1e00-\u1eff'’`.\-]+$")
 _CYRILLIC_NAME_RE = re.compile(r"^[\s\u0400-\u04ff'’`.\-]+$")
 #: Countries whose towns people name in Cyrillic: only their Cyrillic names are indexed (every town has a Russian,
 #: Ukrainian, Bulgarian … exonym in GeoNames; indexing all of them doubles the build for names nobody writes).
-_CYRILLIC_COUNTRIES = frozenset("RU UA BY KZ KG TJ UZ MD BG RS MK ME BA MN AM AZ GE AB LV LT EE".split())
+_CYRILLIC_COUNTRIES = _words("RU UA BY KZ KG TJ UZ MD BG RS MK ME BA MN AM AZ GE AB LV LT EE")
 
 #: Settlement designators dropped before matching ("г. Москва", "пос. Демихово", "City of Austin").
-_DESIGNATORS = frozenset(
-    "г гор город пгт пос поселок посёлок п с село д дер деревня ст станица ст-ца х хутор мкр микрорайон снт рп "
-    "city town village of the".split()
+_DESIGNATORS = _words(
+    "г гор город пгт пос поселок п с село д дер деревня ст станица х хутор мкр микрорайон снт рп "
+    "city town village of the"
 )
 #: Street-level words (Russian: anywhere in a segment; English: its last word, "Main St" but not "St Louis"): a
 #: segment with one is an address inside a town, not a town.
-_STREET_WORDS = frozenset(
+_STREET_WORDS = _words(
     "ул улица пр просп проспект пер переулок ш шоссе бул бульвар наб набережная пл площадь проезд "
-    "тупик аллея дом кв корп стр".split()
+    "тупик аллея дом кв корп стр"
 )
-_STREET_SUFFIXES = frozenset(
-    "street st avenue ave road rd boulevard blvd drive dr lane ln way hwy highway suite ste apt court ct".split()
+_STREET_SUFFIXES = _words(
+    "street st avenue ave road rd boulevard blvd drive dr lane ln way hwy highway suite ste apt court ct"
 )
 #: Words that are never a place on their own (shelter names: "Seattle Animal Shelter", "Austin Animal Center").
-_STOPWORDS = frozenset(
+_STOPWORDS = _words(
     "animal animals shelter shelters center centre care control services service humane society rescue spca "
     "county pets pet adoption adoptions foster league friends home house of and the for at in a an "
     "приют приюта центр центра для животных животные помощи помощь бездомных район обл область край "
-    "республика респ округ ао".split()
+    "республика респ округ ао"
 )
 _REGION_WORDS = {"обл": "область", "респ": "республика"}
 _COUNTRY_WORDS = {"россия": "RU", "рф": "RU", "российская федерация": "RU", "сша": "US", "usa": "US", "u s a": "US"}

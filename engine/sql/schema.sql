@@ -93,3 +93,5 @@ CREATE TABLE IF NOT EXISTS listings (
     posted_at TIMESTAMPTZ, scraped_at TIMESTAMPTZ, shelter_id VARCHAR, shelter_name VARCHAR,
     photo_ids VARCHAR[], n_photos INTEGER
 );
+-- Where lat/lon came from (engine.places.GEO_SOURCES); added after the first release, so older files get it here.
+ALTER TABLE listings ADD COLUMN IF NOT EXISTS geo_source VARCHAR;
