@@ -345,7 +345,8 @@ def place_listing(
     shelters: Mapping[str, str] | None = None,
     min_population: int = DEFAULT_MIN_POPULATION,
 ) -> tuple[float | None, float | None, str, str | None]:
-    """``(lat, lon, geo_source, note)`` for a normalised listing; ``note`` says why when nothing placed it.
+    """``(lat, lon, geo_source, note)`` for a normalised listing; ``note`` says why a place text or shelter the page
+    gave placed nothing (``None`` when the page gives no place at all, or when all went well).
 
     Order: the page's own coordinates (``page``); its place text (``postcode``, ``address``, ``city``, ``region``)
     unless that text is only the shelter's name; then the shelter (``shelter``): the source's shelter directory
@@ -368,4 +369,4 @@ def place_listing(
             if place.found:
                 return place.lat, place.lon, "shelter", place.note
             notes.append(f"{what}: {place.note}")
-    return None, None, "none", "; ".join(notes) or "no place text and no shelter on the page"
+    return None, None, "none", "; ".join(notes) or None  # a page that gives no place has nothing to explain
