@@ -15,7 +15,8 @@ Raw keys (all optional except ``source_id``)::
 Pipeline-owned keys (set by the stages, not by parsers): ``source``, ``scraped_at``, ``parse_warnings``,
 ``listing_id``, ``content_hash``, ``contact_hash``, ``chip_hash``, ``photo_ids``, ``photos`` (photo rows),
 ``change`` (new | updated | unchanged), ``fetch_url`` / ``fetch_fingerprint`` (the card URL the item was parsed
-from and its catalog fingerprint, for the incremental state; ``None`` for items from catalog/API pages).
+from and its catalog fingerprint, for the incremental state; ``None`` for items from catalog/API pages),
+``geo_source`` (where ``lat``/``lon`` came from: ``engine.schema.GEO_SOURCES``, set by the normalise stage).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ PIPELINE_KEYS: tuple[str, ...] = (
     "change",
     "fetch_url",
     "fetch_fingerprint",
+    "geo_source",
 )
 
 
@@ -107,6 +109,7 @@ class ListingItem(scrapy.Item):
     change = scrapy.Field()
     fetch_url = scrapy.Field()
     fetch_fingerprint = scrapy.Field()
+    geo_source = scrapy.Field()
 
 
 FIELDS: frozenset[str] = frozenset(RAW_KEYS + PIPELINE_KEYS)

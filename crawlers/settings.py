@@ -81,7 +81,10 @@ def scrapy_settings(
         progress_file: JSON file the crawl's running counts are written to every 2 s (for progress bars).
         source: the source's config entry; its ``concurrency_per_domain``, ``download_delay_s``, ``recheck_hours``
             and ``scrapy_settings`` (a mapping of raw Scrapy settings) override the defaults for this crawl; its
-            ``phone_region`` becomes ``HOMEWARD_PHONE_REGION`` (the redact stage reads phones there first).
+            ``phone_region`` becomes ``HOMEWARD_PHONE_REGION`` (the redact stage reads phones there first);
+            ``country``, ``timezone`` and ``shelters`` become ``HOMEWARD_SOURCE_COUNTRY``,
+            ``HOMEWARD_SOURCE_TIMEZONE`` and ``HOMEWARD_SHELTERS`` (the normalise stage places listings and reads
+            dates with them).
     """
     c = hw.crawl
     source = source or {}
@@ -135,6 +138,9 @@ def scrapy_settings(
         out["HOMEWARD_RECHECK_HOURS"] = float(source["recheck_hours"])
     if source.get("phone_region"):
         out["HOMEWARD_PHONE_REGION"] = source["phone_region"]
+    out["HOMEWARD_SOURCE_COUNTRY"] = source.get("country")
+    out["HOMEWARD_SOURCE_TIMEZONE"] = source.get("timezone")
+    out["HOMEWARD_SHELTERS"] = dict(source.get("shelters") or {})
     if error_log:
         out["HOMEWARD_ERROR_LOG"] = error_log
     if progress_file:

@@ -14,6 +14,9 @@ overrides built-in ones key by key (an entry with the name of a built-in source 
         max_pages: 0                  # stop after N pages (0: no limit)
         phone_region: US              # where phones without a +country code are read first (ISO code; default RU)
         language: ru                  # the language of this source's shelter reports (default en)
+        country: US                   # where its places are: settles ambiguous town names (ISO code; default none)
+        timezone: America/Chicago     # dates and times without an offset are read here (IANA name; default UTC)
+        shelters: {SEAS: "Seattle, WA", "Humane Society": "47.61,-122.33"}  # shelter id or name -> place or LAT,LON
         recheck_hours: 168            # re-check stored cards this old (conditional GET); 0 = every crawl
         concurrency_per_domain: 2     # politeness overrides for this source only
         download_delay_s: 0.5
@@ -31,9 +34,11 @@ key, so a typo never silently disables a source.
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
@@ -62,6 +67,9 @@ KEYS: dict[str, type | tuple[type, ...]] = {
     "id_from_url": str,
     "phone_region": str,
     "language": str,  # what its shelters read: their report e-mails' language (engine.source_settings)
+    "country": str,
+    "timezone": str,
+    "shelters": dict,
 }
 SELECTOR_KEYS = ("cards", "next_page", "fields")
 
@@ -105,6 +113,7 @@ def _check(entry: dict[str, Any], origin: str) -> dict[str, Any]:
         phones.regions(entry.get("phone_region"))
     except ValueError as exc:
         raise SourceError(f"source {name!r} ({origin}): {exc}") from exc
+    _check_places(entry, name, origin)
     for key in entry.get("selectors") or {}:
         if key not in SELECTOR_KEYS:
             raise SourceError(f"source {name!r} ({origin}): unknown selectors key {key!r} (known: {SELECTOR_KEYS})")
@@ -117,6 +126,22 @@ def _check(entry: dict[str, Any], origin: str) -> dict[str, Any]:
         **entry,
     }
     return out
+
+
+def _check_places(entry: dict[str, Any], name: Any, origin: str) -> None:
+    country, tz = entry.get("country"), entry.get("timezone")
+    if country is not None and not re.fullmatch(r"[A-Za-z]{2}", country):
+        raise SourceError(f"source {name!r} ({origin}): country must be an ISO 3166 code such as US, got {country!r}")
+    if tz is not None:
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise SourceError(
+                f"source {name!r} ({origin}): unknown timezone {tz!r} (an IANA name such as Europe/Moscow)"
+            ) from exc
+    for key, value in (entry.get("shelters") or {}).items():
+        if not isinstance(value, str) or not str(key).strip():
+            raise SourceError(f"source {name!r} ({origin}): shelters entry {key!r} must map to a place text")
 
 
 def load_sources(settings: Any = None) -> dict[str, dict[str, Any]]:

@@ -211,7 +211,7 @@ def _insert_listing(con: Any, spec: dict[str, Any], photo_id: str, now: dt.datet
     posted = now - dt.timedelta(days=spec["days_ago"]) + dt.timedelta(hours=6)
     con.execute(
         "INSERT INTO listings VALUES (?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, 'adult', 'medium', ?, ?, ?, ?, ?, "
-        "?, ?, ?, ?, ?, ?, 1)",
+        "?, ?, ?, ?, ?, ?, 1, ?)",
         [
             listing_id,
             spec["source"],
@@ -233,6 +233,7 @@ def _insert_listing(con: Any, spec: dict[str, Any], photo_id: str, now: dt.datet
             spec.get("shelter_id"),
             spec.get("shelter_name"),
             [photo_id],
+            "none" if spec["lat"] is None else "page",
         ],
     )
     return listing_id

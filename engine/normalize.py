@@ -9,7 +9,12 @@ inflections) to the schema value, and one small lookup routine serves them all. 
 
 Dates: ISO strings, ``dd.mm.yyyy`` (with a weekday prefix such as ``"пт, 22.04.2022"``), Russian and English month
 names (``"14 января 2024"``, ``"May 08, 2016"``), relative words (``"Вчера в 22:27"``, ``"3 дня назад"``,
-``"today"``) resolved against ``now``, and Unix epoch seconds. A time without an offset is taken as UTC.
+``"today"``) resolved against ``now``, and Unix epoch seconds. A time without an offset is read in the source's time
+zone (``tz``: the ``timezone`` of its sources entry, UTC by default; Moscow for the Russian sites).
+
+Place: a listing without the page's own coordinates is placed by :func:`engine.places.place_listing` (its place
+text, else its shelter) and gets ``geo_source``; a listing nothing places gets ``geo_source = "none"`` and a
+``place:`` warning saying why.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
 
+from engine import places
 from engine.schema import AGE_GROUPS, KINDS, LISTING_STATUSES, SEXES, SIZES, SPECIES
 
 __all__ = [
@@ -775,8 +781,20 @@ def age_group_from_text(value: Any, warnings: list[str] | None = None) -> str:
 # ------------------------------------------------------------------------------------------------------ dates
 
 
-def _aware(dt: datetime) -> datetime:
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt
+def _aware(dt: datetime, zone: tzinfo = UTC) -> datetime:
+    return dt.replace(tzinfo=zone) if dt.tzinfo is None else dt
+
+
+def has_zone(value: Any) -> bool:
+    """Whether a date value names its own instant (an ISO offset or "Z", epoch seconds, an aware datetime)."""
+    if isinstance(value, datetime):
+        return value.tzinfo is not None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return True
+    text = str(value or "").strip()
+    return bool(re.search(r"(?:[+-]\d{2}:?\d{2}|Z)$", text) and re.match(r"\d{4}-\d{2}-\d{2}[T ]", text)) or bool(
+        re.fullmatch(r"\d{9,10}(?:\.\d+)?", text)
+    )
 
 
 def _hhmm(text: str) -> time | None:
@@ -796,17 +814,20 @@ def _month_of(word: str) -> int | None:
     return None
 
 
-def parse_when(value: Any, now: datetime | None = None) -> tuple[datetime | None, bool]:
+def parse_when(value: Any, now: datetime | None = None, tz: tzinfo | None = None) -> tuple[datetime | None, bool]:
     """Parse a site's date/time text into an aware datetime: ``(dt, has_time)``, or ``(None, False)`` if unreadable.
 
-    A date or time without an offset is taken as UTC. Relative words are resolved against ``now`` (UTC now by default).
+    A date or time without an offset is read in ``tz`` (the source's time zone; UTC by default): "14.01.2024 10:00"
+    on a Moscow site is 07:00 UTC. Relative words ("вчера в 22:27") are resolved against ``now`` (UTC now by
+    default) as a clock in ``tz`` shows it. Epoch seconds and ISO texts with an offset keep their own instant.
     """
+    zone = tz or UTC
     if value is None:
         return None, False
     if isinstance(value, datetime):
-        return _aware(value), True
+        return _aware(value, zone), True
     if isinstance(value, date):
-        return datetime.combine(value, time(), UTC), False
+        return datetime.combine(value, time(), zone), False
     if isinstance(value, int | float) and not isinstance(value, bool):
         if not math.isfinite(value) or not 0 < value < 32503680000:
             return None, False
@@ -823,9 +844,9 @@ def parse_when(value: Any, now: datetime | None = None) -> tuple[datetime | None
             dt = datetime.fromisoformat(text.replace(" ", "T", 1) if len(text) > 10 else text)
         except ValueError:
             return None, False
-        return _aware(dt) if len(text) > 10 else datetime.combine(dt.date(), time(), UTC), len(text) > 10
+        return _aware(dt, zone) if len(text) > 10 else datetime.combine(dt.date(), time(), zone), len(text) > 10
     folded = _fold(text)
-    now = _aware(now) if now is not None else datetime.now(UTC)
+    now = (_aware(now) if now is not None else datetime.now(UTC)).astimezone(zone)
     t = _hhmm(folded)
     # dd.mm.yyyy / dd.mm.yy / dd/mm/yyyy (a weekday prefix like "пт," is ignored)
     m = re.search(r"(?<!\d)(\d{1,2})[./](\d{1,2})[./](\d{4}|\d{2})(?!\d)", folded)
@@ -835,7 +856,7 @@ def parse_when(value: Any, now: datetime | None = None) -> tuple[datetime | None
         rest = folded[m.end() :]
         t = _hhmm(rest)
         try:
-            return datetime.combine(date(y, mo, d), t or time(), UTC), t is not None
+            return datetime.combine(date(y, mo, d), t or time(), zone), t is not None
         except ValueError:
             return None, False
     # "14 января 2024", "13 октября 2022 в 10:00", "08 May 2016"
@@ -846,7 +867,7 @@ def parse_when(value: Any, now: datetime | None = None) -> tuple[datetime | None
         except ValueError:
             return None, False
         t = _hhmm(folded[m.end() :])
-        return datetime.combine(d0, t or time(), UTC), t is not None
+        return datetime.combine(d0, t or time(), zone), t is not None
     # "May 08, 2016", "May 8 2016"
     m = re.search(r"([a-z]+)\.?\s+(\d{1,2}),?\s+(\d{4})", folded)
     if m and _month_of(m.group(1)):
@@ -855,7 +876,7 @@ def parse_when(value: Any, now: datetime | None = None) -> tuple[datetime | None
         except ValueError:
             return None, False
         t = _hhmm(folded[m.end() :])
-        return datetime.combine(d0, t or time(), UTC), t is not None
+        return datetime.combine(d0, t or time(), zone), t is not None
     # "14 января" (no year): the latest such day not after ``now``
     m = re.search(r"(?<!\d)(\d{1,2})\s+([a-zа-я]+)", folded)
     if m and _month_of(m.group(2)):
@@ -867,12 +888,12 @@ def parse_when(value: Any, now: datetime | None = None) -> tuple[datetime | None
         except ValueError:
             return None, False
         t = _hhmm(folded[m.end() :])
-        return datetime.combine(d0, t or time(), UTC), t is not None
+        return datetime.combine(d0, t or time(), zone), t is not None
     # "сегодня в 00:10", "вчера в 22:27", "yesterday"
     for word, days in RELATIVE_DAYS.items():
         if re.search(rf"(?<![a-zа-я]){word}(?![a-zа-я])", folded):
             day = (now - timedelta(days=days)).date()
-            return datetime.combine(day, t or time(), UTC), t is not None
+            return datetime.combine(day, t or time(), zone), t is not None
     # "3 дня назад", "2 hours ago", "час назад"
     m = re.search(r"(?:(\d+)\s+)?([a-zа-я]+)\s+(?:назад|ago)", folded)
     if m:
@@ -905,13 +926,23 @@ def _clean_text(value: Any) -> str | None:
     return text or None
 
 
-def normalize_listing(raw: Mapping[str, Any], *, now: datetime | None = None) -> dict[str, Any]:
-    """Map a raw listing dict (the parsers' output) onto the schema's vocabularies.
+def normalize_listing(
+    raw: Mapping[str, Any],
+    *,
+    now: datetime | None = None,
+    tz: tzinfo | None = None,
+    country: str | None = None,
+    shelters: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Map a raw listing dict (the parsers' output) onto the schema's vocabularies and give it a place.
 
     Returns a new dict with the same keys, normalised values and ``parse_warnings: list[str]`` (the raw dict's own
     warnings first). ``age_group`` is added when the raw dict has ``age_text``; ``event_date`` becomes a
-    ``datetime.date``, ``posted_at`` an aware UTC ``datetime``. Never raises on bad values.
+    ``datetime.date`` (the day where it happened), ``posted_at`` an aware UTC ``datetime``; dates without an offset
+    are read in ``tz``. ``lat``/``lon``/``geo_source`` come from :func:`engine.places.place_listing` with the
+    source's ``country`` hint and ``shelters`` directory. Never raises on bad values.
     """
+    zone = tz or UTC
     out: dict[str, Any] = dict(raw)
     warnings: list[str] = [str(x) for x in (raw.get("parse_warnings") or [])]
 
@@ -964,19 +995,22 @@ def normalize_listing(raw: Mapping[str, Any], *, now: datetime | None = None) ->
     if out.get("lat") is not None and out.get("lon") is not None and out["lat"] == 0 and out["lon"] == 0:
         warnings.append("lat/lon: 0,0 is no location")
         out["lat"] = out["lon"] = None
+    out["lat"], out["lon"], out["geo_source"], note = places.place_listing(out, country=country, shelters=shelters)
+    if note:
+        warnings.append(f"place: {note}")
 
     if "event_date" in out:
         ev = raw.get("event_date")
-        dt, _ = parse_when(ev, now)
+        dt, _ = parse_when(ev, now, zone)
         if dt is None and ev not in (None, ""):
             warnings.append(f"event_date: unreadable date {str(ev)!r}")
         if dt is not None and isinstance(ev, str) and re.search(r"[+-]\d{2}:?\d{2}$|Z$", ev.strip()):
             out["event_date"] = dt.date()  # the date as written where it happened
         else:
-            out["event_date"] = dt.astimezone(UTC).date() if dt is not None else None
+            out["event_date"] = dt.astimezone(zone).date() if dt is not None else None
     if "posted_at" in out:
         pv = raw.get("posted_at")
-        dt, _ = parse_when(pv, now)
+        dt, _ = parse_when(pv, now, zone)
         if dt is None and pv not in (None, ""):
             warnings.append(f"posted_at: unreadable date {str(pv)!r}")
         out["posted_at"] = dt.astimezone(UTC) if dt is not None else None

@@ -21,6 +21,10 @@ FOUND_KINDS = ("found", "sighting", "shelter", "adoptable")
 
 UTC_TS = pa.timestamp("us", tz="UTC")
 
+#: Where a listing's ``lat``/``lon`` came from (``listings.geo_source``; ``engine.places`` decides it): the page's
+#: own coordinates, a postcode, a street address's town, a town or region name, the shelter, or nowhere.
+GEO_SOURCES = ("page", "postcode", "address", "city", "region", "shelter", "none")
+
 LISTINGS = pa.schema(
     [
         pa.field("listing_id", pa.string(), nullable=False),
@@ -40,6 +44,7 @@ LISTINGS = pa.schema(
         pa.field("location_text", pa.string()),
         pa.field("lat", pa.float64()),
         pa.field("lon", pa.float64()),
+        pa.field("geo_source", pa.string()),
         pa.field("event_date", pa.date32()),
         pa.field("posted_at", UTC_TS),
         pa.field("scraped_at", UTC_TS),

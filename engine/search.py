@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from engine import schema
+from engine import places, schema
 from engine.config import Settings
 from engine.errors import HomewardError
 from engine.scoring import attributes
@@ -82,15 +81,8 @@ class SearchResult:
 
 
 def parse_near(near: str | None) -> tuple[float, float] | None:
-    if not near:
-        return None
-    m = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*", near)
-    if not m:
-        raise HomewardError(f"--near expects LAT,LON in degrees (e.g. 47.61,-122.33), got {near!r}")
-    lat, lon = float(m.group(1)), float(m.group(2))
-    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
-        raise HomewardError(f"--near {near!r} is not a place on Earth (lat -90..90, lon -180..180)")
-    return lat, lon
+    """``LAT,LON`` or a place as people write it ("Seattle, WA", "98101", "Москва"): :func:`engine.places.near`."""
+    return places.near(near) if near else None
 
 
 def read_photo(photo: str) -> Any:

@@ -119,7 +119,10 @@ class LanceStore:
         return table
 
     def ensure(self, name: str, table_schema: pa.Schema) -> lancedb.table.Table:
-        """Open ``name``, creating it empty with ``table_schema`` when missing; refuse a conflicting schema."""
+        """Open ``name``, creating it empty with ``table_schema`` when missing; refuse a conflicting schema.
+
+        A table written before a column was added to the schema (``listings.geo_source``) gets that column, all
+        null, so an old store keeps loading and takes new rows; readers see null for its old rows."""
         if self.exists(name):
             table = self.open(name)
             existing = table.schema
@@ -131,6 +134,9 @@ class LanceStore:
                         "models or dimensions cannot share a table: enrich with the profile that wrote it "
                         "(`homeward enrich --profile NAME`), use another data_dir, or drop the table."
                     )
+            missing = [fld for fld in table_schema if fld.name not in existing.names and fld.nullable]
+            if missing:
+                table.add_columns(missing)
             return table
         return self.db.create_table(name, schema=table_schema, exist_ok=True)
 

@@ -60,7 +60,7 @@ MATCH_COLUMNS = (
 )  # fmt: skip
 SNAPSHOT_COLUMNS = (
     "listing_id", "source", "source_id", "url", "kind", "status", "species", "breed", "colors", "sex", "age_group",
-    "size", "name", "description", "location_text", "lat", "lon", "event_date", "posted_at", "scraped_at",
+    "size", "name", "description", "location_text", "lat", "lon", "geo_source", "event_date", "posted_at", "scraped_at",
     "shelter_id", "shelter_name", "photo_ids",
 )  # fmt: skip
 

@@ -122,7 +122,7 @@ def test_bad_photos_get_clear_errors(settings: Settings, tmp_path: Path, fake_mo
     with pytest.raises(HomewardError, match="does not exist"):
         search(settings, photo=str(tmp_path / "missing.jpg"))
     with pytest.raises(HomewardError, match="--near expects LAT,LON"):
-        search(settings, photo=query_photo(tmp_path, 1), near="Seattle")
+        search(settings, photo=query_photo(tmp_path, 1), near="Xyzzy Nowhere")
     with pytest.raises(HomewardError, match="needs --near"):
         search(settings, photo=query_photo(tmp_path, 1), radius_km=5)
     with pytest.raises(HomewardError, match="--species must be one of"):

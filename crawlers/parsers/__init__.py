@@ -148,8 +148,9 @@ def iso_date(text: Any) -> str | None:
 
 
 def iso_datetime(text: Any) -> str | None:
-    """Like :func:`iso_date` but an ISO datetime string (midnight UTC when the site gives only a day)."""
-    from engine.normalize import RELATIVE_DAYS, parse_when
+    """Like :func:`iso_date` but an ISO datetime string (midnight when the site gives only a day). A text without
+    an offset gives one without an offset too: the normaliser reads it in the source's time zone."""
+    from engine.normalize import RELATIVE_DAYS, has_zone, parse_when
 
     if text is None or not str(text).strip():
         return None
@@ -157,7 +158,9 @@ def iso_datetime(text: Any) -> str | None:
     if any(w in folded for w in RELATIVE_DAYS) or "назад" in folded or " ago" in folded:
         return None
     dt, _ = parse_when(text)
-    return dt.isoformat() if dt is not None else None
+    if dt is None:
+        return None
+    return dt.isoformat() if has_zone(text) else dt.replace(tzinfo=None).isoformat()
 
 
 _COLOR_AFTER_RE = re.compile(

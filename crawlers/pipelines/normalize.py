@@ -1,7 +1,10 @@
 """Stage 2, normalise: site vocabulary (Russian and English) → Homeward's vocabularies and ISO dates.
 
-The mapping itself is ``engine.normalize.normalize_listing(raw) -> dict`` (species, sex, colour, age and size
-vocabularies, date parsing; it returns the same keys plus ``parse_warnings``). This stage only calls it — the
+The mapping itself is ``engine.normalize.normalize_listing(raw, *, tz, country, shelters) -> dict`` (species, sex,
+colour, age and size vocabularies, date parsing in the source's time zone, and the listing's place: ``lat``/``lon``
+and ``geo_source`` from the page, its place text or its shelter; it returns the same keys plus ``parse_warnings``).
+The source's ``timezone``, ``country`` and ``shelters`` come from the Scrapy settings ``HOMEWARD_SOURCE_TIMEZONE``,
+``HOMEWARD_SOURCE_COUNTRY`` and ``HOMEWARD_SHELTERS`` (``crawlers/settings.py``). This stage only calls it — the
 function is named by the Scrapy setting ``HOMEWARD_NORMALIZER`` (``module:function``) and imported lazily, so tests
 can plug in a fixture — and then guards the result against the schema's vocabularies (``engine.schema``): a value
 outside them becomes ``unknown`` (or ``None`` for kind/status) with warning ``bad_vocab:<field>``, so matching never
@@ -18,6 +21,7 @@ import importlib
 import logging
 from collections.abc import Callable
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from scrapy.exceptions import DropItem
 
@@ -40,11 +44,11 @@ VOCAB: dict[str, tuple[tuple[str, ...], str | None]] = {
 DEFAULT_TARGET = "engine.normalize:normalize_listing"
 
 
-def _identity(raw: dict[str, Any]) -> dict[str, Any]:
+def _identity(raw: dict[str, Any], **_source: Any) -> dict[str, Any]:
     return {**raw, "parse_warnings": ["not_normalised"]}
 
 
-def resolve(target: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+def resolve(target: str) -> Callable[..., dict[str, Any]]:
     module, _, name = target.partition(":")
     return getattr(importlib.import_module(module), name or "normalize_listing")
 
@@ -53,7 +57,13 @@ class NormalizePipeline(Stage):
     def __init__(self, crawler: Any) -> None:
         super().__init__(crawler)
         self.target = crawler.settings.get("HOMEWARD_NORMALIZER") or DEFAULT_TARGET
-        self.fn: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+        self.fn: Callable[..., dict[str, Any]] | None = None
+        tz = crawler.settings.get("HOMEWARD_SOURCE_TIMEZONE")
+        self.source = {
+            "tz": ZoneInfo(tz) if tz else None,
+            "country": crawler.settings.get("HOMEWARD_SOURCE_COUNTRY"),
+            "shelters": dict(crawler.settings.getdict("HOMEWARD_SHELTERS")),
+        }
 
     def open_spider(self) -> None:
         try:
@@ -72,7 +82,7 @@ class NormalizePipeline(Stage):
         assert self.fn is not None
         raw = {k: item.get(k) for k in RAW_KEYS if item.get(k) is not None}
         try:
-            out = self.fn(dict(raw)) or {}
+            out = self.fn(dict(raw), **self.source) or {}
         except Exception as exc:
             self.error(f"normalise_error:{type(exc).__name__}", item.get("url"), str(exc)[:300])
             raise DropItem(f"normalise_error:{type(exc).__name__}") from exc
@@ -81,7 +91,7 @@ class NormalizePipeline(Stage):
                 for w in value or []:  # "kind: unrecognised value 'x'" is counted as "normalise:kind"
                     text = str(w)
                     self.warn(item, text, stat=f"normalise:{text.split(':', 1)[0].strip()[:40]}")
-            elif key in RAW_KEYS and key != "source_id":
+            elif key in (*RAW_KEYS, "geo_source") and key != "source_id":
                 item[key] = value
         for key, (allowed, fallback) in VOCAB.items():
             value = item.get(key)

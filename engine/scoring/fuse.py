@@ -69,6 +69,7 @@ class Side:
     det_photo: np.ndarray  # (D,) object photo ids
     text: torch.Tensor  # (n, t) float32, zero rows where missing
     has_text: torch.Tensor  # (n,) bool
+    geo_source: np.ndarray | None = None  # (n,) object: where lat/lon came from (engine.schema.GEO_SOURCES)
     det_offsets: torch.Tensor = field(init=False)
     det_counts: torch.Tensor = field(init=False)  # (n,) detections per listing
 
@@ -104,7 +105,11 @@ class Side:
             det_photo=self.det_photo[det_idx.numpy()],
             text=self.text[i],
             has_text=self.has_text[i],
+            geo_source=None if self.geo_source is None else self.geo_source[i.numpy()],
         )
+
+    def geo_source_of(self, i: int) -> str | None:
+        return None if self.geo_source is None else self.geo_source[i]
 
     def padded(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Detections of listings ``idx`` as (n, P, d) with a mask (n, P) and detection row numbers (n, P)."""
@@ -400,7 +405,8 @@ class Scorer:
             out[f"attr_{k}"] = attr[k].numpy()
         lost_dets, found_dets = L.det_counts[i].tolist(), F.det_counts[j].tolist()
         out["explanation"] = np.array(
-            [explain({k: v[n_] for k, v in out.items()}, self.params, lost_dets[n_], found_dets[n_])
+            [explain({k: v[n_] for k, v in out.items()}, self.params, lost_dets[n_], found_dets[n_],
+                     (L.geo_source_of(li[n_]), F.geo_source_of(fi[n_])))
              for n_ in range(n)],
             dtype=object,
         )  # fmt: skip
@@ -411,8 +417,25 @@ def _fmt(x: float, spec: str) -> str | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
-def explain(row: Mapping[str, Any], params: ScoreParams, n_lost_det: Any = 1, n_found_det: Any = 1) -> str:
-    """One line a shelter worker can read: what agreed, what did not, what was missing."""
+#: How the explanation names a place that is not the page's own coordinates (``listings.geo_source``).
+PLACED_BY = {
+    "postcode": "its postcode",
+    "address": "its address's town",
+    "city": "its town name",
+    "region": "its region (coarse)",
+    "shelter": "the shelter",
+}
+
+
+def explain(
+    row: Mapping[str, Any],
+    params: ScoreParams,
+    n_lost_det: Any = 1,
+    n_found_det: Any = 1,
+    geo_sources: tuple[str | None, str | None] = (None, None),
+) -> str:
+    """One line a shelter worker can read: what agreed, what did not, what was missing; for a distance, where each
+    side's place came from when not the page's own coordinates (``geo_sources``: lost, found)."""
     parts: list[str] = []
     if not math.isfinite(row["fused"]):
         return "ruled out (species, date or distance)"
@@ -433,7 +456,12 @@ def explain(row: Mapping[str, Any], params: ScoreParams, n_lost_det: Any = 1, n_
     if said:
         parts.append(", ".join(said))
     if _fmt(row["distance_km"], ".1f"):
-        parts.append(f"{row['distance_km']:.1f} km apart")
+        placed = [
+            f"{side} placed by {PLACED_BY[s]}"
+            for side, s in zip(("lost", "found"), geo_sources, strict=True)
+            if s in PLACED_BY
+        ]
+        parts.append(f"{row['distance_km']:.1f} km apart" + (f" ({', '.join(placed)})" if placed else ""))
     else:
         parts.append("no location")
     days = row["days_apart"]

@@ -162,6 +162,10 @@ def build_side(listings: pa.Table, det: pa.Table) -> Side:
         det_photo=photos,
         text=torch.from_numpy(text),
         has_text=torch.from_numpy(has_text),
+        geo_source=np.array(
+            listings["geo_source"].to_pylist() if "geo_source" in listings.column_names else [None] * len(ids),
+            dtype=object,
+        ),
     )
 
 

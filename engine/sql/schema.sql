@@ -177,3 +177,6 @@ CREATE TABLE IF NOT EXISTS loop_alerts (
     emailed_to   VARCHAR,
     PRIMARY KEY (subject, kind, incident)
 );
+
+-- Where lat/lon came from (engine.places.GEO_SOURCES); added after the first release, so older files get it here.
+ALTER TABLE listings ADD COLUMN IF NOT EXISTS geo_source VARCHAR;
