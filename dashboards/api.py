@@ -111,7 +111,7 @@ def router(dash: Dashboard) -> APIRouter:
     @api.post("/api/search", tags=["api"])
     def search(
         photo: Annotated[UploadFile, File(description="the query photo (JPEG, PNG, WebP, GIF …)")],
-        near: Annotated[str, Form(description="'lat,lon' in degrees")] = "",
+        near: Annotated[str, Form(description="'lat,lon' in degrees, or a place (city, address, postcode)")] = "",
         radius_km: Annotated[str, Form(description="only listings this close to `near`")] = "",
         species: Annotated[Literal["", "dog", "cat", "other"], Form()] = "",
         k: Annotated[int, Form(ge=1, le=100)] = 12,

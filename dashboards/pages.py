@@ -21,7 +21,6 @@ import hmac
 import io
 import logging
 import math
-import re
 import secrets
 import threading
 import urllib.parse
@@ -55,7 +54,6 @@ TEMPLATES = Path(__file__).with_name("templates")
 VERDICTS = ("confirmed", "rejected")
 TOKEN_COOKIE = "hw_token"  # a shelter's token, scoped to that shelter's path
 OPERATOR_COOKIE = "hw_operator"  # the operator token, for the whole dashboard
-_NEAR = re.compile(r"\s*-?\d+(\.\d+)?\s*,\s*-?\d+(\.\d+)?\s*")
 # Series colours of the analysts' stacked bars (by source and species), cycled.
 PALETTE = ("#3f7fbf", "#d9534f", "#5cb85c", "#f0ad4e", "#8e6cc2", "#5bc0de", "#a0522d", "#999999")
 
@@ -398,8 +396,14 @@ class Dashboard:
         if not form.photo:
             errors.append("choose a photo to upload")
         near = form.near.strip() or None
-        if near and not _NEAR.fullmatch(near):
-            errors.append("place must be 'lat,lon', e.g. 47.61,-122.33")
+        where = None
+        if near:
+            from engine.places import near as place_of  # the gazetteer loads on the first place typed, not at start
+
+            try:
+                where = place_of(near)
+            except HomewardError as exc:
+                errors.append(f"place: {exc}")
         try:
             radius = float(form.radius_km) if form.radius_km.strip() else None
             k = max(1, min(100, int(form.k or "12")))
@@ -415,11 +419,11 @@ class Dashboard:
             errors.append("that file is not a photo Homeward can read (JPEG, PNG, WebP, GIF …)")
         if errors:
             raise SearchRefused(400, errors)
-        from engine.search import decode_query, parse_near
+        from engine.search import decode_query
 
         try:
             image = decode_query(form.photo, form.filename or "the upload")
-            return fn(self.settings, image, species=form.species or None, near=parse_near(near), radius_km=radius, k=k)
+            return fn(self.settings, image, species=form.species or None, near=where, radius_km=radius, k=k)
         except HomewardError as exc:
             raise SearchRefused(422, [str(exc)]) from exc
         except Exception as exc:  # the search engine's bug must not look like "nothing found"

@@ -308,9 +308,9 @@ def test_search_upload_reaches_the_search_function(site):
     assert "“Buddy”" in results and "petango" in results and "2026-10-02" in results  # source, name and date
     assert "javascript:" not in results and "etc/passwd" not in results
     # bad input is answered on the form, and nothing is searched
-    body, ctype = multipart({"form_key": key, "near": "Seattle", "radius_km": "5"}, {"photo": ("x.jpg", photo)})
+    body, ctype = multipart({"form_key": key, "near": "Xyzzy Nowhere", "radius_km": "5"}, {"photo": ("x.jpg", photo)})
     status, _, html = c.request("POST", "/search", body, {"Content-Type": ctype})
-    assert status == 400 and "lat,lon" in html.decode() and len(calls) == 1
+    assert status == 400 and "cannot place" in html.decode() and len(calls) == 1
     body, ctype = multipart({"form_key": "stale"}, {"photo": ("x.jpg", photo)})
     assert c.request("POST", "/search", body, {"Content-Type": ctype})[0] == 403
     body, ctype = multipart({"form_key": key}, {"photo": ("x.jpg", b"<html>not a photo</html>")})
@@ -666,9 +666,13 @@ def test_openapi_lists_the_api_and_search_answers_json(site):
         first["photo_id"] == info["photos"]["shelter_a101"] and first["listing_id"] == info["listings"]["shelter_a101"]
     )
     assert second["url"] is None and second["photo_id"] is None  # javascript: and a path are never handed on
-    body, ctype = multipart({"near": "Seattle"}, {"photo": ("q.jpg", photo)})
+    body, ctype = multipart({"near": "Xyzzy Nowhere"}, {"photo": ("q.jpg", photo)})
     status, _, got = c.request("POST", "/api/search", body, {"Content-Type": ctype})
-    assert status == 400 and "lat,lon" in json.loads(got)["error"] and len(calls) == 1
+    assert status == 400 and "cannot place" in json.loads(got)["error"] and len(calls) == 1
+    body, ctype = multipart({"near": "Seattle, WA", "radius_km": "10"}, {"photo": ("q.jpg", photo)})
+    status, _, got = c.request("POST", "/api/search", body, {"Content-Type": ctype})
+    near = calls[-1]["near"]  # a place as people give it
+    assert status == 200 and abs(near[0] - 47.61) < 0.1 and abs(near[1] + 122.33) < 0.1, got
 
 
 def test_candidates_are_paged_filtered_and_photos_lazy(site):
