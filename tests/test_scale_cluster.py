@@ -126,7 +126,8 @@ def cluster() -> Iterator[Cluster]:
 
 def _homeward(cluster: Cluster, data_dir: Path, sources: Path, *verb: str, timeout: int = 420) -> dict:
     cmd = [str(BIN / "homeward"), "--address", cluster.address, "--data-dir", str(data_dir)]
-    cmd += ["--set", f"crawl.sources_file={sources}", "--set", "enrich.profile=tiny", *verb]
+    cmd += ["--set", f"crawl.sources_file={sources}", "--set", "enrich.profile=tiny"]
+    cmd += ["--set", "enrich.inline_max_photos=0", *verb]  # a run this small would otherwise enrich in the driver
     proc = subprocess.run(cmd, env=cluster.env, capture_output=True, text=True, timeout=timeout, cwd=data_dir)
     assert proc.returncode == 0, f"{' '.join(verb)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
