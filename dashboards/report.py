@@ -39,6 +39,7 @@ import os
 import re
 import tempfile
 import urllib.parse
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -386,6 +387,93 @@ def _message(
     return msg
 
 
+def _targets(runs: RunsDB, shelter: str | None) -> list[tuple[str, str]]:
+    """(shelter key, name) of the one shelter asked for, or of every shelter with open candidates."""
+    if not shelter:
+        return [(s["shelter_key"], s["shelter_name"]) for s in shelters(runs)]
+    name = known_shelter(runs, shelter)
+    if name is None:
+        known = ", ".join(s["shelter_key"] for s in shelters(runs)) or "none"
+        raise HomewardError(
+            f"unknown shelter {shelter!r}: no listing has that shelter key; keys are source:shelter_id, or the "
+            f"source alone for found posts (with candidates now: {known})"
+        )
+    return [(shelter, name)]
+
+
+@dataclass
+class _Written:
+    """One shelter's report on disk: its entry in the verb's result, and the e-mail to send when there is one."""
+
+    entry: dict[str, Any]
+    message: EmailMessage | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _write_one(
+    settings: Settings, photos: PhotoLookup, run: dict[str, Any], key: str, name: str, out_dir: str, *,
+    top: int, email: bool, resend: bool,
+) -> _Written:  # fmt: skip
+    """Write the shelter's HTML, CSV and Parquet atomically; compose its e-mail when it has something new (or
+    ``resend``) and an address."""
+    runs = RunsDB(settings.duckdb)
+    rows = candidates(runs, key, top)
+    language = shelter_language(settings, key)
+    thumbs = photos.thumbnails(_photo_ids(rows))
+    html = render_html(settings, key, name, run, rows, _data_uris(thumbs), language)
+    base = f"{out_dir}/{slug(key)}"
+    csv_data = _csv_bytes(rows)
+    atomic_write(f"{base}.parquet", _parquet_bytes(rows))
+    atomic_write(f"{base}.csv", csv_data)
+    atomic_write(f"{base}.html", html.encode("utf-8"))
+    new = sum(1 for r in rows if r["new"])
+    written = _Written(
+        {
+            "shelter": key,
+            "name": name,
+            "rows": len(rows),
+            "new": new,
+            "language": language,
+            "html": f"{base}.html",
+            "csv": f"{base}.csv",
+            "parquet": f"{base}.parquet",
+            "token": shelter_token(settings, key),
+            "emailed_to": None,
+        }
+    )
+    log.info("report for %s (%s): %d candidate(s), %d new → %s.html", name, key, len(rows), new, base)
+    if not email:
+        return written
+    to = settings.report.recipients.get(key)
+    if not mail.has_address(to):
+        written.entry["email_skipped"] = "no address in report.recipients"
+    elif not rows or not (new or resend):
+        written.entry["email_skipped"] = "nothing new since the last report (--resend sends it anyway)"
+    else:
+        written.message = _message(settings, to, key, name, run, rows, thumbs, csv_data, language)
+        written.rows = rows
+        written.entry["emailed_to"] = to
+    return written
+
+
+def _deliver(settings: Settings, run_id: str, written: list[_Written]) -> dict[str, str]:
+    """Send the composed e-mails in one SMTP session; record what each accepted one carried (``report_deliveries``),
+    so those candidates are not new for that shelter again. Returns shelter key → error of each failed one."""
+    outgoing = [(w.entry["shelter"], w.message) for w in written if w.message is not None]
+    failed = mail.send(settings, outgoing)
+    delivered = [w for w in written if w.message is not None and w.entry["shelter"] not in failed]
+    if delivered:
+        at = dt.datetime.now(dt.UTC)
+        with RunsDB(settings.duckdb).write() as con:
+            for w in delivered:
+                run_rows.record_report_delivery(con, w.entry["shelter"], run_id, at, w.rows)
+    for w in written:
+        if w.entry["shelter"] in failed:
+            w.entry["email_error"] = failed[w.entry["shelter"]]
+            w.entry["emailed_to"] = None
+    return failed
+
+
 def report(
     settings: Settings,
     *,
@@ -417,79 +505,22 @@ def report(
     if not latest:
         return {"run_id": None, "reports": [], "rows": 0, "message": "no published match run yet: run `homeward match`"}
     run = latest[0]
-
-    if shelter:
-        name = known_shelter(runs, shelter)
-        if name is None:
-            known = ", ".join(s["shelter_key"] for s in shelters(runs)) or "none"
-            raise HomewardError(
-                f"unknown shelter {shelter!r}: no listing has that shelter key; keys are source:shelter_id, or the "
-                f"source alone for found posts (with candidates now: {known})"
-            )
-        targets = [(shelter, name)]
-    else:
-        targets = [(s["shelter_key"], s["shelter_name"]) for s in shelters(runs)]
-
+    targets = _targets(runs, shelter)
     out_dir = f"{settings.reports.rstrip('/')}/{run['run_id']}"
     photos = PhotoLookup(settings)
-    written: list[dict[str, Any]] = []
-    outgoing: list[tuple[str, EmailMessage]] = []
-    sent_rows: dict[str, list[dict[str, Any]]] = {}
-    for key, name in targets:
-        rows = candidates(runs, key, top)
-        language = shelter_language(settings, key)
-        thumbs = photos.thumbnails(_photo_ids(rows))
-        html = render_html(settings, key, name, run, rows, _data_uris(thumbs), language)
-        base = f"{out_dir}/{slug(key)}"
-        csv_data = _csv_bytes(rows)
-        atomic_write(f"{base}.parquet", _parquet_bytes(rows))
-        atomic_write(f"{base}.csv", csv_data)
-        atomic_write(f"{base}.html", html.encode("utf-8"))
-        new = sum(1 for r in rows if r["new"])
-        entry: dict[str, Any] = {
-            "shelter": key,
-            "name": name,
-            "rows": len(rows),
-            "new": new,
-            "language": language,
-            "html": f"{base}.html",
-            "csv": f"{base}.csv",
-            "parquet": f"{base}.parquet",
-            "token": shelter_token(settings, key),
-            "emailed_to": None,
-        }
-        if email:
-            to = settings.report.recipients.get(key)
-            if not mail.has_address(to):
-                entry["email_skipped"] = "no address in report.recipients"
-            elif not rows or not (new or resend):
-                entry["email_skipped"] = "nothing new since the last report (--resend sends it anyway)"
-            else:
-                msg = _message(settings, to, key, name, run, rows, thumbs, csv_data, language)
-                outgoing.append((key, msg))
-                sent_rows[key] = rows
-                entry["emailed_to"] = to
-        written.append(entry)
-        log.info("report for %s (%s): %d candidate(s), %d new → %s.html", name, key, len(rows), new, base)
-
-    failed = mail.send(settings, outgoing)
-    delivered = {key: rows for key, rows in sent_rows.items() if key not in failed}
-    if delivered:
-        at = dt.datetime.now(dt.UTC)
-        with runs.write() as con:
-            for key, rows in delivered.items():
-                run_rows.record_report_delivery(con, key, run["run_id"], at, rows)
-    for entry in written:
-        if entry["shelter"] in failed:
-            entry["email_error"] = failed[entry["shelter"]]
-            entry["emailed_to"] = None
+    written = [
+        _write_one(settings, photos, run, key, name, out_dir, top=top, email=email, resend=resend)
+        for key, name in targets
+    ]
+    failed = _deliver(settings, run["run_id"], written)
+    entries = [w.entry for w in written]
     result = {
         **analyst.publish(settings),
         "run_id": run["run_id"],
         "out_dir": out_dir,
-        "reports": written,
-        "rows": sum(e["rows"] for e in written),
-        "emailed": sum(1 for e in written if e.get("emailed_to")),
+        "reports": entries,
+        "rows": sum(e["rows"] for e in entries),
+        "emailed": sum(1 for e in entries if e.get("emailed_to")),
     }
     if email:
         unknown = sorted(k for k in settings.report.recipients if known_shelter(runs, k) is None)
