@@ -68,7 +68,9 @@ def create_app(dash: Dashboard) -> Guard:
     app.include_router(api.router(dash))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _add_error_handlers(app, dash)
-    _add_pages(app, dash)
+    _add_overview_pages(app, dash)
+    _add_search_pages(app, dash)
+    _add_shelter_pages(app, dash)
     return Guard(
         app,
         bound_host=dash.host,
@@ -120,7 +122,9 @@ def _clean_redirect(request: Request, path: str) -> RedirectResponse:
     return RedirectResponse(page_link(path, query), 303)
 
 
-def _add_pages(app: FastAPI, dash: Dashboard) -> None:
+def _add_overview_pages(app: FastAPI, dash: Dashboard) -> None:
+    """The home, operators' and analysts' pages, and the photos every page shows."""
+
     @app.get("/", include_in_schema=False)
     def home() -> Response:
         return dash.home()
@@ -132,6 +136,15 @@ def _add_pages(app: FastAPI, dash: Dashboard) -> None:
     @app.get("/analysts", include_in_schema=False)
     def analysts() -> Response:
         return dash.analysts()
+
+    @app.get("/photo/{photo_id}", include_in_schema=False)
+    def photo(photo_id: str, size: str | None = None) -> Response:
+        data = dash.photo(photo_id, size)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
+
+
+def _add_search_pages(app: FastAPI, dash: Dashboard) -> None:
+    """Search by photo, an owner's saved search (watch) and its unsubscribe link."""
 
     def search_page(status: int = 200, **ctx: Any) -> Response:
         ctx.setdefault("form", {"species": "", "near": "", "radius_km": "", "k": "12"})
@@ -201,6 +214,10 @@ def _add_pages(app: FastAPI, dash: Dashboard) -> None:
     def unsubscribe(token: str = "", form_token: Annotated[str, Form(alias="token")] = "") -> Response:
         done = dash.unsubscribe(token or form_token)
         return dash.render("unsubscribe.html", 200 if done else 404, token="", done=done)
+
+
+def _add_shelter_pages(app: FastAPI, dash: Dashboard) -> None:
+    """The shelter index, a shelter's review page, a candidate pair's page with its map, and verdicts."""
 
     @app.get("/shelters", include_in_schema=False)
     def shelter_index(request: Request, token: str | None = None) -> Response:
@@ -298,11 +315,6 @@ def _add_pages(app: FastAPI, dash: Dashboard) -> None:
         if token and dash.exposed:
             _remember(resp, request, TOKEN_COOKIE, token, shelter_path(key), TOKEN_DAYS)
         return resp
-
-    @app.get("/photo/{photo_id}", include_in_schema=False)
-    def photo(photo_id: str, size: str | None = None) -> Response:
-        data = dash.photo(photo_id, size)
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
 
 
 def make_server(
