@@ -66,7 +66,7 @@ MATCH_COLUMNS = (
 SNAPSHOT_COLUMNS = (
     "listing_id", "source", "source_id", "url", "kind", "status", "species", "breed", "colors", "sex", "age_group",
     "size", "name", "description", "location_text", "lat", "lon", "event_date", "posted_at", "scraped_at",
-    "shelter_id", "shelter_name", "photo_ids",
+    "shelter_id", "shelter_name", "photo_ids", "match_fingerprint",
 )  # fmt: skip
 
 

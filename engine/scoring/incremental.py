@@ -44,6 +44,8 @@ TILE_TOLERANCE = 1e-4
 """A new candidate whose tile value is this far below a listing's previous k-th value cannot enter its top-k (tile and
 pair values differ by ~1e-7); above it, its exact per-pair value decides."""
 PAIR_BATCH = 2048
+LANES = 64
+"""A multiple of every SIMD width torch uses (its vector loops step two registers: at most 32 floats on AVX-512)."""
 
 
 # ----------------------------------------------------------------------------------------------------- fingerprints
@@ -74,9 +76,11 @@ def side_fingerprints(side: Side, tag: str) -> np.ndarray:
 def pair_terms(scorer: Scorer, li: np.ndarray, fi: np.ndarray) -> dict[str, np.ndarray]:
     """``scorer.pairs`` of (li, fi), computed so that each pair's values do not depend on the other pairs asked.
 
-    ``Scorer.pairs`` pads a batch's detections to its widest listing and torch picks its product kernel by shape
-    (and takes another path for a batch of one), so one pair's last bits depend on its batch. Here every batch holds
-    pairs of one (lost, found) detection count and at least two pairs (a lone pair is scored twice)."""
+    Three things make a pair's last bits depend on its batch in ``Scorer.pairs``: detections are padded to the
+    batch's widest listing and torch picks its product kernel by shape (and another path for a batch of one); and an
+    element-wise op (sigmoid, the trigonometry of distances) runs SIMD code on whole vector widths but scalar libm
+    code on a batch's tail. So every batch here holds pairs of one (lost, found) detection count, and is padded (by
+    repeating its first pair) to a multiple of :data:`LANES`, so every pair goes through the SIMD code."""
     li, fi = np.asarray(li, dtype=np.int64), np.asarray(fi, dtype=np.int64)
     n = len(li)
     if n == 0:
@@ -90,11 +94,9 @@ def pair_terms(scorer: Scorer, li: np.ndarray, fi: np.ndarray) -> dict[str, np.n
     for s, e in itertools.pairwise(starts):
         group = order[s:e]
         for batch in np.array_split(group, -(-len(group) // PAIR_BATCH)):
-            if len(batch) == 1:
-                out = scorer.pairs(li[np.r_[batch, batch]], fi[np.r_[batch, batch]], chunk=2)
-                parts.append({k: v[:1] for k, v in out.items()})
-            else:
-                parts.append(scorer.pairs(li[batch], fi[batch], chunk=len(batch)))
+            padded = np.r_[batch, np.repeat(batch[:1], -len(batch) % LANES)]
+            out = scorer.pairs(li[padded], fi[padded], chunk=len(padded))
+            parts.append({k: v[: len(batch)] for k, v in out.items()})
     merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     inverse = np.empty(n, dtype=np.int64)
     inverse[order] = np.arange(n)
