@@ -339,7 +339,9 @@ def match(
             run_rows.fail_match(con, run_id, datetime.now(UTC), time.perf_counter() - t0, message)
         raise
     finally:
+        t_copy = time.perf_counter()
         published = analyst.publish(settings)
+    summary["seconds"]["analyst_copy"] = round(time.perf_counter() - t_copy, 2)
     return {**summary, **published}
 
 
@@ -386,6 +388,7 @@ def _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray,
         listings = pa.Table.from_pylist([], schema=schema.LISTINGS)
     lost, found, embed_model, text_model, superseded = _load_sides(settings, store, versions["detections"], listings)
     _return_freed_memory()
+    load_s = time.perf_counter() - t0
     scoring = _scoring_inputs(params, k, embed_model, text_model, lost, found)
     population = _population(lost, found)
     previous_run = _latest_published(runs)
@@ -469,13 +472,16 @@ def _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray,
         "device": dev,
         "pairs_per_s": round(sel.tile_pairs / score_s, 1) if score_s > 0 else None,
     }
+    t_publish = time.perf_counter()
+    summary["seconds"] = {"load": round(load_s, 2), "plan": round(t_score - t0 - load_s, 2),
+                          "score": round(score_s, 2), "rows": round(t_publish - t_score - score_s, 2)}  # fmt: skip
     summary["duration_s"] = round(time.perf_counter() - t0, 3)
     lineage = {"scoring": scoring, "background": background, "estimated_on": estimated_on}
     _publish(runs, run_id, matches, carried, listings, summary,
              (mode, reason, _fingerprint(scoring), lineage, changes))  # fmt: skip
-    summary["no_photo_matches"] = runs.query("SELECT count(*) FROM matches WHERE run_id = ? AND no_photo", [run_id])[0][
-        0
-    ]
+    summary["seconds"]["publish"] = round(time.perf_counter() - t_publish, 2)
+    no_photo = runs.query("SELECT count(*) FROM matches WHERE run_id = ? AND no_photo", [run_id])
+    summary["no_photo_matches"] = no_photo[0][0]
     return summary
 
 
