@@ -44,7 +44,7 @@ from engine.scoring.blocking import Block, listing_keys, make_blocks
 from engine.scoring.blocks import score_blocks
 from engine.scoring.fuse import COMPILE_MIN_RUN_PAIRS, ScoreParams, Scorer, Side, background_stats
 from engine.scoring.incremental import CANDIDATE_MARGIN, Previous, Selection, select, side_fingerprints
-from engine.scoring.sides import active_listings, build_side, select_model_vectors
+from engine.scoring.sides import active_listings, build_side, model_vector_mask
 from engine.storage import RunsDB, open_stores
 
 log = logging.getLogger(__name__)
@@ -84,14 +84,9 @@ def configured_embed_model(settings: Settings) -> str | None:
         return None
 
 
-def _text_model(det: pa.Table) -> str | None:
+def _text_model(value_counts: list[dict[str, Any]]) -> str | None:
     """Text vectors must come from one text model too; they are refused otherwise, naming both."""
-    if det.num_rows == 0:
-        return None
-    counts = Counter(
-        m for m, v in zip(det["text_model"].to_pylist(), pc.is_valid(det["text_embedding"]).to_pylist(), strict=True)
-        if v and m
-    )  # fmt: skip
+    counts = Counter({c["values"]: c["counts"] for c in value_counts if c["values"]})
     if len(counts) > 1:
         (a, na), (b, nb) = counts.most_common(2)
         raise HomewardError(
@@ -358,19 +353,20 @@ def _load_sides(
         det = pa.Table.from_pylist([], schema=schema.detections_schema(1, 1)).select(list(DETECTION_COLUMNS))
     lost_l = active_listings(listings, schema.LOST_KINDS).sort_by("listing_id")
     found_l = active_listings(listings, schema.FOUND_KINDS).sort_by("listing_id")
-    if det.num_rows:
-        usable = pc.invert(pc.is_in(pc.fill_null(det["status"], "ok"), pa.array(_SKIP_DETECTION_STATUS)))
-        active = pc.is_in(det["listing_id"], pa.concat_arrays([lost_l["listing_id"].combine_chunks(),
-                                                                  found_l["listing_id"].combine_chunks()]))  # fmt: skip
-        det = det.filter(pc.and_(usable, active))
-    det, embed_model, superseded = select_model_vectors(det, configured_embed_model(settings))
-    text_model = _text_model(det)
+    # masks on the small columns, then one copy of the vectors per side
+    usable = pc.invert(pc.is_in(pc.fill_null(det["status"], "ok"), pa.array(_SKIP_DETECTION_STATUS)))
+    on_side = {name: pc.is_in(det["listing_id"], side_l["listing_id"])
+               for name, side_l in (("lost", lost_l), ("found", found_l))}  # fmt: skip
+    active = pc.and_(usable, pc.or_(on_side["lost"], on_side["found"]))
+    model_rows, embed_model, superseded = model_vector_mask(det, configured_embed_model(settings), active)
+    keep_mask = pc.fill_null(active if model_rows is None else pc.and_(active, model_rows), False)
+    text_rows = pc.and_(keep_mask, pc.is_valid(det["text_embedding"]))
+    text_model = _text_model(pc.value_counts(det["text_model"].filter(text_rows)).to_pylist())
 
-    def side(listings_of_side: pa.Table) -> Side:
-        rows = det.filter(pc.is_in(det["listing_id"], listings_of_side["listing_id"])) if det.num_rows else det
-        return build_side(listings_of_side, rows)
+    def side(name: str, listings_of_side: pa.Table) -> Side:
+        return build_side(listings_of_side, det.filter(pc.and_(keep_mask, on_side[name])))
 
-    return side(lost_l), side(found_l), embed_model, text_model, superseded
+    return side("lost", lost_l), side("found", found_l), embed_model, text_model, superseded
 
 
 def _return_freed_memory() -> None:
