@@ -39,11 +39,13 @@ def _floats(table: pa.Table, name: str) -> np.ndarray:
 
 
 def _vectors(column: pa.ChunkedArray) -> np.ndarray:
-    arr = column.combine_chunks()
-    dim = arr.type.list_size
-    vecs = np.array(arr.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
-    norms = np.linalg.norm(vecs, axis=1, keepdims=True)
-    vecs /= np.where(norms > 0, norms, 1.0)  # in place: the copy above is the only one
+    dim = column.type.list_size
+    parts = [c.flatten().to_numpy(zero_copy_only=False) for c in column.chunks]
+    # one copy (a single chunk is Arrow's read-only memory): the normalisation below is in place
+    flat = parts[0].copy() if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros(0)
+    vecs = flat.astype(np.float32, copy=False).reshape(-1, dim)
+    norms = np.sqrt(np.einsum("ij,ij->i", vecs, vecs))[:, None]
+    vecs /= np.where(norms > 0, norms, 1.0)
     return vecs
 
 
@@ -151,8 +153,8 @@ def build_side(listings: pa.Table, det: pa.Table) -> Side:
         valid = pc.is_valid(det["text_embedding"]).to_numpy(zero_copy_only=False)
         if valid.any():
             vecs = _vectors(det["text_embedding"] if valid.all() else det["text_embedding"].filter(pa.array(valid)))
-            np.add.at(text, owners[valid], vecs)
-            norms = np.linalg.norm(text, axis=1, keepdims=True)
+            torch.from_numpy(text).index_add_(0, torch.from_numpy(owners[valid]), torch.from_numpy(vecs))
+            norms = np.sqrt(np.einsum("ij,ij->i", text, text))[:, None]
             has_text = norms[:, 0] > 0
             text = text / np.where(norms > 0, norms, 1.0)
 

@@ -369,6 +369,8 @@ def _incremental_stage(
         "changes": inc["changes"],
         "pairs_scored": inc["pairs_scored"],
         "full_pairs_scored": ful["pairs_scored"],
+        "phases": inc["seconds"],
+        "full_phases": ful["seconds"],
         "matches": inc["matches"],
     }
 
