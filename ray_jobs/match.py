@@ -29,6 +29,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,7 +44,7 @@ from engine.scoring.allpairs import resolve_device, tile_for
 from engine.scoring.blocking import Block, listing_keys, make_blocks
 from engine.scoring.blocks import score_blocks
 from engine.scoring.fuse import COMPILE_MIN_RUN_PAIRS, ScoreParams, Scorer, Side, background_stats
-from engine.scoring.incremental import CANDIDATE_MARGIN, Previous, Selection, select, side_fingerprints
+from engine.scoring.incremental import CANDIDATE_MARGIN, Previous, Selection, select, side_fingerprints, split_blocks
 from engine.scoring.sides import active_listings, build_side, model_vector_mask
 from engine.storage import RunsDB, open_stores
 
@@ -135,10 +136,29 @@ def _scoring_inputs(params: ScoreParams, k: int, embed_model, text_model, lost: 
         "text_model": text_model,
         "text_term": bool(lost.text.shape[1] == found.text.shape[1] and lost.has_text.any() and found.has_text.any()),
         "image_term": bool(lost.det_emb.shape[0] and found.det_emb.shape[0]),
+        "code": _scoring_code(),
     }
 
 
+def _scoring_code() -> str:
+    """A digest of the modules that turn listings into pair values and top-k lists: a new version of any of them
+    (another evidence term, another rounding) makes the previous run's values stale, whatever the configuration."""
+    from engine.scoring import aggregate, attributes, fuse, geo, incremental, sides
+
+    digest = hashlib.sha256()
+    for module in (aggregate, attributes, fuse, geo, incremental, sides):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 BACKGROUND_FIELDS = ("img_center", "img_scale", "txt_center", "txt_scale")
+FULL_WHEN_TOUCHED = 0.5
+"""An incremental run scores the rescored rows and the rescored columns in two passes: past this share of the
+candidate pairs a full run (one pass, same lineage, same result) is cheaper."""
+
+
+def _touched_pairs(blocks: list[Block], rows: np.ndarray, cols: np.ndarray) -> int:
+    return sum(b.pairs for part in split_blocks(blocks, rows, cols) for b in part)
 
 
 def _population(lost: Side, found: Side) -> dict[str, int]:
@@ -418,6 +438,9 @@ def _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray,
     blocks = make_blocks(lost_keys, found_keys) if lost.n and found.n else []
     candidate_pairs = sum(b.pairs for b in blocks)
     rows, cols = previous.rescore(changed_lost, changed_found)
+    if mode == "incremental" and _touched_pairs(blocks, rows, cols) > FULL_WHEN_TOUCHED * candidate_pairs:
+        mode, reason = "full", f"the changes touch over {FULL_WHEN_TOUCHED:.0%} of the candidate pairs"
+        previous, rows, cols = Previous.empty(), np.ones(lost.n, bool), np.ones(found.n, bool)
     log.info("match %s (%s: %s): %d lost × %d found listings, %d blocks, %d candidate pairs, rescoring %d lost "
              "and %d found listings in full on %s", run_id, mode, reason, lost.n, found.n, len(blocks),
              candidate_pairs, int(rows.sum()), int(cols.sum()), dev)  # fmt: skip

@@ -324,6 +324,8 @@ def test_incremental_match_publishes_what_a_full_rematch_does(settings: Settings
     settings = settings.with_overrides({"match": {"background_drift": 10.0}})
     world = World()
     pairs = world.plant(16, distractors=40)
+    for i in range(100):  # cats: a block of their own that no change below touches
+        world.add(["lost", "found"][i % 2], f"cat-{i}", world.identity(), day=i % 9, species="cat")
     world.write(settings)
     first = match(settings, top_k=4)
     assert first["mode"] == "full" and first["mode_reason"] == "first match run"
@@ -365,7 +367,9 @@ def test_incremental_match_publishes_what_a_full_rematch_does(settings: Settings
     assert mode == [("incremental", incremental["mode_reason"], str(incremental["pairs_scored"]))]
 
 
-def test_scoring_or_population_changes_force_a_full_rematch(settings: Settings) -> None:
+def test_scoring_or_population_changes_force_a_full_rematch(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     world = World()
     world.plant(6, distractors=10)
     world.write(settings)
@@ -380,3 +384,6 @@ def test_scoring_or_population_changes_force_a_full_rematch(settings: Settings) 
     world.write(settings)
     drifted = match(settings.with_overrides({"match": {"weights": {"image": 0.9, "geo": 0.1}}}), top_k=5)
     assert drifted["mode"] == "full" and "drifted" in drifted["mode_reason"]
+    monkeypatch.setattr(match_job, "_scoring_code", lambda: "another version of the scoring modules")
+    upgraded = match(settings.with_overrides({"match": {"weights": {"image": 0.9, "geo": 0.1}}}), top_k=5)
+    assert upgraded["mode"] == "full" and upgraded["mode_reason"].endswith(": code")
