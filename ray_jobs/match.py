@@ -4,12 +4,19 @@
    so a run can be reproduced while enrichment keeps writing).
 2. Refuse image vectors of another model than the run's (the configured profile's embedder, else the table's
    majority model): similarities across models are meaningless.
-3. Block by species, place and time (``engine.scoring.blocking``: exact with respect to the hard rules), score each
-   block with exact tiled all-pairs (``engine.scoring``), on the GPU when present; blocks fan out as Ray tasks when
-   there is enough work to pay for it.
-4. Keep the top-k per lost listing **and** per found listing, compute every term of those pairs, and publish them
-   with a ``match_runs`` row and a fresh ``listings`` snapshot in **one DuckDB transaction**: readers see the previous
-   run or the new one, never half of one. A failed run leaves a ``failed`` run row and no matches.
+3. Choose the mode (:func:`choose_mode`): **incremental** when the previous published run has the same scoring
+   inputs (models, parameters, ``top_k``, scoring code) and the population has not drifted from the frozen
+   background; **full** otherwise, on ``--full``, or when the changes touch over half the candidate pairs.
+4. Block by species, place and time (``engine.scoring.blocking``: exact with respect to the hard rules), score the
+   blocks — all of them, or only the rows and columns of the listings an incremental run must rescore
+   (``engine.scoring.incremental``) — with exact tiled all-pairs, on the GPU when present; blocks fan out as Ray
+   tasks when there is enough work to pay for it.
+5. Keep the top-k per lost listing **and** per found listing (tiles nominate, per-pair values decide; an incremental
+   run merges the other listings' previous top-k), compute every term of the new pairs, and publish them, the
+   previous run's rows of the pairs that stay, a ``match_runs`` row (mode, reason, lineage, changes) and a fresh
+   ``listings`` snapshot (with per-listing fingerprints) in **one DuckDB transaction**: readers see the previous
+   run or the new one, never half of one. A failed run leaves a ``failed`` run row and no matches. An incremental
+   run publishes exactly what a full rematch of the same data would.
 
 Query the latest published run's matches with the ``current_matches`` view (created by each publication), e.g.
 ``SELECT rank_for_lost FROM current_matches WHERE lost_listing_id = ? AND found_listing_id = ?``. ``rank_for_lost``
