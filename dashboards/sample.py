@@ -210,8 +210,10 @@ def _insert_listing(con: Any, spec: dict[str, Any], photo_id: str, now: dt.datet
     event = (now - dt.timedelta(days=spec["days_ago"])).date()
     posted = now - dt.timedelta(days=spec["days_ago"]) + dt.timedelta(hours=6)
     con.execute(
-        "INSERT INTO listings VALUES (?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, 'adult', 'medium', ?, ?, ?, ?, ?, "
-        "?, ?, ?, ?, ?, ?, 1, ?)",
+        "INSERT INTO listings (listing_id, source, source_id, url, kind, status, species, breed, colors, sex, "
+        "age_group, size, name, description, location_text, lat, lon, event_date, posted_at, scraped_at, shelter_id, "
+        "shelter_name, photo_ids, n_photos, geo_source) VALUES (?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, 'adult', "
+        "'medium', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
         [
             listing_id,
             spec["source"],
@@ -243,7 +245,9 @@ def _insert_match(con: Any, run_id: str, rank: int, pair: tuple[Any, ...], photo
     """One ``matches`` row: ``pair`` is (lost id, found id, score, image, text, attrs, geo, time, km, days)."""
     lost, found, score, img, txt, att, geo, tim, km, days = pair
     con.execute(
-        "INSERT INTO matches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, 1, FALSE, ?, ?, ?)",
+        "INSERT INTO matches (run_id, lost_listing_id, found_listing_id, score, image_sim, text_sim, attribute_score, "
+        "geo_score, time_score, distance_km, days_apart, photos_agreeing, rank_for_lost, rank_for_found, no_photo, "
+        "lost_photo_id, found_photo_id, explanation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, 1, FALSE, ?, ?, ?)",
         [
             run_id,
             lost,

@@ -126,6 +126,10 @@ class MatchSettings:
     calibration: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_CALIBRATION))
     """``score = sigmoid(slope·fused + offset)``: keys ``slope`` and ``offset`` (one given alone keeps the other's
     default). Refit with :func:`engine.scoring.fuse.fit_calibration` once confirmed/rejected feedback exists."""
+    background_drift: float = 0.1
+    """The image/text background (median and spread of random pairs) is estimated when a match lineage starts and
+    frozen after, so a new listing does not move every score; it is re-estimated (a full run) once either side's
+    detection or text-vector count differs from the counts it was estimated on by more than this fraction."""
 
 
 @dataclass(frozen=True)

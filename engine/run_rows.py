@@ -146,6 +146,24 @@ def publish_match(
     )
 
 
+def record_match_lineage(
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    mode: str,
+    reason: str,
+    fingerprint: str,
+    lineage: Mapping[str, Any],
+    changes: Mapping[str, Any],
+) -> None:
+    """How a match run was made: ``full`` or ``incremental`` and why, its scoring fingerprint and lineage (scoring
+    inputs, frozen background), and what changed since the previous published run."""
+    con.execute(
+        "UPDATE match_runs SET mode = ?, mode_reason = ?, scoring_fingerprint = ?, lineage = ?, changes = ? "
+        "WHERE run_id = ?",
+        [mode, reason, fingerprint, json.dumps(lineage), json.dumps(changes), run_id],
+    )
+
+
 def fail_match(
     con: duckdb.DuckDBPyConnection, run_id: str, finished: dt.datetime, duration_s: float, message: str
 ) -> None:

@@ -4,12 +4,19 @@
    so a run can be reproduced while enrichment keeps writing).
 2. Refuse image vectors of another model than the run's (the configured profile's embedder, else the table's
    majority model): similarities across models are meaningless.
-3. Block by species, place and time (``engine.scoring.blocking``: exact with respect to the hard rules), score each
-   block with exact tiled all-pairs (``engine.scoring``), on the GPU when present; blocks fan out as Ray tasks when
-   there is enough work to pay for it.
-4. Keep the top-k per lost listing **and** per found listing, compute every term of those pairs, and publish them
-   with a ``match_runs`` row and a fresh ``listings`` snapshot in **one DuckDB transaction**: readers see the previous
-   run or the new one, never half of one. A failed run leaves a ``failed`` run row and no matches.
+3. Choose the mode (:func:`choose_mode`): **incremental** when the previous published run has the same scoring
+   inputs (models, parameters, ``top_k``, scoring code) and the population has not drifted from the frozen
+   background; **full** otherwise, on ``--full``, or when the changes touch over half the candidate pairs.
+4. Block by species, place and time (``engine.scoring.blocking``: exact with respect to the hard rules), score the
+   blocks — all of them, or only the rows and columns of the listings an incremental run must rescore
+   (``engine.scoring.incremental``) — with exact tiled all-pairs, on the GPU when present; blocks fan out as Ray
+   tasks when there is enough work to pay for it.
+5. Keep the top-k per lost listing **and** per found listing (tiles nominate, per-pair values decide; an incremental
+   run merges the other listings' previous top-k), compute every term of the new pairs, and publish them, the
+   previous run's rows of the pairs that stay, a ``match_runs`` row (mode, reason, lineage, changes) and a fresh
+   ``listings`` snapshot (with per-listing fingerprints) in **one DuckDB transaction**: readers see the previous
+   run or the new one, never half of one. A failed run leaves a ``failed`` run row and no matches. An incremental
+   run publishes exactly what a full rematch of the same data would.
 
 Query the latest published run's matches with the ``current_matches`` view (created by each publication), e.g.
 ``SELECT rank_for_lost FROM current_matches WHERE lost_listing_id = ? AND found_listing_id = ?``. ``rank_for_lost``
@@ -20,11 +27,16 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
+import json
 import logging
 import time
 import uuid
 from collections import Counter
+from collections.abc import Mapping
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,7 +51,8 @@ from engine.scoring.allpairs import resolve_device, tile_for
 from engine.scoring.blocking import Block, listing_keys, make_blocks
 from engine.scoring.blocks import score_blocks
 from engine.scoring.fuse import COMPILE_MIN_RUN_PAIRS, ScoreParams, Scorer, Side, background_stats
-from engine.scoring.sides import active_listings, build_side, select_model_vectors
+from engine.scoring.incremental import CANDIDATE_MARGIN, Previous, Selection, select, side_fingerprints, split_blocks
+from engine.scoring.sides import active_listings, build_side, model_vector_mask
 from engine.storage import RunsDB, open_stores
 
 log = logging.getLogger(__name__)
@@ -54,14 +67,14 @@ DETECTION_COLUMNS = (
 )  # fmt: skip
 
 MATCH_COLUMNS = (
-    "run_id", "lost_listing_id", "found_listing_id", "score", "image_sim", "text_sim", "attribute_score",
+    "run_id", "lost_listing_id", "found_listing_id", "score", "fused", "image_sim", "text_sim", "attribute_score",
     "geo_score", "time_score", "distance_km", "days_apart", "photos_agreeing", "rank_for_lost", "rank_for_found",
     "no_photo", "lost_photo_id", "found_photo_id", "explanation",
 )  # fmt: skip
 SNAPSHOT_COLUMNS = (
     "listing_id", "source", "source_id", "url", "kind", "status", "species", "breed", "colors", "sex", "age_group",
     "size", "name", "description", "location_text", "lat", "lon", "geo_source", "event_date", "posted_at", "scraped_at",
-    "shelter_id", "shelter_name", "photo_ids",
+    "shelter_id", "shelter_name", "photo_ids", "match_fingerprint",
 )  # fmt: skip
 
 
@@ -79,14 +92,9 @@ def configured_embed_model(settings: Settings) -> str | None:
         return None
 
 
-def _text_model(det: pa.Table) -> str | None:
+def _text_model(value_counts: list[dict[str, Any]]) -> str | None:
     """Text vectors must come from one text model too; they are refused otherwise, naming both."""
-    if det.num_rows == 0:
-        return None
-    counts = Counter(
-        m for m, v in zip(det["text_model"].to_pylist(), pc.is_valid(det["text_embedding"]).to_pylist(), strict=True)
-        if v and m
-    )  # fmt: skip
+    counts = Counter({c["values"]: c["counts"] for c in value_counts if c["values"]})
     if len(counts) > 1:
         (a, na), (b, nb) = counts.most_common(2)
         raise HomewardError(
@@ -123,17 +131,140 @@ def _score_all(lost, found, params, blocks, k, tile_size, device, use_ray, setti
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(7))
 
 
-def _merge_found_topk(lost_g: np.ndarray, found_g: np.ndarray, fused: np.ndarray, k: int):
-    """A found listing is scored in several blocks: keep its best k over all of them, ranked."""
-    if len(found_g) == 0:
-        return lost_g.astype(np.int64), found_g.astype(np.int64), np.zeros(0, np.int64)
-    order = np.lexsort((lost_g, -fused, found_g))
-    lost_g, found_g = lost_g[order], found_g[order]
-    start = np.r_[0, np.flatnonzero(np.diff(found_g)) + 1]
-    counts = np.diff(np.r_[start, len(found_g)])
-    rank = np.arange(len(found_g)) - np.repeat(start, counts) + 1
-    keep = rank <= k
-    return lost_g[keep].astype(np.int64), found_g[keep].astype(np.int64), rank[keep]
+# ----------------------------------------------------------------------------------------------------------- lineage
+def _scoring_inputs(params: ScoreParams, k: int, embed_model, text_model, lost: Side, found: Side) -> dict:
+    """Everything besides the two listings that a pair's value and a listing's top-k depend on: a change of any of
+    these makes every previous pair stale."""
+    return {
+        "params": {k_: v for k_, v in asdict(params).items() if k_ not in BACKGROUND_FIELDS},
+        "top_k": k,
+        "candidate_margin": CANDIDATE_MARGIN,
+        "embed_model": embed_model,
+        "text_model": text_model,
+        "text_term": bool(lost.text.shape[1] == found.text.shape[1] and lost.has_text.any() and found.has_text.any()),
+        "image_term": bool(lost.det_emb.shape[0] and found.det_emb.shape[0]),
+        "code": _scoring_code(),
+    }
+
+
+def _scoring_code() -> str:
+    """A digest of the modules that turn listings into pair values and top-k lists: a new version of any of them
+    (another evidence term, another rounding) makes the previous run's values stale, whatever the configuration."""
+    from engine.scoring import aggregate, attributes, fuse, geo, incremental, sides
+
+    digest = hashlib.sha256()
+    for module in (aggregate, attributes, fuse, geo, incremental, sides):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+BACKGROUND_FIELDS = ("img_center", "img_scale", "txt_center", "txt_scale")
+FULL_WHEN_TOUCHED = 0.5
+"""An incremental run scores the rescored rows and the rescored columns in two passes: past this share of the
+candidate pairs a full run (one pass, same lineage, same result) is cheaper."""
+
+
+def _touched_pairs(blocks: list[Block], rows: np.ndarray, cols: np.ndarray) -> int:
+    return sum(b.pairs for part in split_blocks(blocks, rows, cols) for b in part)
+
+
+def _population(lost: Side, found: Side) -> dict[str, int]:
+    return {"lost_vectors": int(lost.det_emb.shape[0]), "found_vectors": int(found.det_emb.shape[0]),
+            "lost_texts": int(lost.has_text.sum()), "found_texts": int(found.has_text.sum())}  # fmt: skip
+
+
+def _fingerprint(doc: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _latest_published(runs: RunsDB) -> dict[str, Any] | None:
+    rows = runs.query(
+        "SELECT run_id, scoring_fingerprint, lineage FROM match_runs WHERE status = 'published' "
+        "ORDER BY finished DESC, started DESC LIMIT 1"
+    )
+    if not rows:
+        return None
+    run_id, fingerprint, lineage = rows[0]
+    return {"run_id": run_id, "fingerprint": fingerprint, "lineage": json.loads(lineage) if lineage else None}
+
+
+def choose_mode(
+    previous: Mapping[str, Any] | None,
+    scoring: Mapping[str, Any],
+    population: Mapping[str, int],
+    *,
+    full: bool,
+    drift: float,
+) -> tuple[str, str, dict[str, float] | None]:
+    """→ (``full`` | ``incremental``, why, the lineage's background to reuse or None to estimate a new one).
+
+    Incremental needs a previous published run of the same scoring inputs whose background still fits the
+    population; ``--full`` rescores every pair but keeps that background, so it publishes exactly what an
+    incremental run would."""
+    lineage = (previous or {}).get("lineage")
+    if previous is None:
+        return "full", "first match run", None
+    if not lineage:
+        return "full", f"previous run {previous['run_id']} has no lineage (made before incremental matching)", None
+    if previous["fingerprint"] != _fingerprint(scoring):
+        before = lineage["scoring"]
+        changed = sorted(key for key in {*before, *scoring} if before.get(key) != scoring.get(key))
+        return "full", f"scoring inputs changed since {previous['run_id']}: {', '.join(changed)}", None
+    base = lineage["estimated_on"]
+    moved = {key: (population[key], base[key]) for key in population
+             if abs(population[key] - base[key]) > drift * max(base[key], 1)}  # fmt: skip
+    if moved:
+        said = ", ".join(f"{key} {now} vs {then}" for key, (now, then) in moved.items())
+        return "full", f"population drifted over match.background_drift={drift} ({said}): background re-estimated", None
+    if full:
+        return "full", "--full requested", lineage["background"]
+    return "incremental", f"same scoring inputs as {previous['run_id']}", lineage["background"]
+
+
+def _previous_pairs(
+    runs: RunsDB, run_id: str, lost: Side, found: Side, fp_lost: np.ndarray, fp_found: np.ndarray
+) -> tuple[Previous, np.ndarray, np.ndarray, dict[str, int]]:
+    """The previous run's kept pairs in this run's indices, the new-or-changed masks per side, and the counts."""
+    with runs.read() as con:
+        snap = con.sql(
+            "SELECT listing_id, kind, match_fingerprint FROM listings WHERE match_fingerprint IS NOT NULL"
+        ).to_arrow_table()
+        kept = con.sql(
+            "SELECT lost_listing_id, found_listing_id, fused, rank_for_lost IS NOT NULL AS for_lost, "
+            "rank_for_found IS NOT NULL AS for_found FROM matches WHERE run_id = ?",
+            params=[run_id],
+        ).to_arrow_table()
+    counts: dict[str, int] = {}
+    unchanged_index = {}
+    changed = {}
+    for side, name, fps, kinds in ((lost, "lost", fp_lost, schema.LOST_KINDS),
+                                   (found, "found", fp_found, schema.FOUND_KINDS)):  # fmt: skip
+        on_side = snap.filter(pc.is_in(snap["kind"], pa.array(kinds)))
+        before = dict(zip(on_side["listing_id"].to_pylist(), on_side["match_fingerprint"].to_pylist(), strict=True))
+        was = np.array([before.get(lid) for lid in side.listing_ids], dtype=object)
+        same = was == fps
+        changed[name] = ~same
+        counts[f"{name}_new"] = int(sum(w is None for w in was))
+        counts[f"{name}_changed"] = int(len(was) - same.sum()) - counts[f"{name}_new"]
+        counts[f"{name}_removed"] = len(before) - int(len(was) - counts[f"{name}_new"])
+        unchanged_index[name] = pa.array(side.listing_ids[same].tolist(), pa.string()), np.flatnonzero(same)
+
+    def index(ids: pa.ChunkedArray, name: str) -> np.ndarray:
+        value_set, positions = unchanged_index[name]
+        at = pc.fill_null(pc.index_in(ids, value_set=value_set), -1).to_numpy(zero_copy_only=False)
+        return np.where(at >= 0, positions[np.maximum(at, 0)] if len(positions) else -1, -1).astype(np.int64)
+
+    fused = pc.fill_null(kept["fused"], float("nan")).to_numpy(zero_copy_only=False)
+    if np.isnan(fused).any():
+        raise HomewardError(f"previous run {run_id} has pairs without a fused value; run `homeward match --full`")
+    previous = Previous(
+        lost=index(kept["lost_listing_id"], "lost"),
+        found=index(kept["found_listing_id"], "found"),
+        fused=fused,
+        for_lost=kept["for_lost"].to_numpy(zero_copy_only=False),
+        for_found=kept["for_found"].to_numpy(zero_copy_only=False),
+    )
+    return previous, changed["lost"], changed["found"], counts
 
 
 # -------------------------------------------------------------------------------------------------------- publishing
@@ -150,30 +281,61 @@ def _refresh_listings_snapshot(con: Any, listings: pa.Table) -> None:
     con.unregister("_snapshot")
 
 
-def _publish(runs: RunsDB, run_id: str, matches: pa.Table, listings: pa.Table, summary: dict[str, Any]) -> None:
-    """Everything a reader sees of this run, in one transaction."""
+def _publish(
+    runs: RunsDB,
+    run_id: str,
+    matches: pa.Table,
+    carried: tuple[str, pa.Table] | None,
+    listings: pa.Table,
+    summary: dict[str, Any],
+    lineage: tuple[str, str, str, dict[str, Any], dict[str, Any]],
+) -> None:
+    """Everything a reader sees of this run, in one transaction. ``carried``: (previous run, its pairs whose rows
+    this run publishes unchanged, with this run's ranks)."""
     with runs.write() as con:
         con.register("_new_matches", matches)
         names = ", ".join(MATCH_COLUMNS)
         con.execute(f"INSERT INTO matches ({names}) SELECT {names} FROM _new_matches")
         con.unregister("_new_matches")
+        if carried is not None:
+            previous_run, ranks = carried
+            con.register("_carried", ranks)
+            copied = ", ".join(
+                f"m.{c}" for c in MATCH_COLUMNS if c not in ("run_id", "rank_for_lost", "rank_for_found")
+            )
+            con.execute(
+                f"INSERT INTO matches (run_id, rank_for_lost, rank_for_found, {copied.replace('m.', '')}) "
+                f"SELECT ?, r.rank_for_lost, r.rank_for_found, {copied} FROM matches m JOIN _carried r "
+                "ON m.lost_listing_id = r.lost_listing_id AND m.found_listing_id = r.found_listing_id "
+                "WHERE m.run_id = ?",
+                [run_id, previous_run],
+            )
+            con.unregister("_carried")
         _refresh_listings_snapshot(con, listings)
         con.execute(
             "CREATE OR REPLACE VIEW current_matches AS SELECT * FROM matches WHERE run_id = ("
             "SELECT run_id FROM match_runs WHERE status = 'published' ORDER BY finished DESC, started DESC LIMIT 1)"
         )
+        run_rows.record_match_lineage(con, run_id, *lineage)
         run_rows.publish_match(con, run_id, datetime.now(UTC), summary)
 
 
 def match(
-    settings: Settings, *, top_k: int | None = None, device: str | None = None, use_ray: bool | None = None
+    settings: Settings,
+    *,
+    top_k: int | None = None,
+    device: str | None = None,
+    use_ray: bool | None = None,
+    full: bool = False,
 ) -> dict:
-    """Score every plausible lost x found pair and publish the top-k per listing to DuckDB.
+    """Score the lost x found pairs that changed since the last published run (or all of them) and publish the
+    top-k per listing to DuckDB.
 
     Args:
         top_k: matches kept per lost and per found listing (default: match.top_k)
         device: auto, cpu or cuda (default: match.device)
         use_ray: fan blocks out as Ray tasks (default: only when there are more than 2e9 candidate pairs)
+        full: rescore every pair (also chosen by itself when the embedder, weights or scoring config changed)
     """
     started = datetime.now(UTC)
     t0 = time.perf_counter()
@@ -188,18 +350,20 @@ def match(
     parameters = {"top_k": k, "device": dev, "tile_size": tile, "weights": params.weights,
                   "calibration": {"slope": params.slope, "offset": params.offset},
                   "base_radius_km": cfg.base_radius_km, "max_speed_km_per_day": cfg.max_speed_km_per_day,
-                  "max_days": cfg.max_days, "grace_days": cfg.found_before_lost_grace_days}  # fmt: skip
+                  "max_days": cfg.max_days, "grace_days": cfg.found_before_lost_grace_days, "full": full}  # fmt: skip
     with runs.write() as con:
         run_rows.start_match(con, run_id, started, parameters, versions)
     try:
-        summary = _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray, t0)
+        summary = _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray, full, t0)
     except BaseException as exc:
         with runs.write() as con:
             message = f"{type(exc).__name__}: {exc}"[:2000]
             run_rows.fail_match(con, run_id, datetime.now(UTC), time.perf_counter() - t0, message)
         raise
     finally:
+        t_copy = time.perf_counter()
         published = analyst.publish(settings)
+    summary["seconds"]["analyst_copy"] = round(time.perf_counter() - t_copy, 2)
     return {**summary, **published}
 
 
@@ -209,25 +373,27 @@ def _load_sides(
     """Both sides' tensors from the listings and the usable detection rows: one image model, one text model, no
     failed rows. → (lost, found, embed model, text model, superseded rows). Only the columns scoring needs are read,
     and every Arrow table here is garbage once the sides exist (at 500k photos each copy of the vectors is ~1.8 GB:
-    keeping them through scoring tripled match's memory)."""
+    keeping them through scoring tripled match's memory). Each side is in listing-id order: ties between equal
+    scores then go to the lower listing id, whatever order LanceDB returns rows in."""
     det = store.read("detections", columns=DETECTION_COLUMNS, version=version) if version is not None else None
     if det is None or det.num_rows == 0:
         det = pa.Table.from_pylist([], schema=schema.detections_schema(1, 1)).select(list(DETECTION_COLUMNS))
-    lost_l = active_listings(listings, schema.LOST_KINDS)
-    found_l = active_listings(listings, schema.FOUND_KINDS)
-    if det.num_rows:
-        usable = pc.invert(pc.is_in(pc.fill_null(det["status"], "ok"), pa.array(_SKIP_DETECTION_STATUS)))
-        active = pc.is_in(det["listing_id"], pa.concat_arrays([lost_l["listing_id"].combine_chunks(),
-                                                                  found_l["listing_id"].combine_chunks()]))  # fmt: skip
-        det = det.filter(pc.and_(usable, active))
-    det, embed_model, superseded = select_model_vectors(det, configured_embed_model(settings))
-    text_model = _text_model(det)
+    lost_l = active_listings(listings, schema.LOST_KINDS).sort_by("listing_id")
+    found_l = active_listings(listings, schema.FOUND_KINDS).sort_by("listing_id")
+    # masks on the small columns, then one copy of the vectors per side
+    usable = pc.invert(pc.is_in(pc.fill_null(det["status"], "ok"), pa.array(_SKIP_DETECTION_STATUS)))
+    on_side = {name: pc.is_in(det["listing_id"], side_l["listing_id"])
+               for name, side_l in (("lost", lost_l), ("found", found_l))}  # fmt: skip
+    active = pc.and_(usable, pc.or_(on_side["lost"], on_side["found"]))
+    model_rows, embed_model, superseded = model_vector_mask(det, configured_embed_model(settings), active)
+    keep_mask = pc.fill_null(active if model_rows is None else pc.and_(active, model_rows), False)
+    text_rows = pc.and_(keep_mask, pc.is_valid(det["text_embedding"]))
+    text_model = _text_model(pc.value_counts(det["text_model"].filter(text_rows)).to_pylist())
 
-    def side(listings_of_side: pa.Table) -> Side:
-        rows = det.filter(pc.is_in(det["listing_id"], listings_of_side["listing_id"])) if det.num_rows else det
-        return build_side(listings_of_side, rows)
+    def side(name: str, listings_of_side: pa.Table) -> Side:
+        return build_side(listings_of_side, det.filter(pc.and_(keep_mask, on_side[name])))
 
-    return side(lost_l), side(found_l), embed_model, text_model, superseded
+    return side("lost", lost_l), side("found", found_l), embed_model, text_model, superseded
 
 
 def _return_freed_memory() -> None:
@@ -238,14 +404,34 @@ def _return_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray, t0) -> dict[str, Any]:
+def _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray, full, t0) -> dict[str, Any]:
     cfg = settings.match
     listings = store.read("listings", version=versions["listings"]) if versions["listings"] is not None else None
     if listings is None or listings.num_rows == 0:
         listings = pa.Table.from_pylist([], schema=schema.LISTINGS)
     lost, found, embed_model, text_model, superseded = _load_sides(settings, store, versions["detections"], listings)
     _return_freed_memory()
-    params = background_stats(lost, found, params)
+    load_s = time.perf_counter() - t0
+    scoring = _scoring_inputs(params, k, embed_model, text_model, lost, found)
+    population = _population(lost, found)
+    previous_run = _latest_published(runs)
+    mode, reason, background = choose_mode(previous_run, scoring, population, full=full,
+                                           drift=float(cfg.background_drift))  # fmt: skip
+    if background is None:
+        params = background_stats(lost, found, params)
+        background = {f: getattr(params, f) for f in BACKGROUND_FIELDS}
+        estimated_on = population
+    else:
+        params = replace(params, **background)
+        estimated_on = previous_run["lineage"]["estimated_on"]
+    fp_lost, fp_found = side_fingerprints(lost, "lost"), side_fingerprints(found, "found")
+    if mode == "incremental":
+        previous, changed_lost, changed_found, changes = _previous_pairs(
+            runs, previous_run["run_id"], lost, found, fp_lost, fp_found
+        )
+    else:
+        previous, changed_lost, changed_found = Previous.empty(), np.ones(lost.n, bool), np.ones(found.n, bool)
+        changes = {}
     key_args = dict(
         base_radius_km=cfg.base_radius_km,
         max_speed_km_per_day=cfg.max_speed_km_per_day,
@@ -258,29 +444,89 @@ def _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray,
     )
     blocks = make_blocks(lost_keys, found_keys) if lost.n and found.n else []
     candidate_pairs = sum(b.pairs for b in blocks)
-    log.info("match %s: %d lost × %d found listings, %d blocks, %d candidate pairs on %s",
-             run_id, lost.n, found.n, len(blocks), candidate_pairs, dev)  # fmt: skip
+    rows, cols = previous.rescore(changed_lost, changed_found)
+    if mode == "incremental" and _touched_pairs(blocks, rows, cols) > FULL_WHEN_TOUCHED * candidate_pairs:
+        mode, reason = "full", f"the changes touch over {FULL_WHEN_TOUCHED:.0%} of the candidate pairs"
+        previous, rows, cols = Previous.empty(), np.ones(lost.n, bool), np.ones(found.n, bool)
+    log.info("match %s (%s: %s): %d lost × %d found listings, %d blocks, %d candidate pairs, rescoring %d lost "
+             "and %d found listings in full on %s", run_id, mode, reason, lost.n, found.n, len(blocks),
+             candidate_pairs, int(rows.sum()), int(cols.sum()), dev)  # fmt: skip
     t_score = time.perf_counter()
-    rl, rf, _rs, rrank, cl, cf, cs = _score_all(lost, found, params, blocks, k, tile, dev, use_ray, settings)
-    score_s = time.perf_counter() - t_score
-    cl, cf, crank = _merge_found_topk(cl.astype(np.int64), cf.astype(np.int64), cs, k)
 
-    pairs: dict[tuple[int, int], list[Any]] = {}
-    for a, b, r in zip(rl.astype(np.int64).tolist(), rf.astype(np.int64).tolist(), rrank.tolist(), strict=True):
-        pairs[(a, b)] = [r, None]
-    for a, b, r in zip(cl.tolist(), cf.tolist(), crank.tolist(), strict=True):
-        pairs.setdefault((a, b), [None, None])[1] = r
-    keys = sorted(pairs)
-    li = np.array([p[0] for p in keys], dtype=np.int64)
-    fi = np.array([p[1] for p in keys], dtype=np.int64)
-    terms = Scorer(lost, found, params, "cpu").pairs(li, fi)
-    n = len(keys)
-    matches = pa.table(
+    def score(part: list[Block], kk: int) -> tuple[np.ndarray, ...]:
+        return _score_all(lost, found, params, part, kk, tile, dev, use_ray, settings)
+
+    scorer = Scorer(lost, found, params, "cpu")
+    sel = select(scorer, blocks, previous, rows, cols, k, score)
+    score_s = time.perf_counter() - t_score
+    matches = _match_rows(run_id, lost, found, sel)
+    carried = None
+    if mode == "incremental":
+        reused = ~sel.scored
+        carried = (previous_run["run_id"], pa.table({
+            "lost_listing_id": pa.array(lost.listing_ids[sel.lost[reused]].tolist(), pa.string()),
+            "found_listing_id": pa.array(found.listing_ids[sel.found[reused]].tolist(), pa.string()),
+            "rank_for_lost": _ranks(sel.rank_for_lost[reused]),
+            "rank_for_found": _ranks(sel.rank_for_found[reused]),
+        }))  # fmt: skip
+    changes.update(
+        rescored_lost=int(rows.sum()), rescored_found=int(cols.sum()), pairs_scored=sel.tile_pairs,
+        pairs_valued=sel.pair_values, matches_carried=int((~sel.scored).sum()),
+    )  # fmt: skip
+    fingerprints = dict(zip(lost.listing_ids.tolist(), fp_lost.tolist(), strict=True))
+    fingerprints.update(zip(found.listing_ids.tolist(), fp_found.tolist(), strict=True))
+    listings = listings.append_column(
+        "match_fingerprint", pa.array([fingerprints.get(x) for x in listings["listing_id"].to_pylist()], pa.string())
+    )
+    n = len(sel.lost)
+    summary: dict[str, Any] = {
+        "run_id": run_id,
+        "status": "published",
+        "mode": mode,
+        "mode_reason": reason,
+        "changes": changes,
+        "lost_listings": lost.n,
+        "found_listings": found.n,
+        "blocks": len(blocks),
+        "candidate_pairs": candidate_pairs,
+        "pairs_scored": sel.tile_pairs,
+        "matches": n,
+        "embed_model": embed_model,
+        "text_model": text_model,
+        "superseded_vectors": superseded,
+        "lance_versions": versions,
+        "device": dev,
+        "pairs_per_s": round(sel.tile_pairs / score_s, 1) if score_s > 0 else None,
+    }
+    t_publish = time.perf_counter()
+    summary["seconds"] = {"load": round(load_s, 2), "plan": round(t_score - t0 - load_s, 2),
+                          "score": round(score_s, 2), "rows": round(t_publish - t_score - score_s, 2)}  # fmt: skip
+    summary["duration_s"] = round(time.perf_counter() - t0, 3)
+    lineage = {"scoring": scoring, "background": background, "estimated_on": estimated_on}
+    _publish(runs, run_id, matches, carried, listings, summary,
+             (mode, reason, _fingerprint(scoring), lineage, changes))  # fmt: skip
+    summary["seconds"]["publish"] = round(time.perf_counter() - t_publish, 2)
+    no_photo = runs.query("SELECT count(*) FROM matches WHERE run_id = ? AND no_photo", [run_id])
+    summary["no_photo_matches"] = no_photo[0][0]
+    return summary
+
+
+def _ranks(values: np.ndarray) -> pa.Array:
+    return pa.array(values, pa.int32(), mask=values == 0)
+
+
+def _match_rows(run_id: str, lost: Side, found: Side, sel: Selection) -> pa.Table:
+    """The rows of the pairs this run valued itself (the others are carried from the previous run)."""
+    li, fi, t = sel.lost[sel.scored], sel.found[sel.scored], sel.term_row[sel.scored]
+    terms = {key: values[t] for key, values in sel.terms.items()}
+    n = len(li)
+    return pa.table(
         {
             "run_id": pa.array([run_id] * n, pa.string()),
             "lost_listing_id": pa.array(lost.listing_ids[li].tolist() if n else [], pa.string()),
             "found_listing_id": pa.array(found.listing_ids[fi].tolist() if n else [], pa.string()),
             "score": pa.array(terms["score"], pa.float64()),
+            "fused": pa.array(terms["fused"], pa.float64()),
             "image_sim": _nullable(terms["image_sim"]),
             "text_sim": _nullable(terms["text_sim"]),
             "attribute_score": _nullable(terms["attribute_score"]),
@@ -289,33 +535,14 @@ def _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray,
             "distance_km": _nullable(terms["distance_km"]),
             "days_apart": _nullable(terms["days_apart"]),
             "photos_agreeing": pa.array(terms["photos_agreeing"], pa.int32()),
-            "rank_for_lost": pa.array([pairs[p][0] for p in keys], pa.int32()),
-            "rank_for_found": pa.array([pairs[p][1] for p in keys], pa.int32()),
+            "rank_for_lost": _ranks(sel.rank_for_lost[sel.scored]),
+            "rank_for_found": _ranks(sel.rank_for_found[sel.scored]),
             "no_photo": pa.array(terms["no_photo"], pa.bool_()),
             "lost_photo_id": pa.array(terms["lost_photo_id"].tolist(), pa.string()),
             "found_photo_id": pa.array(terms["found_photo_id"].tolist(), pa.string()),
             "explanation": pa.array(terms["explanation"].tolist(), pa.string()),
         }
     )
-    summary: dict[str, Any] = {
-        "run_id": run_id,
-        "status": "published",
-        "lost_listings": lost.n,
-        "found_listings": found.n,
-        "blocks": len(blocks),
-        "candidate_pairs": candidate_pairs,
-        "matches": n,
-        "embed_model": embed_model,
-        "text_model": text_model,
-        "superseded_vectors": superseded,
-        "lance_versions": versions,
-        "device": dev,
-        "pairs_per_s": round(candidate_pairs / score_s, 1) if score_s > 0 else None,
-        "no_photo_matches": int(terms["no_photo"].sum()),
-    }
-    summary["duration_s"] = round(time.perf_counter() - t0, 3)
-    _publish(runs, run_id, matches, listings, summary)
-    return summary
 
 
 def _nullable(values: np.ndarray) -> pa.Array:

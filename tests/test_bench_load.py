@@ -60,7 +60,7 @@ def test_bench_load_small_reports_every_stage(
     from ray_jobs.cli import main
 
     sizes = {"listings": 1500, "photos": 3500, "dim": 64, "text-dim": 16, "chunk": 400, "flush-items": 600,
-             "vector-chunk": 1000, "datasets-dir": datasets_dir}  # fmt: skip
+             "vector-chunk": 1000, "datasets-dir": datasets_dir, "new": 60}  # fmt: skip
     argv = ["--data-dir", settings.data_dir, "bench", "load"]
     argv += [a for flag, value in sizes.items() for a in (f"--{flag}", str(value))]
     assert main(argv) == 0
@@ -76,6 +76,10 @@ def test_bench_load_small_reports_every_stage(
     for stage in ("ingest", "vectors", "match"):
         assert out[stage]["peak_rss_mb"] > 0
     assert out["peak_rss_mb"] >= max(out[s]["peak_rss_mb"] for s in ("ingest", "vectors", "match")) * 0.99
+    inc = out["incremental"]  # 60 more listings: an incremental match, then a full rematch of the same data
+    assert inc["mode"] == "incremental" and inc["identical"] is True and inc["rows_differing"] == 0
+    assert inc["changes"]["lost_new"] + inc["changes"]["found_new"] == 60
+    assert 0 < inc["pairs_scored"] < inc["full_pairs_scored"] and inc["seconds"] > 0 and inc["full_seconds"] > 0
     assert out["data_dir"] is None and not list(Path(settings.data_dir).glob("bench-load-*"))
 
 

@@ -280,7 +280,7 @@ def test_small_tiles_give_identical_results(settings: Settings) -> None:
     world.plant(15, distractors=30)
     world.write(settings)
     big = match(settings, top_k=4)
-    small = match(settings.with_overrides({"match": {"tile_size": 7}}), top_k=4)
+    small = match(settings.with_overrides({"match": {"tile_size": 7}}), top_k=4, full=True)
     db = RunsDB(settings.duckdb)
     cols = "lost_listing_id, found_listing_id, rank_for_lost, rank_for_found, round(score, 5), photos_agreeing"
     q = f"SELECT {cols} FROM matches WHERE run_id = ? ORDER BY 1, 2"
@@ -297,7 +297,7 @@ def test_ray_fan_out_gives_the_same_matches(settings: Settings, ray_local: None)
         world.add(["lost", "found"][i % 2], f"moscow-{i}", world.identity(), lat=55.75, lon=37.6, species="cat")
     world.write(settings)
     local = match(settings, top_k=3, use_ray=False)
-    fanned = match(settings, top_k=3, use_ray=True)
+    fanned = match(settings, top_k=3, use_ray=True, full=True)
     assert local["blocks"] >= 2
     db = RunsDB(settings.duckdb)
     q = (
@@ -311,3 +311,79 @@ def test_empty_inputs_publish_an_empty_run(settings: Settings) -> None:
     out = match(settings)
     assert out["status"] == "published" and out["matches"] == 0
     assert RunsDB(settings.duckdb).query("SELECT status FROM match_runs") == [("published",)]
+
+
+def _published(db: RunsDB, run_id: str) -> list[tuple]:
+    """Every column of a run's matches but the run id, in pair order: what 'identical' compares."""
+    return db.query(
+        "SELECT * EXCLUDE (run_id) FROM matches WHERE run_id = ? ORDER BY lost_listing_id, found_listing_id", [run_id]
+    )
+
+
+def test_incremental_match_publishes_what_a_full_rematch_does(settings: Settings) -> None:
+    settings = settings.with_overrides({"match": {"background_drift": 10.0}})
+    world = World()
+    pairs = world.plant(16, distractors=40)
+    for i in range(100):  # cats: a block of their own that no change below touches
+        world.add(["lost", "found"][i % 2], f"cat-{i}", world.identity(), day=i % 9, species="cat")
+    world.write(settings)
+    first = match(settings, top_k=4)
+    assert first["mode"] == "full" and first["mode_reason"] == "first match run"
+    db = RunsDB(settings.duckdb)
+    assert current(settings, *pairs[0])[0] == 1  # so closing found-0 must let lost-0's fifth pair back in
+
+    by_id = {row["listing_id"]: row for row in world.listings}
+    by_id[pairs[0][1]]["status"] = "resolved"  # a found listing in a top-k closes
+    by_id[pairs[2][0]]["status"] = "resolved"  # a lost listing in a top-k closes
+    by_id[pairs[1][0]]["colors"] = ["white"]  # a lost listing changes
+    by_id[pairs[3][1]]["lat"] += 0.01  # a found listing moves
+    new_pairs = [(world.add("lost", f"new-lost-{i}", a, day=3), world.add("found", f"new-found-{i}", a, day=4))
+                 for i, a in enumerate(world.identity() for _ in range(3))]  # fmt: skip
+    for i in range(6):
+        world.add(["lost", "found"][i % 2], f"new-other-{i}", world.identity(), day=5)
+    world.write(settings)
+
+    incremental = match(settings, top_k=4)
+    assert incremental["mode"] == "incremental", incremental["mode_reason"]
+    changes = incremental["changes"]
+    assert [changes[f"{side}_{what}"] for what in ("new", "changed", "removed") for side in ("lost", "found")] == [
+        6, 6, 1, 1, 1, 1,
+    ]  # fmt: skip
+    assert 0 < incremental["pairs_scored"] < incremental["candidate_pairs"] and changes["matches_carried"] > 0, changes
+    assert all(current(settings, *p)[0] == 1 for p in new_pairs)
+    assert current(settings, *pairs[0]) is None and current(settings, *pairs[2]) is None
+
+    rematch = match(settings, top_k=4, full=True)
+    assert rematch["mode"] == "full" and rematch["mode_reason"] == "--full requested"
+    assert rematch["pairs_scored"] == rematch["candidate_pairs"] == incremental["candidate_pairs"]
+    assert _published(db, incremental["run_id"]) == _published(db, rematch["run_id"])
+    assert len(_published(db, rematch["run_id"])) == rematch["matches"]
+
+    nothing = match(settings, top_k=4)  # no change at all: nothing scored, the same matches
+    assert nothing["mode"] == "incremental" and nothing["pairs_scored"] == 0
+    assert _published(db, nothing["run_id"]) == _published(db, rematch["run_id"])
+    mode = db.query("SELECT mode, mode_reason, changes->>'pairs_scored' FROM match_runs WHERE run_id = ?",
+                    [incremental["run_id"]])  # fmt: skip
+    assert mode == [("incremental", incremental["mode_reason"], str(incremental["pairs_scored"]))]
+
+
+def test_scoring_or_population_changes_force_a_full_rematch(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = World()
+    world.plant(6, distractors=10)
+    world.write(settings)
+    match(settings, top_k=3)
+    reweighted = match(settings.with_overrides({"match": {"weights": {"image": 0.9, "geo": 0.1}}}), top_k=3)
+    assert reweighted["mode"] == "full" and "params" in reweighted["mode_reason"]
+    more = match(settings.with_overrides({"match": {"weights": {"image": 0.9, "geo": 0.1}}}), top_k=5)
+    assert more["mode"] == "full" and "top_k" in more["mode_reason"]
+    # a third more vectors on each side: the frozen background no longer describes the population
+    for i in range(8):
+        world.add(["lost", "found"][i % 2], f"more-{i}", world.identity())
+    world.write(settings)
+    drifted = match(settings.with_overrides({"match": {"weights": {"image": 0.9, "geo": 0.1}}}), top_k=5)
+    assert drifted["mode"] == "full" and "drifted" in drifted["mode_reason"]
+    monkeypatch.setattr(match_job, "_scoring_code", lambda: "another version of the scoring modules")
+    upgraded = match(settings.with_overrides({"match": {"weights": {"image": 0.9, "geo": 0.1}}}), top_k=5)
+    assert upgraded["mode"] == "full" and upgraded["mode_reason"].endswith(": code")

@@ -39,11 +39,13 @@ def _floats(table: pa.Table, name: str) -> np.ndarray:
 
 
 def _vectors(column: pa.ChunkedArray) -> np.ndarray:
-    arr = column.combine_chunks()
-    dim = arr.type.list_size
-    vecs = np.array(arr.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
-    norms = np.linalg.norm(vecs, axis=1, keepdims=True)
-    vecs /= np.where(norms > 0, norms, 1.0)  # in place: the copy above is the only one
+    dim = column.type.list_size
+    parts = [c.flatten().to_numpy(zero_copy_only=False) for c in column.chunks]
+    # one copy (a single chunk is Arrow's read-only memory): the normalisation below is in place
+    flat = parts[0].copy() if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros(0)
+    vecs = flat.astype(np.float32, copy=False).reshape(-1, dim)
+    norms = np.sqrt(np.einsum("ij,ij->i", vecs, vecs))[:, None]
+    vecs /= np.where(norms > 0, norms, 1.0)
     return vecs
 
 
@@ -53,13 +55,24 @@ def select_model_vectors(det: pa.Table, wanted: str | None) -> tuple[pa.Table, s
     has a vector of the run's model too (enrichment re-embeds every photo when the profile changes); a photo whose
     only vectors come from another model means enrichment is unfinished or mixed, and is refused with an error naming
     both models. Rows without an image vector (text only) are kept. → (rows, run model, superseded rows dropped)."""
+    keep, run_model, n_other = model_vector_mask(det, wanted)
+    return (det if keep is None else det.filter(keep)), run_model, n_other
+
+
+def model_vector_mask(
+    det: pa.Table, wanted: str | None, within: pa.ChunkedArray | None = None
+) -> tuple[pa.ChunkedArray | None, str | None, int]:
+    """:func:`select_model_vectors` of the rows ``within`` (a mask; None: all) as a row mask of ``det`` (None: every
+    row), so a caller with filters of its own copies the vectors once."""
     if det.num_rows == 0:
-        return det, wanted, 0
+        return None, wanted, 0
     has_emb = pc.is_valid(det["embedding"])
+    if within is not None:
+        has_emb = pc.and_(has_emb, within)
     models = pc.fill_null(det["embed_model"], "")
-    counts = Counter(m for m, e in zip(models.to_pylist(), has_emb.to_pylist(), strict=True) if e)
+    counts = Counter({c["values"]: c["counts"] for c in pc.value_counts(models.filter(has_emb)).to_pylist()})
     if not counts:
-        return det, wanted, 0
+        return None, wanted, 0
     run_model = wanted or counts.most_common(1)[0][0]
     mine = pc.and_(has_emb, pc.equal(models, run_model))
     others = pc.and_(has_emb, pc.not_equal(models, run_model))
@@ -67,7 +80,7 @@ def select_model_vectors(det: pa.Table, wanted: str | None) -> tuple[pa.Table, s
     if n_other:
 
         def photos(mask: pa.ChunkedArray) -> list[tuple[Any, Any]]:
-            t = det.filter(mask)
+            t = det.select(["listing_id", "photo_id"]).filter(mask)
             return list(zip(t["listing_id"].to_pylist(), t["photo_id"].to_pylist(), strict=True))
 
         covered = set(photos(mine))
@@ -82,8 +95,7 @@ def select_model_vectors(det: pa.Table, wanted: str | None) -> tuple[pa.Table, s
                 "models cannot be compared: run `homeward enrich` with one profile until every photo has a vector "
                 "of the run's model (or use another data_dir)"
             )
-    keep = pc.or_(mine, pc.invert(has_emb))
-    return det.filter(keep), run_model, n_other
+    return pc.or_(mine, pc.invert(has_emb)), run_model, n_other
 
 
 SPECIES_VOTE_CONFIDENCE = 0.7
@@ -109,7 +121,9 @@ def build_side(listings: pa.Table, det: pa.Table) -> Side:
     owners = np.array([index[x] for x in det["listing_id"].to_pylist()], dtype=np.int64)
     has_emb = pc.is_valid(det["embedding"]).to_numpy(zero_copy_only=False) if det.num_rows else np.zeros(0, bool)
     voting = ["embedding", "photo_id", "species"] + (["confidence"] if "confidence" in det.column_names else [])
-    emb_rows = det.select(voting).filter(pa.array(has_emb)) if det.num_rows else det
+    emb_rows = det.select(voting) if det.num_rows else det
+    if not has_emb.all():  # a filter copies the vectors: only when some row has none
+        emb_rows = emb_rows.filter(pa.array(has_emb))
     emb_owner = owners[has_emb]
     order = np.argsort(emb_owner, kind="stable")
     if emb_rows.num_rows:
@@ -138,9 +152,9 @@ def build_side(listings: pa.Table, det: pa.Table) -> Side:
     if det.num_rows and "text_embedding" in det.column_names:
         valid = pc.is_valid(det["text_embedding"]).to_numpy(zero_copy_only=False)
         if valid.any():
-            vecs = _vectors(det["text_embedding"].filter(pa.array(valid)))
-            np.add.at(text, owners[valid], vecs)
-            norms = np.linalg.norm(text, axis=1, keepdims=True)
+            vecs = _vectors(det["text_embedding"] if valid.all() else det["text_embedding"].filter(pa.array(valid)))
+            torch.from_numpy(text).index_add_(0, torch.from_numpy(owners[valid]), torch.from_numpy(vecs))
+            norms = np.sqrt(np.einsum("ij,ij->i", text, text))[:, None]
             has_text = norms[:, 0] > 0
             text = text / np.where(norms > 0, norms, 1.0)
 

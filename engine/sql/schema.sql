@@ -180,3 +180,13 @@ CREATE TABLE IF NOT EXISTS loop_alerts (
 
 -- Where lat/lon came from (engine.places.GEO_SOURCES); added after the first release, so older files get it here.
 ALTER TABLE listings ADD COLUMN IF NOT EXISTS geo_source VARCHAR;
+
+-- Incremental match (ray_jobs/match.py): a run's mode and why, its scoring fingerprint and lineage (scoring inputs,
+-- frozen background), the per-listing fingerprints of the snapshot it scored, and each kept pair's fused value.
+ALTER TABLE match_runs ADD COLUMN IF NOT EXISTS mode VARCHAR;                 -- full | incremental
+ALTER TABLE match_runs ADD COLUMN IF NOT EXISTS mode_reason VARCHAR;
+ALTER TABLE match_runs ADD COLUMN IF NOT EXISTS scoring_fingerprint VARCHAR;
+ALTER TABLE match_runs ADD COLUMN IF NOT EXISTS lineage JSON;
+ALTER TABLE match_runs ADD COLUMN IF NOT EXISTS changes JSON;
+ALTER TABLE matches ADD COLUMN IF NOT EXISTS fused DOUBLE;
+ALTER TABLE listings ADD COLUMN IF NOT EXISTS match_fingerprint VARCHAR;

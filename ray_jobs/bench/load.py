@@ -217,6 +217,7 @@ def bench_load(
     reference: bool = True,
     skip_match: bool = False,
     keep: bool = False,
+    new: int = 0,
 ) -> dict:
     """Synthetic region (realistic fields) through crawl-ingest → match: throughput per stage and peak memory.
 
@@ -235,6 +236,8 @@ def bench_load(
         reference: also time the plain LanceDB append of the same rows (ingest reference).
         skip_match: stop after the vectors (match is quadratic in the listings of a block: see docs/SCALE_OUT.md).
         keep: keep the generated data dir (its path is in the output).
+        new: after the match, add this many new listings (same distributions, their own photos and vectors), then
+            time an incremental match and a full rematch of the same data and compare what they publish.
     """
     from ray_jobs.bench.synthetic import Region, load_region_model
     from ray_jobs.match import configured_embed_model
@@ -260,6 +263,10 @@ def bench_load(
         print(f"[2/3] synthetic vectors ({dim}-d image, {text_dim}-d text)", file=sys.stderr, flush=True)
         vectors = write_vectors(run_settings, region, dim, text_dim, embed_model, vector_chunk)
         matched = None if skip_match else _match_stage(run_settings, region, dim, top_k, use_ray)
+        incremental = None
+        if new and not skip_match:
+            extra = dict(dim=dim, text_dim=text_dim, embed_model=embed_model, chunk=chunk, flush_items=flush_items)
+            incremental = _incremental_stage(run_settings, region, new, top_k, use_ray, **extra)
         disk_mb = round(sum(f.stat().st_size for f in work.rglob("*") if f.is_file()) / 2**20, 1)
     finally:
         if not keep:
@@ -271,6 +278,7 @@ def bench_load(
         "ingest": ingested,
         "vectors": vectors,
         "match": matched,
+        **({"incremental": incremental} if incremental is not None else {}),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "cpus": os.cpu_count(),
         "seconds": round(time.perf_counter() - started, 1),
@@ -301,6 +309,69 @@ def _match_stage(settings: Settings, region: Any, dim: int, top_k: int | None, u
         "reference_pairs_per_s": round(ref_rate, 1),
         "ratio_to_matmul": round(result["candidate_pairs"] / match_s / ref_rate, 4),
         **reunion_ranks(settings, region, result["run_id"]),
+    }
+
+
+def _incremental_stage(
+    settings: Settings,
+    region: Any,
+    new: int,
+    top_k: int | None,
+    use_ray: bool,
+    *,
+    dim: int,
+    text_dim: int,
+    embed_model: str,
+    chunk: int,
+    flush_items: int,
+) -> dict[str, Any]:
+    """``new`` more listings of the region's distributions (own seed and ids, as many photos per listing, their
+    vectors), then ``match`` incrementally and ``match --full`` of the same data, each timed; ``identical``: the two
+    published runs' matches are equal, every column but the run id."""
+    from engine.storage import RunsDB
+    from ray_jobs.bench.synthetic import Region
+    from ray_jobs.match import match
+
+    class NewListings(Region):
+        """More listings of the same region, with ids of their own (``<kind>n<index>``): none replaces one."""
+
+        def source_id(self, i: int) -> str:
+            return f"{self.kind[i][0]}n{i:07d}"
+
+    print(f"[4/4] {new} new listings: incremental match, then a full rematch", file=sys.stderr, flush=True)
+    photos = round(new * region.n_photos / max(region.n_listings, 1))
+    added = NewListings(region.model, n_listings=new, n_photos=photos, seed=region.seed + 1)
+    ingest(settings, added, chunk, flush_items, reference=False)
+    write_vectors(settings, added, dim, text_dim, embed_model, chunk)
+    timed = {}
+    for name, full in (("incremental", False), ("full", True)):
+        t0 = time.perf_counter()
+        timed[name] = (match(settings, top_k=top_k, use_ray=use_ray, full=full), time.perf_counter() - t0)
+    (inc, inc_s), (ful, full_s) = timed["incremental"], timed["full"]
+    with RunsDB(settings.duckdb).read() as con:
+        differ = con.execute(
+            "WITH a AS (SELECT * EXCLUDE (run_id) FROM matches WHERE run_id = ?), "
+            "b AS (SELECT * EXCLUDE (run_id) FROM matches WHERE run_id = ?) "
+            "SELECT (SELECT count(*) FROM (SELECT * FROM a EXCEPT SELECT * FROM b)) "
+            "+ (SELECT count(*) FROM (SELECT * FROM b EXCEPT SELECT * FROM a))",
+            [inc["run_id"], ful["run_id"]],
+        ).fetchone()[0]
+    return {
+        "new_listings": new,
+        "seconds": round(inc_s, 2),
+        "full_seconds": round(full_s, 2),
+        "ratio": round(inc_s / full_s, 4),
+        "identical": differ == 0 and inc["matches"] == ful["matches"],
+        "rows_differing": differ,
+        "mode": inc["mode"],
+        "mode_reason": inc["mode_reason"],
+        "full_mode_reason": ful["mode_reason"],
+        "changes": inc["changes"],
+        "pairs_scored": inc["pairs_scored"],
+        "full_pairs_scored": ful["pairs_scored"],
+        "phases": inc["seconds"],
+        "full_phases": ful["seconds"],
+        "matches": inc["matches"],
     }
 
 

@@ -1,0 +1,293 @@
+"""Incremental matching: which rows to rescore, and the exact top-k per listing from candidates and the last run.
+
+A published run is a function of one number per pair, the fused value ``v(lost, found)``: each lost listing keeps its
+``k`` best found listings and each found listing its ``k`` best lost listings, by ``v`` descending then listing id
+ascending (finite ``v`` only; blocking is exact with respect to the hard rules, so a listing's candidates are every
+finite pair, whatever the blocks). ``v`` of a pair depends only on its two listings (their :func:`side_fingerprints`)
+and on the run lineage's parameters (scoring configuration and the frozen background). So after listings come, change
+or go:
+
+* a lost listing that is new or changed, or whose previous top-k held a found listing that changed or went away
+  (the pair just below its cut is unknown), is **rescored in full** against its block (``rows`` mask);
+* every other lost listing keeps its previous top-k, merged with its pairs to new or changed found listings: only
+  those can enter, and a found listing that went away outside its top-k changes nothing;
+* the same, the other way round, for found listings (``cols`` mask).
+
+Two facts make the merge exact rather than approximate:
+
+* **Per-pair values, never tile values, decide.** A tile's matrix product runs other kernels for other shapes (a row
+  scored among 4,096 rows and among 3 differs in the last bits), so tiles only *nominate* candidates, ``k +``
+  :data:`CANDIDATE_MARGIN` per listing, and :func:`pair_terms` computes every candidate's value pair by pair in
+  batches whose shapes depend only on the pair (its two detection counts). A full run ranks the same way.
+* The background statistics (image/text centre and spread) are frozen per lineage (``ray_jobs.match`` keeps them),
+  so a new listing does not move every pair's value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from engine.scoring.blocking import Block
+from engine.scoring.fuse import Scorer, Side
+
+CANDIDATE_MARGIN = 2
+"""Tiles nominate ``k + CANDIDATE_MARGIN`` candidates per listing. Tile and per-pair values differ by a few float32
+ulps; the true k-th best could only fall outside the nominees if more than this many others lay within those ulps of
+it with their order flipped."""
+TILE_TOLERANCE = 1e-4
+"""A new candidate whose tile value is this far below a listing's previous k-th value cannot enter its top-k (tile and
+pair values differ by ~1e-7); above it, its exact per-pair value decides."""
+PAIR_BATCH = 2048
+LANES = 64
+"""A multiple of every SIMD width torch uses (its vector loops step two registers: at most 32 floats on AVX-512)."""
+
+
+# ----------------------------------------------------------------------------------------------------- fingerprints
+def side_fingerprints(side: Side, tag: str) -> np.ndarray:
+    """One hex digest per listing of everything scoring reads of it (species after detection votes, place, date,
+    attribute codes, text vector, every detection vector and photo id): equal digests give equal pair values."""
+    n = side.n
+    per_listing = [side.species, side.lat, side.lon, side.day, side.text, side.has_text]
+    per_listing += [getattr(side.attrs, f.name) for f in fields(side.attrs)]
+    fixed = np.concatenate(
+        [np.ascontiguousarray(t.numpy()).reshape(n, math.prod(t.shape[1:])).view(np.uint8) for t in per_listing],
+        axis=1,
+    )
+    det = np.ascontiguousarray(side.det_emb.numpy()).view(np.uint8)
+    offsets = side.det_offsets.tolist()
+    out = np.empty(n, dtype=object)
+    for i in range(n):
+        h = hashlib.blake2b(tag.encode(), digest_size=16)
+        h.update(fixed[i].data)
+        a, b = offsets[i], offsets[i + 1]
+        h.update(det[a:b].data)
+        h.update("\0".join(str(p) for p in side.det_photo[a:b]).encode())
+        out[i] = h.hexdigest()
+    return out
+
+
+# -------------------------------------------------------------------------------------------------- per-pair values
+def pair_terms(scorer: Scorer, li: np.ndarray, fi: np.ndarray) -> dict[str, np.ndarray]:
+    """``scorer.pairs`` of (li, fi), computed so that each pair's values do not depend on the other pairs asked.
+
+    Three things make a pair's last bits depend on its batch in ``Scorer.pairs``: detections are padded to the
+    batch's widest listing and torch picks its product kernel by shape (and another path for a batch of one); and an
+    element-wise op (sigmoid, the trigonometry of distances) runs SIMD code on whole vector widths but scalar libm
+    code on a batch's tail. So every batch here holds pairs of one (lost, found) detection count, and is padded (by
+    repeating its first pair) to a multiple of :data:`LANES`, so every pair goes through the SIMD code."""
+    li, fi = np.asarray(li, dtype=np.int64), np.asarray(fi, dtype=np.int64)
+    n = len(li)
+    if n == 0:
+        return scorer.pairs(li, fi)
+    cl = scorer.lost.det_counts.numpy()[li]
+    cf = scorer.found.det_counts.numpy()[fi]
+    order = np.lexsort((cf, cl))
+    key = cl[order] * (int(cf.max()) + 1) + cf[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(key)) + 1, n]
+    parts: list[dict[str, np.ndarray]] = []
+    for s, e in itertools.pairwise(starts):
+        group = order[s:e]
+        for batch in np.array_split(group, -(-len(group) // PAIR_BATCH)):
+            padded = np.r_[batch, np.repeat(batch[:1], -len(batch) % LANES)]
+            out = scorer.pairs(li[padded], fi[padded], chunk=len(padded))
+            parts.append({k: v[: len(batch)] for k, v in out.items()})
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    inverse = np.empty(n, dtype=np.int64)
+    inverse[order] = np.arange(n)
+    return {k: v[inverse] for k, v in merged.items()}
+
+
+# ------------------------------------------------------------------------------------------------------- selection
+def rank_within(owner: np.ndarray, other: np.ndarray, fused: np.ndarray, k: int) -> np.ndarray:
+    """1-based rank of each pair among its owner's pairs by (fused desc, other asc); 0 beyond ``k`` or not finite.
+    Indices follow listing-id order, so ``other`` ascending breaks ties by listing id."""
+    rank = np.zeros(len(owner), dtype=np.int64)
+    if len(owner) == 0:
+        return rank
+    order = np.lexsort((other, -fused, owner))
+    o = owner[order]
+    start = np.r_[0, np.flatnonzero(np.diff(o)) + 1]
+    pos = np.arange(len(o)) - np.repeat(start, np.diff(np.r_[start, len(o)])) + 1
+    ok = np.isfinite(fused[order]) & (pos <= k)
+    rank[order[ok]] = pos[ok]
+    return rank
+
+
+@dataclass
+class Previous:
+    """The previous published run's kept pairs in this run's indices (-1: that listing is new, changed or gone)."""
+
+    lost: np.ndarray
+    found: np.ndarray
+    fused: np.ndarray
+    for_lost: np.ndarray  # bool: in the lost listing's top-k
+    for_found: np.ndarray  # bool: in the found listing's top-k
+
+    @classmethod
+    def empty(cls) -> Previous:
+        z = np.zeros(0, dtype=np.int64)
+        return cls(z, z, np.zeros(0), z.astype(bool), z.astype(bool))
+
+    def rescore(self, changed_lost: np.ndarray, changed_found: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(lost rows, found columns) to rescore in full: the changed listings and every unchanged one whose
+        previous top-k held a listing of the other side that changed or went away."""
+        rows, cols = changed_lost.copy(), changed_found.copy()
+        lost_ok, found_ok = self.lost >= 0, self.found >= 0
+        rows[self.lost[self.for_lost & lost_ok & ~found_ok]] = True
+        cols[self.found[self.for_found & found_ok & ~lost_ok]] = True
+        return rows, cols
+
+    def kept(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Masks of the previous pairs that stay in their lost / found listing's pool (that listing not rescored)."""
+        both = (self.lost >= 0) & (self.found >= 0)
+        keep_l = self.for_lost & both
+        keep_l[keep_l] = ~rows[self.lost[keep_l]]
+        keep_f = self.for_found & both
+        keep_f[keep_f] = ~cols[self.found[keep_f]]
+        return keep_l, keep_f
+
+    def keys(self, mask: np.ndarray, n_found: int) -> np.ndarray:
+        """Pair keys (``lost * n_found + found``) of the previous pairs in ``mask``."""
+        return self.lost[mask] * n_found + self.found[mask]
+
+    def kth(self, n: int, owner_is_lost: bool, k: int) -> np.ndarray:
+        """Per listing of one side, the previous k-th best fused value (-inf when it kept fewer than k)."""
+        mask = (self.for_lost if owner_is_lost else self.for_found) & (self.lost >= 0) & (self.found >= 0)
+        owner = (self.lost if owner_is_lost else self.found)[mask]
+        out = np.full(n, -np.inf)
+        if len(owner) == 0:
+            return out
+        counts = np.bincount(owner, minlength=n)
+        order = np.lexsort((-self.fused[mask], owner))
+        start = np.r_[0, np.cumsum(counts)[:-1]]
+        full = counts >= k
+        out[full] = self.fused[mask][order][start[full] + k - 1]
+        return out
+
+
+def split_blocks(blocks: list[Block], rows: np.ndarray, cols: np.ndarray) -> tuple[list[Block], list[Block]]:
+    """The blocks restricted to the rescored lost rows (against every found listing of the block), and to the
+    rescored found columns (against every lost listing of the block)."""
+    by_rows = [Block(b.lost[rows[b.lost]], b.found) for b in blocks]
+    by_cols = [Block(b.lost, b.found[cols[b.found]]) for b in blocks]
+    return [b for b in by_rows if b.pairs], [b for b in by_cols if b.pairs]
+
+
+def admit(owner: np.ndarray, tile: np.ndarray, kth: np.ndarray) -> np.ndarray:
+    """Nominees that could enter their owner's previous top-k: tile value within :data:`TILE_TOLERANCE` of its k-th."""
+    return tile >= kth[owner] - TILE_TOLERANCE
+
+
+ScoreBlocks = Callable[[list[Block], int], tuple[np.ndarray, ...]]
+"""``score(blocks, k)`` → tile top-k per lost row and per found column, as ``score_blocks`` returns them."""
+
+
+@dataclass
+class Selection:
+    """The pairs a run publishes, their ranks and fused values; ``terms`` for the pairs scored in this run
+    (``scored`` True, row ``term_row`` of ``terms``), the previous run's row stands for the others."""
+
+    lost: np.ndarray
+    found: np.ndarray
+    fused: np.ndarray
+    rank_for_lost: np.ndarray  # 0: not in the lost listing's top-k
+    rank_for_found: np.ndarray
+    scored: np.ndarray
+    term_row: np.ndarray
+    terms: dict[str, np.ndarray]
+    tile_pairs: int  # pairs the tiles scored
+    pair_values: int  # pairs valued one by one (tile nominees and merges)
+
+
+def select(
+    scorer: Scorer,
+    blocks: list[Block],
+    previous: Previous,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    k: int,
+    score: ScoreBlocks,
+) -> Selection:
+    """Top-k per lost and per found listing: rows / columns in ``rows`` / ``cols`` from scratch, every other
+    listing from its previous top-k merged with its new nominees. All True and no previous run: a full run."""
+    n_lost, n_found = scorer.lost.n, scorer.found.n
+    nf = max(n_found, 1)  # pair key: lost * nf + found
+    kk = k + CANDIDATE_MARGIN
+    everything = bool(rows.all() and cols.all())
+    row_blocks, col_blocks = (blocks, blocks) if everything else split_blocks(blocks, rows, cols)
+    first = score(row_blocks, kk)
+    second = first if everything else score(col_blocks, kk)
+    tile_pairs = sum(b.pairs for b in row_blocks) + (0 if everything else sum(b.pairs for b in col_blocks))
+
+    def nominees(rows_part: tuple, cols_part: tuple) -> tuple[np.ndarray, np.ndarray]:
+        """Row nominees of the rescored rows, and of the others those that could enter; the same for columns."""
+        rl, rf, rs = (np.asarray(a) for a in rows_part)
+        cl, cf, cs = (np.asarray(a) for a in cols_part)
+        top = rank_within(cf.astype(np.int64), cl.astype(np.int64), cs, kk) > 0  # a found listing's best over blocks
+        cl, cf, cs = cl[top], cf[top], cs[top]
+        return (rl.astype(np.int64), rf.astype(np.int64), rs), (cl.astype(np.int64), cf.astype(np.int64), cs)
+
+    (r1l, r1f, _), (c1l, c1f, c1s) = nominees(first[:3], first[4:])
+    (r2l, r2f, r2s), (c2l, c2f, _) = nominees(second[:3], second[4:])
+    if everything:
+        row_l, row_f, col_l, col_f = r1l, r1f, c1l, c1f
+    else:
+        take_r = ~rows[r2l] & admit(r2l, r2s, previous.kth(n_lost, True, k))
+        take_c = ~cols[c1f] & admit(c1f, c1s, previous.kth(n_found, False, k))
+        row_l, row_f = np.r_[r1l, r2l[take_r]], np.r_[r1f, r2f[take_r]]
+        col_l, col_f = np.r_[c2l, c1l[take_c]], np.r_[c2f, c1f[take_c]]
+
+    # value every nominee pair by pair, except those the previous run kept with both listings unchanged
+    both = (previous.lost >= 0) & (previous.found >= 0)
+    prev_key = previous.keys(both, nf)
+    prev_fused = previous.fused[both]
+    order = np.argsort(prev_key)
+    prev_key, prev_fused = prev_key[order], prev_fused[order]
+    cand_key = np.unique(np.r_[row_l * nf + row_f, col_l * nf + col_f])
+    known = np.isin(cand_key, prev_key)
+    new_key = cand_key[~known]
+    terms = pair_terms(scorer, new_key // nf, new_key % nf)
+
+    keep_l, keep_f = previous.kept(rows, cols)
+    pool_l = np.unique(np.r_[row_l * nf + row_f, previous.keys(keep_l, nf)])
+    pool_f = np.unique(np.r_[col_l * nf + col_f, previous.keys(keep_f, nf)])
+
+    def value(keys: np.ndarray) -> np.ndarray:
+        out = np.empty(len(keys))
+        at_new = np.searchsorted(new_key, keys)
+        is_new = at_new < len(new_key)
+        is_new[is_new] = new_key[at_new[is_new]] == keys[is_new]
+        out[is_new] = terms["fused"][at_new[is_new]]
+        at_prev = np.searchsorted(prev_key, keys[~is_new])
+        out[~is_new] = prev_fused[at_prev]
+        return out
+
+    fl, ff = value(pool_l), value(pool_f)
+    rank_l = rank_within(pool_l // nf, pool_l % nf, fl, k)
+    rank_f = rank_within(pool_f % nf, pool_f // nf, ff, k)
+    kept = np.union1d(pool_l[rank_l > 0], pool_f[rank_f > 0])
+    out_l = np.zeros(len(kept), dtype=np.int64)
+    out_l[np.searchsorted(kept, pool_l[rank_l > 0])] = rank_l[rank_l > 0]
+    out_f = np.zeros(len(kept), dtype=np.int64)
+    out_f[np.searchsorted(kept, pool_f[rank_f > 0])] = rank_f[rank_f > 0]
+    term_row = np.searchsorted(new_key, kept)
+    scored = term_row < len(new_key)
+    scored[scored] = new_key[term_row[scored]] == kept[scored]
+    return Selection(
+        lost=kept // nf,
+        found=kept % nf,
+        fused=value(kept),
+        rank_for_lost=out_l,
+        rank_for_found=out_f,
+        scored=scored,
+        term_row=np.where(scored, term_row, -1),
+        terms=terms,
+        tile_pairs=tile_pairs,
+        pair_values=len(new_key),
+    )
