@@ -126,6 +126,10 @@ class MatchSettings:
     calibration: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_CALIBRATION))
     """``score = sigmoid(slope·fused + offset)``: keys ``slope`` and ``offset`` (one given alone keeps the other's
     default). Refit with :func:`engine.scoring.fuse.fit_calibration` once confirmed/rejected feedback exists."""
+    keep_runs: int = 10
+    """Published match runs whose pairs stay in ``matches`` (at least 2: an incremental run merges with the latest).
+    Older runs keep their ``match_runs`` row (figures, parameters, lineage); their pairs are deleted when a run
+    publishes, so a scheduler matching every round does not grow the file (and the analysts' copy) without end."""
     background_drift: float = 0.1
     """The image/text background (median and spread of random pairs) is estimated when a match lineage starts and
     frozen after, so a new listing does not move every score; it is re-estimated (a full run) once either side's

@@ -146,6 +146,19 @@ def publish_match(
     )
 
 
+def prune_matches(con: duckdb.DuckDBPyConnection, keep_runs: int) -> int:
+    """Delete the pairs of every match run but the newest ``keep_runs`` published ones (failed and abandoned runs'
+    pairs included); the runs' own rows stay. Returns the pairs deleted."""
+    kept = max(2, int(keep_runs))
+    deleted = con.execute(
+        "DELETE FROM matches WHERE run_id NOT IN (SELECT run_id FROM match_runs WHERE status = 'published' "
+        "ORDER BY finished DESC, started DESC LIMIT ?) AND run_id NOT IN (SELECT run_id FROM match_runs "
+        "WHERE status = 'running')",
+        [kept],
+    ).fetchone()
+    return int(deleted[0]) if deleted else 0
+
+
 def record_match_lineage(
     con: duckdb.DuckDBPyConnection,
     run_id: str,

@@ -289,9 +289,11 @@ def _publish(
     listings: pa.Table,
     summary: dict[str, Any],
     lineage: tuple[str, str, str, dict[str, Any], dict[str, Any]],
+    keep_runs: int,
 ) -> None:
     """Everything a reader sees of this run, in one transaction. ``carried``: (previous run, its pairs whose rows
-    this run publishes unchanged, with this run's ranks)."""
+    this run publishes unchanged, with this run's ranks). Pairs of runs older than the newest ``keep_runs`` published
+    ones are deleted in the same transaction."""
     with runs.write() as con:
         con.register("_new_matches", matches)
         names = ", ".join(MATCH_COLUMNS)
@@ -318,6 +320,7 @@ def _publish(
         )
         run_rows.record_match_lineage(con, run_id, *lineage)
         run_rows.publish_match(con, run_id, datetime.now(UTC), summary)
+        summary["pruned_pairs"] = run_rows.prune_matches(con, keep_runs)
 
 
 def match(
@@ -504,7 +507,7 @@ def _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray,
     summary["duration_s"] = round(time.perf_counter() - t0, 3)
     lineage = {"scoring": scoring, "background": background, "estimated_on": estimated_on}
     _publish(runs, run_id, matches, carried, listings, summary,
-             (mode, reason, _fingerprint(scoring), lineage, changes))  # fmt: skip
+             (mode, reason, _fingerprint(scoring), lineage, changes), cfg.keep_runs)  # fmt: skip
     summary["seconds"]["publish"] = round(time.perf_counter() - t_publish, 2)
     no_photo = runs.query("SELECT count(*) FROM matches WHERE run_id = ? AND no_photo", [run_id])
     summary["no_photo_matches"] = no_photo[0][0]

@@ -313,6 +313,22 @@ def test_empty_inputs_publish_an_empty_run(settings: Settings) -> None:
     assert RunsDB(settings.duckdb).query("SELECT status FROM match_runs") == [("published",)]
 
 
+def test_only_the_newest_runs_keep_their_pairs(settings: Settings) -> None:
+    """Repeated runs (a scheduler matching every round) keep the pairs of the newest `match.keep_runs` published
+    runs; older runs keep their match_runs row."""
+    world = World()
+    world.plant(4, distractors=6)
+    world.write(settings)
+    cfg = settings.with_overrides({"match": {"keep_runs": 2}})
+    runs = [match(cfg, full=True)["run_id"] for _ in range(3)]
+    db = RunsDB(settings.duckdb)
+    with_pairs = {r for (r,) in db.query("SELECT DISTINCT run_id FROM matches")}
+    assert with_pairs == {runs[1], runs[2]}
+    assert db.query("SELECT count(*) FROM match_runs WHERE status = 'published'") == [(3,)]
+    kept = db.query("SELECT count(*) FROM matches WHERE run_id = ?", [runs[2]])[0][0]
+    assert kept > 0 and db.query("SELECT count(*) FROM matches WHERE run_id = ?", [runs[1]])[0][0] == kept
+
+
 def _published(db: RunsDB, run_id: str) -> list[tuple]:
     """Every column of a run's matches but the run id, in pair order: what 'identical' compares."""
     return db.query(
