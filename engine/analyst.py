@@ -2,8 +2,8 @@
 
 Why a copy: DuckDB locks a file per process. A notebook or BI tool holding ``homeward.duckdb`` open (even read-only)
 blocks every job that writes it, and a job writing it refuses the analyst. So analysts never open the jobs' file:
-after each job that records its run (crawl, enrich, match, report) :func:`publish` copies every table, view and
-macro into a fresh file next to the copy (``ATTACH`` + ``COPY FROM DATABASE``) and moves it over ``analyst.duckdb``
+after each job that records its run (crawl, enrich, match, report) :func:`publish` copies the file (every table,
+view and macro) into a fresh file next to the copy and moves it over ``analyst.duckdb``
 with ``os.replace``. A connection already open keeps reading its old snapshot through its open file handle (the
 old inode lives until it closes); the next connection sees the new one. Nobody ever writes ``analyst.duckdb`` in
 place, so an analyst holding it open never blocks a job.
@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -61,19 +62,26 @@ def _remove(path: Path) -> None:
 
 
 def copy_database(runs: RunsDB, target: Path) -> None:
-    """Write every table, view and macro of ``runs`` into a new file at ``target``, then move it into place."""
+    """Copy the jobs' DuckDB file byte for byte into a new file beside ``target`` (its write-ahead log too), blank
+    the withheld columns there, and move it into place.
+
+    The bytes are copied while this process holds a connection to the file: DuckDB's lock then keeps every other
+    process from writing it, and this process's writes wait for :class:`RunsDB`'s lock, so the copy is one
+    consistent state. A file copy costs a disk read (about 1.3 GB/s here); ``COPY FROM DATABASE`` re-encoded every
+    row and took 40× longer (96 MB of matches: 2.9 s against 0.07 s), which every publishing job paid."""
     fresh = target.with_name(f".{target.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
+    source = Path(runs.path)
     try:
-        with runs.read() as con:
-            source = con.execute("SELECT current_database()").fetchone()[0]
-            con.execute(f"ATTACH {_sql_text(fresh)} AS analyst_fresh (READ_WRITE)")
-            try:
-                con.execute(f"COPY FROM DATABASE {_sql_ident(source)} TO analyst_fresh")
-                for table, columns in WITHHELD_COLUMNS.items():
-                    assignments = ", ".join(f"{_sql_ident(c)} = 'withheld'" for c in columns)
-                    con.execute(f"UPDATE analyst_fresh.{_sql_ident(table)} SET {assignments}")
-            finally:
-                con.execute("DETACH analyst_fresh")  # checkpoints: the file is whole, no WAL left beside it
+        with runs.read():
+            shutil.copyfile(source, fresh)
+            wal = source.with_name(f"{source.name}.wal")
+            if wal.is_file():
+                shutil.copyfile(wal, fresh.with_name(f"{fresh.name}.wal"))
+        with duckdb.connect(str(fresh)) as con:  # replays a copied log; closing checkpoints into one whole file
+            for table, columns in WITHHELD_COLUMNS.items():
+                assignments = ", ".join(f"{_sql_ident(c)} = 'withheld'" for c in columns)
+                con.execute(f"UPDATE {_sql_ident(table)} SET {assignments}")
+            con.execute("CHECKPOINT")
         os.replace(fresh, target)
     finally:
         _remove(fresh)
