@@ -126,6 +126,37 @@ class MatchSettings:
 
 
 @dataclass(frozen=True)
+class SearchSettings:
+    """Search by photo (``homeward search``, the dashboard) and the vector index enrichment keeps for it
+    (:mod:`engine.vector_index`; figures in README "Search by photo")."""
+
+    index_min_rows: int = 50_000
+    """Detection rows from which enrichment keeps a vector index; below it brute force is exact and fast."""
+    index_type: str = "IVF_HNSW_SQ"
+    """``IVF_HNSW_SQ`` (chosen: 8-bit vectors in a graph per partition, built ~7x faster than ``IVF_PQ`` at 2,752-d)
+    or ``IVF_PQ``."""
+    index_partition_rows: int = 25_000
+    """Rows per IVF partition: partitions = rows / this (at least 1)."""
+    index_m: int = 16
+    """HNSW links per node."""
+    index_ef_construction: int = 100
+    """HNSW candidate list while building."""
+    index_sub_vectors: int = 172
+    """IVF_PQ only: sub-vectors per vector (dim / 16 at 2,752-d)."""
+    index_rebuild_share: float = 0.5
+    """Retrain the index from scratch once the rows added since it was trained exceed this share of it; below,
+    enrichment folds new rows into it (``optimize``)."""
+    nprobes: int = 6
+    """IVF partitions searched per query vector."""
+    ef: int = 120
+    """HNSW candidate list while searching."""
+    refine_factor: int = 4
+    """Candidates re-scored on the full float32 vectors: ``limit × refine_factor``."""
+    oversample: int = 8
+    """Detections fetched per query vector = ``k × oversample`` before listing filters and the exact re-rank."""
+
+
+@dataclass(frozen=True)
 class ReportSettings:
     out_dir: str | None = None
     smtp_host: str | None = None
@@ -176,6 +207,7 @@ class Settings:
     crawl: CrawlSettings = field(default_factory=CrawlSettings)
     enrich: EnrichSettings = field(default_factory=EnrichSettings)
     match: MatchSettings = field(default_factory=MatchSettings)
+    search: SearchSettings = field(default_factory=SearchSettings)
     report: ReportSettings = field(default_factory=ReportSettings)
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)
 
