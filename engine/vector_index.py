@@ -67,7 +67,7 @@ def build_index(table: lancedb.table.Table, cfg: SearchSettings) -> dict[str, An
     rows = table.count_rows()
     config = index_config(cfg, rows)
     t0 = time.perf_counter()
-    table.create_index(vector_column_name=COLUMN, config=config, replace=True, name=INDEX_NAME)
+    table.create_index(COLUMN, config=config, replace=True, name=INDEX_NAME)
     return {
         "action": "built",
         "rows": rows,
