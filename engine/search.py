@@ -265,7 +265,7 @@ def _searchable(listings: pa.Table, species: str | None) -> pa.Table:
 
 def _refuse_other_models(det: pa.Table, model: str) -> None:
     models = sorted({m for m in det["embed_model"].to_pylist() if m}) if det.num_rows else []
-    if models:
+    if models and model not in models:
         raise HomewardError(
             f"search embeds with {model!r} but the stored vectors are of {', '.join(map(repr, models))}"
             ": vectors of different models cannot be compared; search with the profile that enriched the data "

@@ -115,7 +115,7 @@ def nearest(
         table.search(np.asarray(vector, np.float32), vector_column_name=COLUMN)
         .distance_type("cosine")
         .nprobes(cfg.nprobes)
-        .ef(cfg.ef)
+        .ef(max(cfg.ef, limit * cfg.refine_factor))  # HNSW needs ef >= the candidates it hands to the refine
         .refine_factor(cfg.refine_factor)
         .limit(limit)
     )

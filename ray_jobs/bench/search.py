@@ -44,29 +44,26 @@ def _profile_embedder(settings: Settings, profile: str) -> tuple[int, str]:
     return int(embedder.dim), str(embedder.model_id)
 
 
-def _write(store: LanceStore, n: int, dim: int, model: str, groups: int, seed: int) -> np.ndarray:
-    """``n`` detection rows in batches of ``BATCH`` (one table version each); → the same vectors, in row order."""
+def write_vectors(store: LanceStore, start: int, stop: int, dim: int, model: str, groups: int, seed: int) -> np.ndarray:
+    """Detection rows ``start``..``stop`` (``PHOTOS_PER_ANIMAL`` photos per animal), appended in batches of ``BATCH``
+    (one table version each); → their vectors, in row order. Row ``i`` is ``d{i}`` whatever the batching."""
     det_schema = schema.detections_schema(dim, 8)
-    out = np.empty((n, dim), np.float32)
-    animals = np.arange(n) // PHOTOS_PER_ANIMAL
-    for start in range(0, n, BATCH):
-        stop = min(n, start + BATCH)
-        vec = clustered_vectors(animals[start:stop], dim, np.random.default_rng([seed, start]), groups=groups)
-        out[start:stop] = vec
-        rows = stop - start
-        batch = pa.table(
-            {
-                "detection_id": [f"d{i}" for i in range(start, stop)],
-                "photo_id": [f"p{i}" for i in range(start, stop)],
-                "listing_id": [f"l{a}" for a in animals[start:stop]],
-                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vec.ravel()), dim),
-                "embed_model": [model] * rows,
-                "status": ["ok"] * rows,
-            }
-        )
-        table = store.ensure("detections", det_schema)
-        full = [batch[f.name] if f.name in batch.column_names else pa.nulls(rows, f.type) for f in det_schema]
-        table.add(pa.Table.from_arrays(full, schema=det_schema))
+    out = np.empty((stop - start, dim), np.float32)
+    animals = np.arange(start, stop) // PHOTOS_PER_ANIMAL
+    for lo in range(start, stop, BATCH):
+        hi = min(stop, lo + BATCH)
+        vec = clustered_vectors(animals[lo - start : hi - start], dim, np.random.default_rng([seed, lo]), groups=groups)
+        out[lo - start : hi - start] = vec
+        given = {
+            "detection_id": [f"d{i}" for i in range(lo, hi)],
+            "photo_id": [f"p{i}" for i in range(lo, hi)],
+            "listing_id": [f"l{a}" for a in animals[lo - start : hi - start]],
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vec.ravel()), dim),
+            "embed_model": [model] * (hi - lo),
+            "status": ["ok"] * (hi - lo),
+        }
+        full = [given.get(f.name, pa.nulls(hi - lo, f.type)) for f in det_schema]
+        store.ensure("detections", det_schema).add(pa.Table.from_arrays(full, schema=det_schema))
     return out
 
 
@@ -100,7 +97,7 @@ def bench_search(
         store = LanceStore(f"{tmp}/lance")
         log.info("bench search: writing %d vectors of %d-d", n, dim)
         t0 = time.perf_counter()
-        vectors = _write(store, n, dim, model, groups, seed)
+        vectors = write_vectors(store, 0, n, dim, model, groups, seed)
         write_s = time.perf_counter() - t0
         table = store.open("detections")
         base = rss_mb()
