@@ -146,11 +146,11 @@ class SearchSettings:
     index_rebuild_share: float = 0.5
     """Retrain the index from scratch once the rows added since it was trained exceed this share of it; below,
     enrichment folds new rows into it (``optimize``)."""
-    nprobes: int = 6
+    nprobes: int = 4
     """IVF partitions searched per query vector."""
-    ef: int = 120
+    ef: int = 300
     """HNSW candidate list while searching."""
-    refine_factor: int = 4
+    refine_factor: int = 10
     """Candidates re-scored on the full float32 vectors: ``limit × refine_factor``."""
     oversample: int = 8
     """Detections fetched per query vector = ``k × oversample`` before listing filters and the exact re-rank."""
