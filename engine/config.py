@@ -137,6 +137,39 @@ class MatchSettings:
 
 
 @dataclass(frozen=True)
+class SearchSettings:
+    """Search by photo (``homeward search``, the dashboard) and the vector index enrichment keeps for it
+    (:mod:`engine.vector_index`; figures in README "Search by photo")."""
+
+    index_min_rows: int = 50_000
+    """Detection rows from which enrichment keeps a vector index; below it brute force is exact and fast."""
+    index_type: str = "IVF_HNSW_SQ"
+    """``IVF_HNSW_SQ`` (chosen: 8-bit vectors in a graph per partition, built ~7x faster than ``IVF_PQ`` at 2,752-d
+    and 30k rows) or ``IVF_PQ``."""
+    index_partition_rows: int = 100_000
+    """Rows per IVF partition: partitions = rows / this (at least 1). Few large partitions, each its own HNSW graph:
+    k-means on clustered 2,752-d vectors splits groups of look-alikes across partitions, so probing a few of many lost
+    recall (at 300k rows, 12 partitions: recall@10 0.83 probing 4, 0.89 probing 6)."""
+    index_m: int = 16
+    """HNSW links per node."""
+    index_ef_construction: int = 100
+    """HNSW candidate list while building."""
+    index_sub_vectors: int = 172
+    """IVF_PQ only: sub-vectors per vector (dim / 16 at 2,752-d)."""
+    index_rebuild_share: float = 0.5
+    """Retrain the index from scratch once the rows added since it was trained exceed this share of it; below,
+    enrichment folds new rows into it (``optimize``)."""
+    nprobes: int = 3
+    """IVF partitions searched per query vector (3: every partition up to 300k rows)."""
+    ef: int = 300
+    """HNSW candidate list while searching."""
+    refine_factor: int = 10
+    """Candidates re-scored on the full float32 vectors: ``limit × refine_factor``."""
+    oversample: int = 8
+    """Detections fetched per query vector = ``k × oversample`` before listing filters and the exact re-rank."""
+
+
+@dataclass(frozen=True)
 class ReportSettings:
     out_dir: str | None = None
     smtp_host: str | None = None
@@ -226,6 +259,7 @@ class Settings:
     crawl: CrawlSettings = field(default_factory=CrawlSettings)
     enrich: EnrichSettings = field(default_factory=EnrichSettings)
     match: MatchSettings = field(default_factory=MatchSettings)
+    search: SearchSettings = field(default_factory=SearchSettings)
     report: ReportSettings = field(default_factory=ReportSettings)
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
     alerts: AlertSettings = field(default_factory=AlertSettings)

@@ -26,15 +26,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from engine import places, schema
+from engine import places, schema, vector_index
 from engine.config import Settings
 from engine.errors import HomewardError
 from engine.scoring import attributes
 from engine.scoring.allpairs import blocked_topk, resolve_device, tile_bounds, tile_for
 from engine.scoring.fuse import SPECIES_CODES, ScoreParams, Scorer, Side, background_stats
 from engine.scoring.geo import haversine_km
-from engine.scoring.sides import active_listings, build_side, select_model_vectors
+from engine.scoring.sides import active_listings, build_side, select_model_vectors, unit_vectors
 from engine.storage import LanceStore
+
+META_COLUMNS = ["listing_id", "source", "url", "kind", "species", "name", "location_text", "event_date", "posted_at"]
+LISTING_COLUMNS = [*META_COLUMNS, "status", "lat", "lon", "sex", "size", "colors", "breed"]
+"""What a search reads of listings: the scorer's inputs and what a hit shows, never descriptions or photo lists."""
+DETECTION_COLUMNS = ["listing_id", "photo_id", "species", "confidence", "embedding", "embed_model", "status"]
+"""What a search reads of detections: no text vectors (a photo query has no text to compare them with)."""
 
 
 class VectorModelMismatch(HomewardError):
@@ -74,6 +80,7 @@ class SearchResult:
     searched_listings: int = 0
     notes: list[str] = field(default_factory=list)  # why the results are few or none
     photo: str | None = None  # the file searched with, when the query came from one
+    index: str | None = None  # the vector index that gave the candidates (re-ranked exactly); None: brute force
 
     @property
     def message(self) -> str | None:
@@ -218,39 +225,36 @@ def search_vectors(
         result.notes.append("no animal detected in the photo: searched with the whole image")
 
     store = LanceStore(settings.lance, settings.storage_options)
-    listings = store.read("listings") if store.exists("listings") else pa.table({})
-    det = store.read("detections") if store.exists("detections") else pa.table({})
-    if listings.num_rows == 0 or det.num_rows == 0:
-        result.notes.append("nothing to search yet: no enriched listings (run `homeward crawl` and `homeward enrich`)")
+    kk = max(1, int(k))
+    empty = "nothing to search yet: no enriched listings (run `homeward crawl` and `homeward enrich`)"
+    if store.count("listings") == 0 or store.count("detections") == 0:
+        result.notes.append(empty)
         return result
-    cand = active_listings(listings, kinds)
-    if species:
-        cand = cand.filter(pc.is_in(pc.fill_null(cand["species"], "unknown"), pa.array([species, "unknown"])))
-    det = det.filter(pc.is_in(det["listing_id"], cand["listing_id"]))
-    det = det.filter(pc.invert(pc.is_in(pc.fill_null(det["status"], "ok"), pa.array(["failed", "error"]))))
-    det = det.filter(pc.is_valid(det["embedding"]))
-    mine = det.filter(pc.equal(pc.fill_null(det["embed_model"], ""), query.model))
+    table = store.open("detections")
+    result.index = (vector_index.index_stats(table) or {}).get("index_type")
+    if result.index is None:
+        picked = _every_listing(store, query.model, species, kinds, result)
+    else:
+        picked = _indexed_listings(store, table, query.vectors, query.model, species, kinds, near, radius_km, kk,
+                                   settings)  # fmt: skip
+    if picked is None:
+        return result
+    cand, mine = picked
     if mine.num_rows == 0:
-        models = sorted({m for m in det["embed_model"].to_pylist() if m})
-        if models:
-            raise VectorModelMismatch(
-                f"search embeds with {query.model!r} but the stored vectors are of {', '.join(map(repr, models))}"
-                ": vectors of different models cannot be compared; search with the profile that enriched the data "
-                "(--set enrich.profile=...) or re-run `homeward enrich`"
-            )
+        _refuse_other_models(store.read("detections", columns=["embed_model"]), query.model)
         result.notes.append("no stored photo vectors to compare with")
         return result
-    skipped = len(set(det["listing_id"].to_pylist()) - set(mine["listing_id"].to_pylist()))
-    if skipped:
-        result.notes.append(f"{skipped} listings have no vector of {query.model!r} yet and were not searched")
     mine, _, _ = select_model_vectors(mine, query.model)
     cand = cand.filter(pc.is_in(cand["listing_id"], mine["listing_id"]))
     found = build_side(cand, mine)
     side = query_side(query.vectors, q_species, near)
-    params = background_stats(side, found, ScoreParams.from_settings(settings.match))
+    # candidates from the index are the query's look-alikes, not a background: sample the whole table instead
+    background = found
+    if result.index is not None:
+        background = query_side(_background(store.uri, table, query.model), "unknown", None)
+    params = background_stats(side, background, ScoreParams.from_settings(settings.match))
     dev = resolve_device(settings.match.device)
     scorer = Scorer(side, found, params, dev)
-    kk = max(1, int(k))
 
     def tile(r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
         scores = scorer.tile(r0, r1, c0, c1)
@@ -264,8 +268,7 @@ def search_vectors(
     top = blocked_topk(1, found.n, kk, tile, [(0, 1)], bounds, device=dev, want_cols=False)
     _, cols, _, _ = top.row_pairs()
     terms = Scorer(side, found, params, "cpu").pairs(np.zeros(len(cols), dtype=np.int64), cols)
-    meta_cols = ["listing_id", "source", "url", "kind", "species", "name", "location_text", "event_date", "posted_at"]
-    by_id = {r["listing_id"]: r for r in cand.select(meta_cols).to_pylist()}
+    by_id = {r["listing_id"]: r for r in cand.select(META_COLUMNS).to_pylist()}
     for n, j in enumerate(cols.tolist()):
         dist = terms["distance_km"][n]
         meta = by_id[found.listing_ids[j]]
@@ -290,6 +293,114 @@ def search_vectors(
         )
     result.searched_listings = found.n
     return result
+
+
+def _searchable(listings: pa.Table, species: str | None, kinds: tuple[str, ...]) -> pa.Table:
+    """The active listings of ``kinds``, of ``species`` or unknown species when one is asked for."""
+    cand = active_listings(listings, kinds)
+    if species:
+        cand = cand.filter(pc.is_in(pc.fill_null(cand["species"], "unknown"), pa.array([species, "unknown"])))
+    return cand
+
+
+def _refuse_other_models(det: pa.Table, model: str) -> None:
+    models = sorted({m for m in det["embed_model"].to_pylist() if m}) if det.num_rows else []
+    if models and model not in models:
+        raise VectorModelMismatch(
+            f"search embeds with {model!r} but the stored vectors are of {', '.join(map(repr, models))}"
+            ": vectors of different models cannot be compared; search with the profile that enriched the data "
+            "(--set enrich.profile=...) or re-run `homeward enrich`"
+        )
+
+
+def _every_listing(
+    store: LanceStore, model: str, species: str | None, kinds: tuple[str, ...], result: SearchResult
+) -> tuple[pa.Table, pa.Table] | None:
+    """Brute force (no index yet): every searchable listing and its detection rows, the needed columns only."""
+    cand = _searchable(store.read("listings", columns=LISTING_COLUMNS), species, kinds)
+    det = store.read("detections", columns=DETECTION_COLUMNS)
+    det = det.filter(pc.is_in(det["listing_id"], cand["listing_id"]))
+    det = det.filter(pc.invert(pc.is_in(pc.fill_null(det["status"], "ok"), pa.array(["failed", "error"]))))
+    det = det.filter(pc.is_valid(det["embedding"]))
+    mine = det.filter(pc.equal(pc.fill_null(det["embed_model"], ""), model))
+    if mine.num_rows == 0:
+        _refuse_other_models(det, model)
+        result.notes.append("no stored photo vectors to compare with")
+        return None
+    skipped = len(set(det["listing_id"].to_pylist()) - set(mine["listing_id"].to_pylist()))
+    if skipped:
+        result.notes.append(f"{skipped} listings have no vector of {model!r} yet and were not searched")
+    return cand, mine
+
+
+def _in_list(column: str, values: list[str]) -> str:
+    return f"{column} IN ({', '.join(map(vector_index.sql_string, values))})" if values else "false"
+
+
+def _indexed_listings(
+    store: LanceStore,
+    table: Any,
+    vectors: np.ndarray,
+    model: str,
+    species: str | None,
+    kinds: tuple[str, ...],
+    near: tuple[float, float] | None,
+    radius_km: float | None,
+    k: int,
+    settings: Settings,
+) -> tuple[pa.Table, pa.Table]:
+    """Candidates through the vector index: the ``k × search.oversample`` nearest detections of each query vector
+    (model and status filters pushed into the index query), then their listings read by id and filtered by kind,
+    status, species and radius, which live on listings, not on detections. While fewer than ``k`` listings survive
+    the filters the fetch widens (×4) until the table is exhausted. The survivors come back with every usable
+    detection of theirs, so the exact re-rank sees each listing's best photo even when the index returned another."""
+    cfg = settings.search
+    usable = (
+        f"embed_model = {vector_index.sql_string(model)} AND embedding IS NOT NULL "
+        "AND (status IS NULL OR status NOT IN ('failed', 'error'))"
+    )
+    total = table.count_rows()
+    limit = k * max(1, cfg.oversample)
+    while True:
+        hits = [vector_index.nearest(table, v, limit, cfg, where=usable, columns=["listing_id"]) for v in vectors]
+        ids = sorted({lid for h in hits for lid in h["listing_id"].to_pylist()})
+        listings = store.read("listings", where=_in_list("listing_id", ids), columns=LISTING_COLUMNS)
+        cand = _searchable(listings, species, kinds) if listings.num_rows else listings
+        if cand.num_rows and near is not None and radius_km is not None:
+            lat = pc.fill_null(cand["lat"].cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+            lon = pc.fill_null(cand["lon"].cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+            dist = haversine_km(torch.tensor(near[0]), torch.tensor(near[1]), torch.from_numpy(lat),
+                                torch.from_numpy(lon)).numpy()  # fmt: skip
+            cand = cand.filter(pa.array(~(dist > radius_km)))  # no place (NaN): kept, as in the exact path
+        if cand.num_rows >= k or limit >= total:
+            break
+        limit *= 4
+    if cand.num_rows == 0:
+        return cand, pa.table({})
+    det = store.read(
+        "detections", where=f"{_in_list('listing_id', cand['listing_id'].to_pylist())} AND {usable}",
+        columns=DETECTION_COLUMNS,
+    )  # fmt: skip
+    return cand, det
+
+
+_BACKGROUND: dict[tuple[str, int, str], np.ndarray] = {}
+BACKGROUND_SAMPLE = 2048
+
+
+def _background(uri: str, table: Any, model: str) -> np.ndarray:
+    """Up to ``BACKGROUND_SAMPLE`` random stored vectors of ``model`` (the image background of the calibrated score),
+    cached per table version: random reads of 2,048 rows cost more than a query."""
+    key = (str(uri), int(table.version), model)
+    if key not in _BACKGROUND:
+        n = table.count_rows()
+        rng = np.random.default_rng(0)
+        offsets = np.sort(rng.choice(n, size=min(n, BACKGROUND_SAMPLE), replace=False)).tolist()
+        rows = table.take_offsets(offsets).select(["embedding", "embed_model"]).to_arrow()
+        rows = rows.filter(pc.and_(pc.equal(rows["embed_model"], model), pc.is_valid(rows["embedding"])))
+        _BACKGROUND.clear()  # one table version at a time: a new version makes the old sample useless
+        _BACKGROUND[key] = unit_vectors(rows["embedding"])
+    return _BACKGROUND[key]
 
 
 def search(

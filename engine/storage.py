@@ -165,14 +165,14 @@ class LanceStore:
         columns: Sequence[str] | None = None,
         version: int | None = None,
     ) -> pa.Table:
-        """Read a whole table (optionally filtered); an absent table reads as empty."""
+        """Read a whole table (optionally filtered, optionally only ``columns``: the others are never read); an absent
+        table reads as empty."""
         if not self.exists(name):
             return pa.table({})
         table = self.open(name, version)
-        if where is None:
-            data = table.to_arrow()
-            return data.select(list(columns)) if columns else data
-        query = table.search().where(where)
+        if where is None and not columns:
+            return table.to_arrow()
+        query = table.search() if where is None else table.search().where(where)
         if columns:
             query = query.select(list(columns))
         return query.limit(None).to_arrow()

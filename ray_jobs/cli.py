@@ -51,6 +51,7 @@ VERBS: dict[str, Any] = {
         "crawl": ("ray_jobs.bench.crawl:bench_crawl", "Crawl throughput vs `scrapy bench` (JSON last line)."),
         "enrich": ("ray_jobs.bench.enrich:bench_enrich", "Enrich pipeline efficiency vs each model alone."),
         "match": ("ray_jobs.bench.match:bench_match", "All-pairs scoring rate vs a plain torch matmul."),
+        "search": ("ray_jobs.bench.search:bench_search", "Search through the vector index vs exact, p95 and recall."),
         "load": (
             "ray_jobs.bench.load:bench_load",
             "Synthetic region (200k listings): ingest -> match, per stage.",

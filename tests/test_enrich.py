@@ -156,6 +156,7 @@ def test_failed_photo_is_retried_and_succeeds(tiny: Settings, ray_local: None) -
     Path(row["uri"]).write_bytes(data)
     second = enrich(tiny)
     assert second["photos"] == 1 and second["failed"] == 0
+    assert second["vector_index"]["action"] == "none"  # a few rows, below search.index_min_rows: brute force
     assert _photos(tiny)[keys["later"]]["enrich_status"] in ("ok", "no_animal")
     assert len(_detections(tiny)) >= 1
     assert enrich(tiny)["photos"] == 0  # nothing new

@@ -164,3 +164,26 @@ def test_cli_search_with_tiny_profile(settings: Settings, tmp_path: Path, capsys
     assert out["model"].startswith("timm:test_efficientnet")
     assert out["results"][0]["listing_id"] == ids_[3]
     assert any("https://example.org/3" in line for line in lines[:-1])
+
+
+def test_search_through_the_index_ranks_as_exact(settings: Settings, tmp_path: Path, fake_models: dict) -> None:
+    """Past ``search.index_min_rows`` candidates come from the vector index and are re-ranked exactly: the same
+    listings in the same order with the same scores as brute force (the background sample is the whole table at
+    this size, as it is for brute force)."""
+    from engine.search import search_image
+    from engine.vector_index import refresh_index
+
+    index(settings, PixelEmbedder(), n=1200)
+    photo = Image.open(query_photo(tmp_path, 40))
+    exact = search_image(settings, photo, k=5)
+    low = settings.with_overrides({"search": {"index_min_rows": 1000, "index_partition_rows": 400}})
+    assert refresh_index(LanceStore(settings.lance), settings.search)["action"] == "none"
+    assert refresh_index(LanceStore(settings.lance), low.search)["action"] == "built"
+    through = search_image(low, photo, k=5)
+    assert exact.index is None and through.index == "IVF_HNSW_SQ"
+    assert through.searched_listings < exact.searched_listings == 1200
+    assert [h.listing_id for h in through.results] == [h.listing_id for h in exact.results]
+    assert [h.score for h in through.results] == pytest.approx([h.score for h in exact.results], abs=1e-3)
+    assert through.results[0].listing_id == ids.listing_id("synthetic", "s40")
+    cats = search_image(low, photo, k=5, species="cat")  # every listing is a dog: widens to the whole table, none
+    assert cats.results == [] and cats.index == "IVF_HNSW_SQ"

@@ -38,7 +38,7 @@ def _floats(table: pa.Table, name: str) -> np.ndarray:
     return np.asarray(pc.fill_null(table[name].cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False), float)
 
 
-def _vectors(column: pa.ChunkedArray) -> np.ndarray:
+def unit_vectors(column: pa.ChunkedArray) -> np.ndarray:
     dim = column.type.list_size
     parts = [c.flatten().to_numpy(zero_copy_only=False) for c in column.chunks]
     # one copy (a single chunk is Arrow's read-only memory): the normalisation below is in place
@@ -127,7 +127,7 @@ def build_side(listings: pa.Table, det: pa.Table) -> Side:
     emb_owner = owners[has_emb]
     order = np.argsort(emb_owner, kind="stable")
     if emb_rows.num_rows:
-        emb = _vectors(emb_rows["embedding"])[order]
+        emb = unit_vectors(emb_rows["embedding"])[order]
         photos = np.asarray(emb_rows["photo_id"].to_pylist(), dtype=object)[order]
         # Listing species unknown → the animals its photos show (majority of the confident dog/cat detections).
         det_species = [str(s or "").lower() for s in emb_rows["species"].to_pylist()]
@@ -152,7 +152,7 @@ def build_side(listings: pa.Table, det: pa.Table) -> Side:
     if det.num_rows and "text_embedding" in det.column_names:
         valid = pc.is_valid(det["text_embedding"]).to_numpy(zero_copy_only=False)
         if valid.any():
-            vecs = _vectors(det["text_embedding"] if valid.all() else det["text_embedding"].filter(pa.array(valid)))
+            vecs = unit_vectors(det["text_embedding"] if valid.all() else det["text_embedding"].filter(pa.array(valid)))
             torch.from_numpy(text).index_add_(0, torch.from_numpy(owners[valid]), torch.from_numpy(vecs))
             norms = np.sqrt(np.einsum("ij,ij->i", text, text))[:, None]
             has_text = norms[:, 0] > 0

@@ -365,6 +365,25 @@ def _hash_normal(keys: np.ndarray, dim: int, salt: int) -> np.ndarray:
     return (u - 0.5) * math.sqrt(12.0)
 
 
+def clustered_vectors(
+    animals: np.ndarray, dim: int, rng: np.random.Generator, *, groups: int, seed: int = 0
+) -> np.ndarray:
+    """Unit float32 photo vectors shaped like a re-identification embedder's: a direction every photo shares (CNN
+    features are non-negative, so two unrelated animals are still ~0.27 alike), a look shared by the animals of one
+    group (``animal % groups``: breed and coat, ~0.46), the animal's own identity (two photos of it ~0.73) and
+    per-photo noise. Nearest neighbours are then meaningful at any ``dim`` — the same animal first, then its look-
+    alikes — which is what a vector index is measured on; independent noise vectors would make every neighbour past
+    the same animal a tie. Identity and group vectors are hashed from their ids (:func:`_hash_normal`), so chunks of
+    any size give the same animals."""
+    scale = 1.0 / math.sqrt(dim)
+    shared = _hash_normal(np.zeros(1, np.int64), dim, seed * 3 + 1)
+    look = _hash_normal(animals % max(1, groups), dim, seed * 3 + 2)
+    ident = _hash_normal(animals, dim, seed * 3 + 3)
+    vec = (0.6 * shared + 0.5 * look + 0.6 * ident + 0.6 * rng.standard_normal((len(animals), dim))) * scale
+    vec /= np.linalg.norm(vec, axis=1, keepdims=True)
+    return vec.astype(np.float32)
+
+
 @dataclass
 class Region:
     """``n_listings`` listings holding ``n_photos`` photos in total, sampled from ``model``; deterministic per seed.
@@ -600,4 +619,12 @@ class Region:
             )
 
 
-__all__ = ["DatasetsMissing", "Empirical", "Region", "RegionModel", "default_datasets_dir", "load_region_model"]
+__all__ = [
+    "DatasetsMissing",
+    "Empirical",
+    "Region",
+    "RegionModel",
+    "clustered_vectors",
+    "default_datasets_dir",
+    "load_region_model",
+]

@@ -32,6 +32,19 @@ def _progress(total: int) -> tqdm:
     return tqdm(total=total, desc="enrich", unit="photo", file=sys.stderr, disable=total == 0, mininterval=2.0)
 
 
+def _refresh_index(lance: Any, settings: Settings) -> dict[str, Any]:
+    """The search index brought up to date with what this run wrote (:func:`engine.vector_index.refresh_index`). The
+    detections are committed by now, and search scans rows the index lacks, so a failure here is reported, not
+    raised: the next enrich retries it."""
+    from engine.vector_index import refresh_index
+
+    try:
+        return refresh_index(lance, settings.search)
+    except Exception as exc:  # any index failure leaves the run's data intact: reported, not raised
+        log.warning("enrich: vector index not refreshed: %s", exc)
+        return {"action": "failed", "error": f"{type(exc).__name__}: {exc}"[:500]}
+
+
 def enrich(
     settings: Settings, *, limit: int | None = None, retry_failed: bool = True, profile: str | None = None
 ) -> dict:
@@ -142,6 +155,7 @@ def enrich(
         published = analyst.publish(settings)
     return {
         **published,
+        "vector_index": _refresh_index(lance, settings),
         "run_id": run["run_id"],
         "status": status,
         "photos": run["photos"],
