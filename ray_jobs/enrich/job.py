@@ -45,6 +45,74 @@ def _refresh_index(lance: Any, settings: Settings) -> dict[str, Any]:
         return {"action": "failed", "error": f"{type(exc).__name__}: {exc}"[:500]}
 
 
+class _Tally:
+    """What a run's result rows add up to: statuses, failure reasons, the models that ran, detections written, and
+    when the first and last rows came (the steady-state rate leaves out the first batch: actor start-up)."""
+
+    def __init__(self, models: dict[str, Any], t0: float) -> None:
+        self.counts: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.models = models
+        self.detections = 0
+        self.t0 = t0
+        self.first_row_s: float | None = None
+        self.t_first = self.t_last = 0.0
+        self.rows_after_first = 0
+
+    def batch(self, rows: list[dict[str, Any]], writer: DetectionWriter, bar: Any) -> None:
+        now = time.perf_counter()
+        if self.first_row_s is None:
+            self.first_row_s, self.t_first = now - self.t0, now
+        else:
+            self.rows_after_first, self.t_last = self.rows_after_first + len(rows), now
+        for row in rows:
+            st, n = writer.add(row)
+            self.counts[st] += len(row["targets"])
+            self.detections += n
+            if st == "failed":
+                self.errors[str(row.get("error") or "unknown").split(":", 1)[0]] += len(row["targets"])
+            for key in ("detector_model", "embed_model", "caption_model", "text_model"):
+                if row.get(key):
+                    self.models[key] = row[key]
+            if row.get("embed_dim"):
+                self.models["embed_dim"], self.models["text_dim"] = int(row["embed_dim"]), int(row["text_dim"])
+            bar.update(1)
+
+    def rates(self) -> dict[str, float | None]:
+        steady = self.t_last > self.t_first
+        return {
+            "first_result_s": round(self.first_row_s, 3) if self.first_row_s is not None else None,
+            "steady_images_per_s": round(self.rows_after_first / (self.t_last - self.t_first), 3) if steady else None,
+        }
+
+
+def _run_batches(settings: Settings, prof: dict[str, Any], lance: Any, todo: Any, run_id: str,
+                 writer: DetectionWriter, tally: _Tally) -> bool:  # fmt: skip
+    """Enrich ``todo`` in this process (small runs) or on Ray; returns whether it ran in this process."""
+    import ray
+
+    from engine.runtime import cluster_gpus, ray_session
+
+    items = work_items(lance, todo)
+    inline = len(items) <= settings.enrich.inline_max_photos
+    log.info(
+        "enrich %s: %d photo rows (%d distinct images), profile %s, %s",
+        run_id,
+        todo.num_rows,
+        len(items),
+        prof["name"],
+        "in this process" if inline else "on Ray",
+    )
+    session = contextlib.nullcontext() if inline else ray_session(settings)
+    with session, _progress(len(items)) as bar:
+        batches = (
+            run_inline(settings, prof, items) if inline else run_pipeline(settings, prof, items, cluster_gpus(), ray)
+        )
+        for rows in batches:
+            tally.batch(rows, writer, bar)
+    return inline
+
+
 def enrich(
     settings: Settings, *, limit: int | None = None, retry_failed: bool = True, profile: str | None = None
 ) -> dict:
@@ -58,12 +126,9 @@ def enrich(
         retry_failed: also retry photos whose enrichment failed before
         profile: model profile for this run (default: enrich.profile)
     """
-    import ray
-
     from engine import analyst
     from engine.models import load_profile
     from engine.models.factory import embedder_id
-    from engine.runtime import cluster_gpus, ray_session
     from engine.storage import open_stores
 
     if profile:
@@ -81,54 +146,14 @@ def enrich(
     with runs.write() as con:
         run_rows.start_enrich(con, run["run_id"], started, run["parameters"])
     todo = select_photos(lance, retry_failed, limit, embed_model)
-    counts: Counter[str] = Counter()
-    errors: Counter[str] = Counter()
-    models: dict[str, Any] = {"profile": prof["name"], "embed_model": embed_model}
+    tally = _Tally({"profile": prof["name"], "embed_model": embed_model}, t0)
     writer = DetectionWriter(lance)
     inline = False
-    n_dets = 0
-    first_row_s: float | None = None
-    t_first = t_last = 0.0
-    rows_after_first = 0
     message = None
     status = "ok"
     try:
         if todo.num_rows:
-            items = work_items(lance, todo)
-            inline = len(items) <= settings.enrich.inline_max_photos
-            log.info(
-                "enrich %s: %d photo rows (%d distinct images), profile %s, %s",
-                run["run_id"],
-                todo.num_rows,
-                len(items),
-                prof["name"],
-                "in this process" if inline else "on Ray",
-            )
-            session = contextlib.nullcontext() if inline else ray_session(settings)
-            with session, _progress(len(items)) as bar:
-                batches = (
-                    run_inline(settings, prof, items)
-                    if inline
-                    else run_pipeline(settings, prof, items, cluster_gpus(), ray)
-                )
-                for rows in batches:
-                    now = time.perf_counter()
-                    if first_row_s is None:  # steady-state rate: batches after the first one
-                        first_row_s, t_first = now - t0, now
-                    else:
-                        rows_after_first, t_last = rows_after_first + len(rows), now
-                    for row in rows:
-                        st, n = writer.add(row)
-                        counts[st] += len(row["targets"])
-                        n_dets += n
-                        if st == "failed":
-                            errors[str(row.get("error") or "unknown").split(":", 1)[0]] += len(row["targets"])
-                        for key in ("detector_model", "embed_model", "caption_model", "text_model"):
-                            if row.get(key):
-                                models[key] = row[key]
-                        if row.get("embed_dim"):
-                            models["embed_dim"], models["text_dim"] = int(row["embed_dim"]), int(row["text_dim"])
-                        bar.update(1)
+            inline = _run_batches(settings, prof, lance, todo, run["run_id"], writer, tally)
             writer.flush()
     except BaseException as exc:
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
@@ -137,16 +162,17 @@ def enrich(
             writer.flush()
         raise
     finally:
+        counts = tally.counts
         run.update(
             finished=_now(),
             status=status,
-            models=models,
+            models=tally.models,
             photos=int(sum(counts.values())),
             ok=counts["ok"],
             no_animal=counts["no_animal"],
             failed=counts["failed"],
-            detections=n_dets,
-            errors_by_reason=dict(errors),
+            detections=tally.detections,
+            errors_by_reason=dict(tally.errors),
             duration_s=round(time.perf_counter() - t0, 3),
             message=message,
         )
@@ -162,13 +188,11 @@ def enrich(
         "ok": run["ok"],
         "no_animal": run["no_animal"],
         "failed": run["failed"],
-        "detections": n_dets,
-        "errors_by_reason": dict(errors),
-        "models": models,
+        "detections": tally.detections,
+        "errors_by_reason": dict(tally.errors),
+        "models": tally.models,
         "duration_s": run["duration_s"],
         "mode": "inline" if inline else "ray",
         "images_per_s": round(run["photos"] / run["duration_s"], 3) if run["duration_s"] else None,
-        # steady state: images after the first result over the time they took (excludes actor start-up)
-        "first_result_s": round(first_row_s, 3) if first_row_s is not None else None,
-        "steady_images_per_s": round(rows_after_first / (t_last - t_first), 3) if t_last > t_first else None,
+        **tally.rates(),
     }
