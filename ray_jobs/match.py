@@ -188,7 +188,8 @@ def match(
     parameters = {"top_k": k, "device": dev, "tile_size": tile, "weights": params.weights,
                   "calibration": {"slope": params.slope, "offset": params.offset},
                   "base_radius_km": cfg.base_radius_km, "max_speed_km_per_day": cfg.max_speed_km_per_day,
-                  "max_days": cfg.max_days, "grace_days": cfg.found_before_lost_grace_days}  # fmt: skip
+                  "max_radius_km": cfg.max_radius_km, "max_days": cfg.max_days,
+                  "grace_days": cfg.found_before_lost_grace_days}  # fmt: skip
     with runs.write() as con:
         run_rows.start_match(con, run_id, started, parameters, versions)
     try:
@@ -249,6 +250,7 @@ def _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray,
     key_args = dict(
         base_radius_km=cfg.base_radius_km,
         max_speed_km_per_day=cfg.max_speed_km_per_day,
+        max_radius_km=cfg.max_radius_km,
         max_days=cfg.max_days,
         grace_days=cfg.found_before_lost_grace_days,
     )
