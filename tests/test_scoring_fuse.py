@@ -95,7 +95,7 @@ def test_plausible_radius_grows_with_days_up_to_the_cap() -> None:
     rules = dict(base_radius_km=8, max_speed_km_per_day=1, max_days=365, grace_days=3, max_radius_km=10)
     dist = torch.tensor([7.0, 9.0, 9.0, 11.0, 11.0, 11.0, 9.5])
     days = torch.tensor([0.0, 0.0, 1.0, 1.0, 30.0, 300.0, NAN])
-    geo, _, ok = geo_time_terms(dist, days, **rules)
+    _, _, ok = geo_time_terms(dist, days, **rules)
     # 8 km on the day, 9 km a day later: the radius grows with the days ...
     assert ok.tolist()[:3] == [True, False, True]
     # ... up to the cap, however long ago the animal went missing (uncapped, 300 days would allow 308 km)
@@ -147,17 +147,15 @@ def test_fused_kernel_equals_the_definition_on_random_data() -> None:
     rng = np.random.default_rng(21)
     n_l, n_f = 23, 31
 
-    def side(n: int, lost: bool) -> Side:
+    def side(n: int) -> Side:
         s = make_side(
             n, rng.integers(0, 4, n).tolist(), rng, species=rng.integers(0, 3, n).tolist(),
             lat=list(np.where(rng.random(n) < 0.15, NAN, 47.6 + rng.normal(0, 0.06, n))),
             lon=list(-122.3 + rng.normal(0, 0.06, n)),
             day=list(np.where(rng.random(n) < 0.15, NAN, rng.integers(0, 40, n).astype(float))),
-            colours=rng.choice([None, "black", "black and white", "red", "tricolor"], n).tolist(),
-            sexes=rng.choice([None, "male", "female"], n).tolist(),
         )  # fmt: skip
         s.attrs = attributes.encode(
-            s.attrs.sex.tolist() and rng.choice([None, "male", "female"], n).tolist(),
+            rng.choice([None, "male", "female"], n).tolist(),
             rng.choice([None, "small", "medium", "large", "xl"], n).tolist(),
             rng.choice([None, "black", "black and white", "red", "tricolor"], n).tolist(),
             rng.choice([None, "labrador", "labrador mix", "poodle", "golden retriever", "mixed"], n).tolist(),
@@ -165,7 +163,7 @@ def test_fused_kernel_equals_the_definition_on_random_data() -> None:
         s.has_text = torch.from_numpy(rng.random(n) < 0.7)
         return s
 
-    lost, found = side(n_l, True), side(n_f, False)
+    lost, found = side(n_l), side(n_f)
     found.det_emb[: min(len(found.det_emb), len(lost.det_emb))] = lost.det_emb[: len(found.det_emb)]  # true pairs
     p = background_stats(lost, found, params())
     ref = _reference_fused(lost, found, p)

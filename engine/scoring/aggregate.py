@@ -6,8 +6,8 @@ plus a small **evidence bonus** when more than one detection pair clears the agr
 of the same animal agreeing are stronger evidence than one lucky pair).
 
 Two code paths compute the same numbers: :func:`tile_image_terms` for a dense tile of listings (one matrix product
-over their detections, then segment max, agreeing pairs counted sparsely), and :func:`pair_image_terms` for an explicit list of pairs (padded
-per-listing detection sets). Tests check they agree.
+over their detections, then segment max, agreeing pairs counted sparsely), and :func:`pair_image_terms` for an
+explicit list of pairs (padded per-listing detection sets). Tests check they agree.
 """
 
 from __future__ import annotations

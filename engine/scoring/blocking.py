@@ -180,7 +180,8 @@ def _leaves(cells: np.ndarray, near: _Candidates, reach: float) -> list[tuple[np
             half = span // 2
             boxes, parts = _split(np.floor_divide(cells[members], half))
             children = [(half, members[p], near.near(b * half, half, reach)) for b, p in zip(boxes, parts, strict=True)]
-            if sum((len(m) + GATHER_PAIRS) * len(f) for _, m, f in children) < (len(members) + GATHER_PAIRS) * len(found):
+            split_cost = sum((len(m) + GATHER_PAIRS) * len(f) for _, m, f in children)
+            if split_cost < (len(members) + GATHER_PAIRS) * len(found):
                 todo.extend(children)
                 continue
         out.append((members, found))
