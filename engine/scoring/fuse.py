@@ -27,7 +27,6 @@ rejected shelter feedback, or planted pairs).
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -43,7 +42,6 @@ from engine.scoring.attributes import AttributeCodes, attribute_terms
 from engine.scoring.geo import geo_time_terms, haversine_km
 
 NEG_INF = float("-inf")
-log = logging.getLogger(__name__)
 SPECIES_CODES = {"dog": 1, "cat": 2, "other": 3}
 """0 is unknown: it is compatible with every species."""
 TERMS = ("image", "text", "attributes", "geo", "time")
