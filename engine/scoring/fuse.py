@@ -233,12 +233,10 @@ class Scorer:
         self.use_text = (
             lost.text.shape[1] == found.text.shape[1] and bool(lost.has_text.any()) and bool(found.has_text.any())
         )
-        lost_breeds, found_breeds = kernel.breed_numbers(lost.attrs.breed_id, found.attrs.breed_id)
         self._codes = [
-            kernel.side_codes(side.lat, side.lon, side.day, side.species, side.has_text & self.use_text, side.attrs,
-                              breeds, is_lost, self.w["attributes"], self.device)
-            for side, breeds, is_lost in ((lost, lost_breeds, True), (found, found_breeds, False))
-        ]  # fmt: skip
+            kernel.side_codes(s.lat, s.lon, s.day, s.species, s.has_text & self.use_text, s.attrs, self.device)
+            for s in (lost, found)
+        ]
         self._consts = kernel.constants(params, self.w, self.device)
         self._zero = torch.zeros((), device=self.device)
         self._no_image = torch.full((), NEG_INF, device=self.device)
@@ -249,19 +247,10 @@ class Scorer:
         return geo_time_terms(dist, days, base_radius_km=p.base_radius_km, max_speed_km_per_day=p.max_speed_km_per_day,
                               max_days=p.max_days, grace_days=p.grace_days, max_radius_km=p.max_radius_km)  # fmt: skip
 
-    def _kernel_args(self, ia: Any, ib: Any, best, txt, lin, inter, shared) -> tuple:
-        """Arguments of ``kernel.fused_kernel``: codes of lost ``ia`` and found ``ib`` (index tensors for pair
-        lists; a (slice, None) / (None, slice) for tiles)."""
-        A, B = self._codes
-        return (best, txt, lin, inter, shared, A.colour_rcp[ia], B.colour_rcp[ib], A.breed[ia], B.breed[ib],
-                A.x[ia], A.y[ia], A.z[ia], B.x[ib], B.y[ib], B.z[ib], A.day[ia], B.day[ib],
-                A.species[ia], B.species[ib], A.has_text[ia], B.has_text[ib], self._consts)  # fmt: skip
-
     # ------------------------------------------------------------------------------------------------------ tile
     def tile(self, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
         """Fused scores of lost[r0:r1] × found[c0:c1] (-inf: ruled out)."""
         a, b = self._lost_dev, self._found_dev
-        A, B = self._codes
         a0, a1 = int(self.lost.det_offsets[r0]), int(self.lost.det_offsets[r1])
         b0, b1 = int(self.found.det_offsets[c0]), int(self.found.det_offsets[c1])
         r, c = slice(r0, r1), slice(c0, c1)
@@ -279,11 +268,8 @@ class Scorer:
         else:
             best = self._no_image
         txt = a.text[r] @ b.text[c].T if self.use_text else self._zero
-        args = self._kernel_args(
-            (r, None), (None, c), best, txt, A.lin[r] @ B.lin[c].T, A.colours[r] @ B.colours[c].T,
-            A.breed_tok[r] @ B.breed_tok[c].T,
-        )  # fmt: skip
-        out = kernel.kernel_for((r1 - r0) * (c1 - c0), self.compile)(*args)
+        codes = self._codes[0].pick((r, None)), self._codes[1].pick((None, c))
+        out = kernel.kernel_for((r1 - r0) * (c1 - c0), self.compile)(best, txt, *codes, self._consts)
         if hits is not None:
             kernel.add_bonus(out, *hits, self.w["image"])
         return out
@@ -321,17 +307,9 @@ class Scorer:
         attr = attribute_terms(la, fa, outer=False)
         dist = haversine_km(L.lat[i], L.lon[i], F.lat[j], F.lon[j])
         days = F.day[j] - L.day[i]
-        A, B = self._codes
-        di, dj = i.to(self.device), j.to(self.device)
-
-        def dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return (x[di] * y[dj]).sum(-1)
-
+        codes = self._codes[0].pick(i.to(self.device)), self._codes[1].pick(j.to(self.device))
         has_img = torch.isfinite(best)
-        fused = kernel.fused_kernel(
-            *self._kernel_args(di, dj, best.to(self.device), txt.to(self.device), dot(A.lin, B.lin),
-                               dot(A.colours, B.colours), dot(A.breed_tok, B.breed_tok))
-        ).cpu()  # fmt: skip
+        fused = kernel.fused_kernel(best.to(self.device), txt.to(self.device), *codes, self._consts).cpu()
         fused = fused + torch.where(has_img, self.w["image"] * aggregate.evidence_bonus(agree), 0.0)
         geo, tim, _ = self._geo_time(dist, days)
         z_img = (torch.where(has_img, best, torch.zeros_like(best)) - self.params.img_center) / self.params.img_scale
