@@ -115,9 +115,9 @@ class MatchSettings:
     device: str = "auto"
     max_speed_km_per_day: float = 1.0
     base_radius_km: float = 8.0
-    max_radius_km: float = 10.0
-    """Cap on the plausible radius ``base_radius_km + max_speed_km_per_day · days`` (8 km on the day, 10 km from
-    the second day): pairs farther apart are ruled out and never scored, and blocking cuts the map by this radius,
+    max_radius_km: float = 9.0
+    """Cap on the plausible radius ``base_radius_km + max_speed_km_per_day · days`` (8 km on the day, 9 km from
+    the next day on): pairs farther apart are ruled out and never scored, and blocking cuts the map by this radius,
     so a wider cap scores quadratically more pairs. Most lost pets are found within a few kilometres; an animal a
     shelter moved farther (a transfer across a county or to a rescue elsewhere) needs a wider setting."""
     max_days: int = 365

@@ -120,7 +120,7 @@ class ScoreParams:
     weights: Mapping[str, float]
     base_radius_km: float = 8.0
     max_speed_km_per_day: float = 1.0
-    max_radius_km: float = 10.0
+    max_radius_km: float = 9.0
     max_days: float = 365.0
     grace_days: float = 3.0
     slope: float = DEFAULT_CALIBRATION["slope"]
