@@ -118,7 +118,8 @@ def _reference_fused(lost: Side, found: Side, p: ScoreParams) -> np.ndarray:
     days = t(found.day)[None, :] - t(lost.day)[:, None]
     geo, tim, ok = geo_time_terms(dist, days, base_radius_km=p.base_radius_km, max_days=p.max_days,
                                   max_speed_km_per_day=p.max_speed_km_per_day, grace_days=p.grace_days,
-                                  max_radius_km=p.max_radius_km)  # fmt: skip
+                                  max_radius_km=p.max_radius_km, scale_km=p.geo_scale_km,
+                                  scale_km_per_day=p.geo_scale_km_per_day)  # fmt: skip
     e_geo = np.nan_to_num(2 * geo.numpy() - 1, nan=0.0)
     e_time = np.nan_to_num(2 * tim.numpy() - 1, nan=0.0)
     a_emb, b_emb = lost.det_emb.double().numpy(), found.det_emb.double().numpy()

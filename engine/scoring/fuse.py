@@ -121,6 +121,8 @@ class ScoreParams:
     base_radius_km: float = 8.0
     max_speed_km_per_day: float = 1.0
     max_radius_km: float = 9.0
+    geo_scale_km: float = 15.0
+    geo_scale_km_per_day: float = 25.0
     max_days: float = 365.0
     grace_days: float = 3.0
     slope: float = DEFAULT_CALIBRATION["slope"]
@@ -149,6 +151,8 @@ class ScoreParams:
             base_radius_km=float(match_settings.base_radius_km),
             max_speed_km_per_day=float(match_settings.max_speed_km_per_day),
             max_radius_km=float(match_settings.max_radius_km),
+            geo_scale_km=float(match_settings.geo_scale_km),
+            geo_scale_km_per_day=float(match_settings.geo_scale_km_per_day),
             max_days=float(match_settings.max_days),
             grace_days=float(match_settings.found_before_lost_grace_days),
             slope=float(calib["slope"]),
@@ -245,7 +249,8 @@ class Scorer:
     def _geo_time(self, dist, days):
         p = self.params
         return geo_time_terms(dist, days, base_radius_km=p.base_radius_km, max_speed_km_per_day=p.max_speed_km_per_day,
-                              max_days=p.max_days, grace_days=p.grace_days, max_radius_km=p.max_radius_km)  # fmt: skip
+                              max_days=p.max_days, grace_days=p.grace_days, max_radius_km=p.max_radius_km,
+                              scale_km=p.geo_scale_km, scale_km_per_day=p.geo_scale_km_per_day)  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------------ tile
     def tile(self, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:

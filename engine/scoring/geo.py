@@ -52,11 +52,14 @@ def geo_time_terms(
     max_days: float | torch.Tensor,
     grace_days: float | torch.Tensor,
     max_radius_km: float | torch.Tensor = math.inf,
+    scale_km: float | torch.Tensor | None = None,
+    scale_km_per_day: float | torch.Tensor = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(geo_score, time_score, allowed) for found-minus-lost ``days_apart`` and ``dist_km`` (NaN = unknown).
 
     * geo_score ∈ (0, 1]: ``exp(-d / R)``, R the plausible radius for the days elapsed (``TYPICAL_DAYS`` when
-      unknown), capped at ``max_radius_km``. NaN when the distance is unknown.
+      unknown), capped at ``max_radius_km``, or ``scale_km + scale_km_per_day · days`` when ``scale_km`` is given.
+      NaN when the distance is unknown.
     * time_score ∈ (0, 1]: 1 for a found date up to the grace period before the lost date, decaying with
       ``exp(-days / (max_days / 6))`` after it. NaN when a date is missing.
     * allowed: False when found more than ``grace_days`` before lost, more than ``max_days`` after, or farther
@@ -65,7 +68,10 @@ def geo_time_terms(
     known_d = ~torch.isnan(dist_km)
     known_t = ~torch.isnan(days_apart)
     days0 = torch.where(known_t, days_apart, torch.full_like(days_apart, TYPICAL_DAYS))
-    scale = plausible_radius_km(days0, base_radius_km, max_speed_km_per_day, max_radius_km)
+    if scale_km is None:
+        scale = plausible_radius_km(days0, base_radius_km, max_speed_km_per_day, max_radius_km)
+    else:
+        scale = plausible_radius_km(days0, scale_km, scale_km_per_day)
     geo = torch.exp(-torch.nan_to_num(dist_km, nan=0.0) / scale)
     geo = torch.where(known_d, geo, torch.full_like(geo, float("nan")))
     tau = max_days / 6.0

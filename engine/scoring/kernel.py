@@ -106,7 +106,7 @@ def constants(p: Any, w: dict[str, float], device: torch.device) -> torch.Tensor
     values = [
         p.img_center, p.img_scale, p.txt_center, p.txt_scale, w["image"], w["text"], w["attributes"], w["geo"],
         w["time"], p.base_radius_km, p.max_speed_km_per_day, p.max_radius_km, p.max_days, p.grace_days,
-        max(p.max_days / 6.0, 1.0),
+        max(p.max_days / 6.0, 1.0), p.geo_scale_km, p.geo_scale_km_per_day,
     ]  # fmt: skip
     return torch.tensor(values, dtype=torch.float32, device=device)
 
@@ -136,9 +136,9 @@ def fused_kernel(best, txt, a, b, c):  # fmt: skip
     dist = (2.0 * EARTH_RADIUS_KM) * torch.asin((0.5 * chord).clamp(max=1.0))
     days = b.day - a.day
     no_days = torch.isnan(days)
-    radius = (c[9] + c[10] * torch.where(no_days, TYPICAL_DAYS, days).clamp(min=0.0)).clamp(max=c[11])
+    scale = c[15] + c[16] * torch.where(no_days, TYPICAL_DAYS, days).clamp(min=0.0)
     limit = (c[9] + c[10] * torch.where(no_days, c[12], days).clamp(min=0.0)).clamp(max=c[11])
-    e_geo = torch.where(torch.isnan(dist), 0.0, 2.0 * torch.exp(-dist / radius) - 1.0)
+    e_geo = torch.where(torch.isnan(dist), 0.0, 2.0 * torch.exp(-dist / scale) - 1.0)
     e_time = torch.where(no_days, 0.0, 2.0 * torch.exp(-days.clamp(min=0.0) / c[14]) - 1.0)
     fused = c[4] * e_img + c[5] * e_txt + c[6] * e_attr + c[7] * e_geo + c[8] * e_time
     species_differ = (a.species != b.species) & (a.species != 0) & (b.species != 0)
