@@ -37,7 +37,7 @@ from engine.config import Settings
 from engine.errors import HomewardError
 from engine.scoring.allpairs import resolve_device, tile_for
 from engine.scoring.blocking import Block, listing_keys, make_blocks
-from engine.scoring.blocks import score_blocks
+from engine.scoring.blocks import best_per_found, score_blocks
 from engine.scoring.fuse import COMPILE_MIN_RUN_PAIRS, ScoreParams, Scorer, Side, background_stats
 from engine.scoring.sides import active_listings, build_side, select_model_vectors
 from engine.storage import RunsDB, open_stores
@@ -121,19 +121,6 @@ def _score_all(lost, found, params, blocks, k, tile_size, device, use_ray, setti
             [remote.remote(lost_ref, found_ref, params, s, k, tile_size, device, compile) for s in shards if s]
         )
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(7))
-
-
-def _merge_found_topk(lost_g: np.ndarray, found_g: np.ndarray, fused: np.ndarray, k: int):
-    """A found listing is scored in several blocks: keep its best k over all of them, ranked."""
-    if len(found_g) == 0:
-        return lost_g.astype(np.int64), found_g.astype(np.int64), np.zeros(0, np.int64)
-    order = np.lexsort((lost_g, -fused, found_g))
-    lost_g, found_g = lost_g[order], found_g[order]
-    start = np.r_[0, np.flatnonzero(np.diff(found_g)) + 1]
-    counts = np.diff(np.r_[start, len(found_g)])
-    rank = np.arange(len(found_g)) - np.repeat(start, counts) + 1
-    keep = rank <= k
-    return lost_g[keep].astype(np.int64), found_g[keep].astype(np.int64), rank[keep]
 
 
 # -------------------------------------------------------------------------------------------------------- publishing
@@ -265,7 +252,7 @@ def _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray,
     t_score = time.perf_counter()
     rl, rf, _rs, rrank, cl, cf, cs = _score_all(lost, found, params, blocks, k, tile, dev, use_ray, settings)
     score_s = time.perf_counter() - t_score
-    cl, cf, crank = _merge_found_topk(cl.astype(np.int64), cf.astype(np.int64), cs, k)
+    cl, cf, _, crank = best_per_found(cl.astype(np.int64), cf.astype(np.int64), cs, k)
 
     pairs: dict[tuple[int, int], list[Any]] = {}
     for a, b, r in zip(rl.astype(np.int64).tolist(), rf.astype(np.int64).tolist(), rrank.tolist(), strict=True):
