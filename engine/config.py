@@ -116,8 +116,19 @@ class MatchSettings:
     (64 MB of scores, stays in cache-friendly sizes), 16384 on a GPU (1 GB of scores; smaller tiles leave the GPU
     waiting on per-tile top-k merges: 0.55 of the plain-matmul rate at 4096 vs 0.71 at 16384 on an H100)."""
     device: str = "auto"
-    max_speed_km_per_day: float = 25.0
-    base_radius_km: float = 15.0
+    max_speed_km_per_day: float = 1.0
+    base_radius_km: float = 8.0
+    max_radius_km: float = 9.0
+    """Cap on the plausible radius ``base_radius_km + max_speed_km_per_day · days`` (8 km on the day, 9 km from
+    the next day on): pairs farther apart are ruled out and never scored, and blocking cuts the map by this radius,
+    so a wider cap scores quadratically more pairs. Most lost pets are found within a few kilometres; an animal a
+    shelter moved farther (a transfer across a county or to a rescue elsewhere) needs a wider setting."""
+    geo_scale_km: float = 15.0
+    geo_scale_km_per_day: float = 25.0
+    """The distance prior's softness, apart from the hard radius: ``geo = exp(-d / (geo_scale_km +
+    geo_scale_km_per_day · days))``. Within the 9 km cap distance only nudges a score; scaling it by the capped
+    radius instead (8-9 km) let near strangers outrank the animal itself (planted-reunion recall@1 0.911 against
+    0.915 at 200k listings)."""
     max_days: int = 365
     found_before_lost_grace_days: int = 3
     weights: dict[str, float] = field(

@@ -150,10 +150,10 @@ def _scoring_inputs(params: ScoreParams, k: int, embed_model, text_model, lost: 
 def _scoring_code() -> str:
     """A digest of the modules that turn listings into pair values and top-k lists: a new version of any of them
     (another evidence term, another rounding) makes the previous run's values stale, whatever the configuration."""
-    from engine.scoring import aggregate, attributes, fuse, geo, incremental, sides
+    from engine.scoring import aggregate, attributes, blocking, fuse, geo, incremental, kernel, sides
 
     digest = hashlib.sha256()
-    for module in (aggregate, attributes, fuse, geo, incremental, sides):
+    for module in (aggregate, attributes, blocking, fuse, geo, incremental, kernel, sides):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()[:16]
 
@@ -353,7 +353,8 @@ def match(
     parameters = {"top_k": k, "device": dev, "tile_size": tile, "weights": params.weights,
                   "calibration": {"slope": params.slope, "offset": params.offset},
                   "base_radius_km": cfg.base_radius_km, "max_speed_km_per_day": cfg.max_speed_km_per_day,
-                  "max_days": cfg.max_days, "grace_days": cfg.found_before_lost_grace_days, "full": full}  # fmt: skip
+                  "max_radius_km": cfg.max_radius_km, "max_days": cfg.max_days,
+                  "grace_days": cfg.found_before_lost_grace_days, "full": full}  # fmt: skip
     with runs.write() as con:
         run_rows.start_match(con, run_id, started, parameters, versions)
     try:
@@ -438,6 +439,7 @@ def _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray,
     key_args = dict(
         base_radius_km=cfg.base_radius_km,
         max_speed_km_per_day=cfg.max_speed_km_per_day,
+        max_radius_km=cfg.max_radius_km,
         max_days=cfg.max_days,
         grace_days=cfg.found_before_lost_grace_days,
     )

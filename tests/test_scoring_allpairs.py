@@ -100,7 +100,9 @@ def test_bench_match_reports_ratio_and_memory(settings) -> None:
         assert run["topk_spot_check_mismatches"] == 0
         assert run["tiles"] == (-(-run["n"] // 128)) ** 2 and run["peak_scoring_mb"] >= 0
     assert out["ratio_min"] == min(r["ratio"] for r in out["runs"]) and out["bar"] == 0.7
-    assert out["fused_scorer"]["n"] == 300 and out["fused_scorer"]["pairs_per_s"] > 0
+    fused = out["fused_scorer"]
+    assert fused["n"] == 300 and fused["eager"]["pairs_per_s"] > 0 and fused["compiled"]["pairs_per_s"] > 0
+    assert out["fused_ratio"] == fused["fused_ratio"] > 0 and fused["fused_ratio_eager"] > 0
 
 
 def test_packed_keys_order_by_score_then_lower_index_and_round_trip() -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pytest
 import torch
 
 from engine.scoring.blocking import listing_keys, make_blocks
@@ -24,18 +27,24 @@ def _random_side(n: int, rng: np.random.Generator):
     return species, lat, lon, day
 
 
-def test_blocks_cover_every_allowed_pair() -> None:
+def _pairs(blocks) -> int:
+    return sum(b.pairs for b in blocks)
+
+
+@pytest.mark.parametrize("cap", [math.inf, 60.0, 20.0])
+def test_blocks_cover_every_allowed_pair(cap: float) -> None:
+    rules = {**RULES, "max_radius_km": cap}
     rng = np.random.default_rng(0)
     ls, llat, llon, lday = _random_side(400, rng)
     fs, flat, flon, fday = _random_side(500, rng)
-    blocks = make_blocks(listing_keys(ls, llat, llon, lday, **RULES), listing_keys(fs, flat, flon, fday, **RULES))
+    blocks = make_blocks(listing_keys(ls, llat, llon, lday, **rules), listing_keys(fs, flat, flon, fday, **rules))
     covered = np.zeros((400, 500), dtype=bool)
     for b in blocks:
         covered[np.ix_(b.lost, b.found)] = True
     t = lambda x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
     dist = haversine_km(t(llat)[:, None], t(llon)[:, None], t(flat)[None, :], t(flon)[None, :])
     days = t(fday)[None, :] - t(lday)[:, None]
-    _, _, allowed = geo_time_terms(dist, days, **RULES)
+    _, _, allowed = geo_time_terms(dist, days, **rules)
     species_ok = (ls[:, None] == fs[None, :]) | (ls[:, None] == 0) | (fs[None, :] == 0)
     allowed = allowed.numpy() & species_ok
     assert allowed.any()
@@ -44,3 +53,24 @@ def test_blocks_cover_every_allowed_pair() -> None:
     # every lost listing lies in exactly one block
     owners = np.concatenate([b.lost for b in blocks])
     assert len(owners) == len(set(owners.tolist()))
+
+
+def test_blocks_shrink_under_the_radius_cap() -> None:
+    """One city 60 km across: uncapped (15 + 5 km/day over 30 days) a listing reaches the whole city; a 10 km cap
+    leaves each lost listing a neighbourhood, in blocks smaller than the whole city (that no allowed pair is lost is
+    ``test_blocks_cover_every_allowed_pair``)."""
+    rng = np.random.default_rng(1)
+
+    def city(n: int):
+        lat = 47.6 + rng.uniform(-0.27, 0.27, n)
+        lon = -122.3 + rng.uniform(-0.4, 0.4, n)
+        return np.ones(n, dtype=np.int64), lat, lon, rng.integers(0, 20, n).astype(float)
+
+    lost, found = city(300), city(400)
+    sizes = {}
+    for cap in (math.inf, 10.0):
+        rules = {**RULES, "max_radius_km": cap}
+        blocks = make_blocks(listing_keys(*lost, **rules), listing_keys(*found, **rules))
+        sizes[cap] = (_pairs(blocks), max(len(b.found) for b in blocks))
+    assert sizes[math.inf][1] == 400  # uncapped, some block holds the whole city
+    assert sizes[10.0][0] < sizes[math.inf][0] / 3 and sizes[10.0][1] < 400

@@ -91,6 +91,92 @@ def test_geo_time_hard_rules_and_missing_values() -> None:
     assert float(geo[0]) > float(geo[4]) and float(tim[0]) > float(tim[4])
 
 
+def test_plausible_radius_grows_with_days_up_to_the_cap() -> None:
+    rules = dict(base_radius_km=8, max_speed_km_per_day=1, max_days=365, grace_days=3, max_radius_km=10)
+    dist = torch.tensor([7.0, 9.0, 9.0, 11.0, 11.0, 11.0, 9.5])
+    days = torch.tensor([0.0, 0.0, 1.0, 1.0, 30.0, 300.0, NAN])
+    _, _, ok = geo_time_terms(dist, days, **rules)
+    # 8 km on the day, 9 km a day later: the radius grows with the days ...
+    assert ok.tolist()[:3] == [True, False, True]
+    # ... up to the cap, however long ago the animal went missing (uncapped, 300 days would allow 308 km)
+    assert not ok[3:6].any() and ok[6]
+    _, _, uncapped = geo_time_terms(dist, days, **{**rules, "max_radius_km": math.inf})
+    assert uncapped[4:6].all()
+    # the distance prior uses the capped radius too: a day later and a month later score the same at 9 km
+    far = geo_time_terms(torch.tensor([9.0, 9.0]), torch.tensor([2.0, 30.0]), **rules)[0]
+    assert float(far[0]) == pytest.approx(float(far[1]))
+
+
+def _reference_fused(lost: Side, found: Side, p: ScoreParams) -> np.ndarray:
+    """The fused score by its definition (``engine.scoring.fuse`` docstring), pair by pair, in float64."""
+    from engine.scoring.attributes import attribute_terms
+
+    w = p.weights
+    attr = attribute_terms(lost.attrs, found.attrs, outer=True)["evidence"].double().numpy()
+    t = lambda x: x.double()  # noqa: E731
+    dist = haversine_km(t(lost.lat)[:, None], t(lost.lon)[:, None], t(found.lat)[None, :], t(found.lon)[None, :])
+    days = t(found.day)[None, :] - t(lost.day)[:, None]
+    geo, tim, ok = geo_time_terms(dist, days, base_radius_km=p.base_radius_km, max_days=p.max_days,
+                                  max_speed_km_per_day=p.max_speed_km_per_day, grace_days=p.grace_days,
+                                  max_radius_km=p.max_radius_km, scale_km=p.geo_scale_km,
+                                  scale_km_per_day=p.geo_scale_km_per_day)  # fmt: skip
+    e_geo = np.nan_to_num(2 * geo.numpy() - 1, nan=0.0)
+    e_time = np.nan_to_num(2 * tim.numpy() - 1, nan=0.0)
+    a_emb, b_emb = lost.det_emb.double().numpy(), found.det_emb.double().numpy()
+    out = np.zeros((lost.n, found.n))
+    for i in range(lost.n):
+        for j in range(found.n):
+            sims = a_emb[lost.det_owner.numpy() == i] @ b_emb[found.det_owner.numpy() == j].T
+            e_img = 0.0
+            if sims.size:
+                agree = int((sims >= p.agree_threshold).sum())
+                e_img = max((sims.max() - p.img_center) / p.img_scale, -2) / 4 + 0.05 * min(max(agree - 1, 0), 3)
+            e_txt = 0.0
+            if lost.has_text[i] and found.has_text[j]:
+                cos = float(lost.text[i].double() @ found.text[j].double())
+                e_txt = max((cos - p.txt_center) / p.txt_scale, -2) / 4
+            sp_a, sp_b = int(lost.species[i]), int(found.species[j])
+            fused = (w["image"] * e_img + w["text"] * e_txt + w["attributes"] * attr[i, j] + w["geo"] * e_geo[i, j]
+                     + w["time"] * e_time[i, j])  # fmt: skip
+            out[i, j] = fused if ok[i, j] and (sp_a == sp_b or 0 in (sp_a, sp_b)) else -np.inf
+    return out
+
+
+def test_fused_kernel_equals_the_definition_on_random_data() -> None:
+    """Tiles and pair lists of the rewritten kernel against the definition in float64: several photos or none per
+    listing, missing coordinates, dates and texts, all attribute states, agreeing photo pairs (the bonus)."""
+    rng = np.random.default_rng(21)
+    n_l, n_f = 23, 31
+
+    def side(n: int) -> Side:
+        s = make_side(
+            n, rng.integers(0, 4, n).tolist(), rng, species=rng.integers(0, 3, n).tolist(),
+            lat=list(np.where(rng.random(n) < 0.15, NAN, 47.6 + rng.normal(0, 0.06, n))),
+            lon=list(-122.3 + rng.normal(0, 0.06, n)),
+            day=list(np.where(rng.random(n) < 0.15, NAN, rng.integers(0, 40, n).astype(float))),
+        )  # fmt: skip
+        s.attrs = attributes.encode(
+            rng.choice([None, "male", "female"], n).tolist(),
+            rng.choice([None, "small", "medium", "large", "xl"], n).tolist(),
+            rng.choice([None, "black", "black and white", "red", "tricolor"], n).tolist(),
+            rng.choice([None, "labrador", "labrador mix", "poodle", "golden retriever", "mixed"], n).tolist(),
+        )
+        s.has_text = torch.from_numpy(rng.random(n) < 0.7)
+        return s
+
+    lost, found = side(n_l), side(n_f)
+    found.det_emb[: min(len(found.det_emb), len(lost.det_emb))] = lost.det_emb[: len(found.det_emb)]  # true pairs
+    p = background_stats(lost, found, params())
+    ref = _reference_fused(lost, found, p)
+    scorer = Scorer(lost, found, p)
+    finite = np.isfinite(ref)
+    assert 0.2 < finite.mean() < 0.95, "the random data should exercise both ruled-out and scored pairs"
+    li, fi = np.meshgrid(np.arange(n_l), np.arange(n_f), indexing="ij")
+    for got in (scorer.tile(0, n_l, 0, n_f).numpy(), scorer.pairs(li.ravel(), fi.ravel())["fused"].reshape(n_l, n_f)):
+        assert np.array_equal(np.isfinite(got), finite)
+        assert np.abs(got[finite] - ref[finite]).max() < 1e-4
+
+
 # ---------------------------------------------------------------------------------------------------------- attributes
 def test_colour_words_in_english_and_russian() -> None:
     assert attributes.canonical_colours("Chocolate/White") == {"brown", "white"}
@@ -123,9 +209,11 @@ def test_best_photo_pair_and_agreement_count() -> None:
     rng = np.random.default_rng(3)
     lost = make_side(3, [2, 1, 3], rng)
     found = make_side(4, [1, 3, 2, 1], rng)
-    best, agree = aggregate.tile_image_terms(
+    best, (rows, cols, counts) = aggregate.tile_image_terms(
         lost.det_emb, lost.det_owner, 3, found.det_emb, found.det_owner, 4, agree_threshold=0.0
     )
+    agree = torch.zeros((3, 4), dtype=torch.int64)
+    agree[rows, cols] = counts
     sim = (lost.det_emb @ found.det_emb.T).numpy()
     lo, fo = lost.det_owner.numpy(), found.det_owner.numpy()
     for i in range(3):
@@ -138,7 +226,7 @@ def test_best_photo_pair_and_agreement_count() -> None:
     ap, am, _ = lost.padded(li)
     bp, bm, _ = found.padded(fi)
     pbest, pagree, _, _ = aggregate.pair_image_terms(ap, am, bp, bm, 0.0)
-    assert torch.allclose(pbest, best[li, fi], atol=1e-6) and torch.equal(pagree, agree[li, fi])
+    assert torch.allclose(pbest, best[li, fi], atol=1e-6) and torch.equal(pagree.long(), agree[li, fi])
     assert aggregate.evidence_bonus(torch.tensor([0, 1, 2, 9])).tolist() == pytest.approx([0, 0, 0.05, 0.15])
 
 

@@ -6,8 +6,8 @@ plus a small **evidence bonus** when more than one detection pair clears the agr
 of the same animal agreeing are stronger evidence than one lucky pair).
 
 Two code paths compute the same numbers: :func:`tile_image_terms` for a dense tile of listings (one matrix product
-over their detections, then segment max/count), and :func:`pair_image_terms` for an explicit list of pairs (padded
-per-listing detection sets). Tests check they agree.
+over their detections, then segment max, agreeing pairs counted sparsely), and :func:`pair_image_terms` for an
+explicit list of pairs (padded per-listing detection sets). Tests check they agree.
 """
 
 from __future__ import annotations
@@ -45,24 +45,26 @@ def tile_image_terms(
     b_owner: torch.Tensor,
     n_b: int,
     agree_threshold: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best detection-pair similarity (n_a, n_b), -inf where a side has no detection, and the number of
-    detection pairs at or above ``agree_threshold``. ``*_owner``: listing index (0-based, within the tile) of each
-    detection row."""
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
+    """Best detection-pair similarity (n_a, n_b), -inf where a side has no detection, and the listing pairs with
+    detection pairs at or above ``agree_threshold`` as (rows, columns, counts). ``*_owner``: listing index (0-based,
+    within the tile) of each detection row.
+
+    The counts are kept sparse: only a few pairs clear the threshold (it lies 2.5 background spreads up), and the
+    bonus needs two agreeing pairs. When every listing has exactly one detection no count can exceed one: None."""
     sim = a @ b.T
     one_a = _one_each(a_owner, n_a)  # every listing has exactly one detection: rows already are listings
     one_b = _one_each(b_owner, n_b)
     if one_a and one_b:
-        return sim, (sim >= agree_threshold).to(torch.int32)
-    agree = (sim >= agree_threshold).to(torch.float32)
+        return sim, None
+    hit_a, hit_b = (sim >= agree_threshold).nonzero(as_tuple=True)
+    pair, counts = torch.unique(a_owner[hit_a] * n_b + b_owner[hit_b], return_counts=True)
     best = sim
     if not one_a:
         best = _segment_rows(best, a_owner, n_a, "amax")
-        agree = _segment_rows(agree, a_owner, n_a, "sum")
     if not one_b:
         best = _segment_rows(best.T.contiguous(), b_owner, n_b, "amax").T
-        agree = _segment_rows(agree.T.contiguous(), b_owner, n_b, "sum").T
-    return best, agree.round().to(torch.int32)
+    return best, (pair // n_b, pair % n_b, counts)
 
 
 def pair_image_terms(

@@ -146,7 +146,8 @@ def _inner(a: torch.Tensor, b: torch.Tensor, outer: bool) -> torch.Tensor:
 
 
 def sub_terms(sa, sb, za, zb, inter, ca, cb, ba, bb, shared) -> dict[str, torch.Tensor]:
-    """Per-attribute evidence from broadcastable codes (pure element-wise: the fused scorer compiles it)."""
+    """Per-attribute evidence from broadcastable codes: the definition, which ``kernel`` folds into lookup tables
+    (tests hold the two equal)."""
     nan = float("nan")
     sex = torch.where((sa > 0) & (sb > 0), torch.where(sa == sb, 0.3, -1.0), nan)
     gap = (za - zb).abs()

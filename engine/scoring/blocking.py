@@ -2,31 +2,44 @@
 
 Blocks never lose a pair that the hard rules would keep. A lost and a found listing can only pair when species agree
 (or one is unknown), the found date lies in ``[lost - grace, lost + max_days]`` and the distance is within the
-plausible radius for ``max_days``, ``R = base_radius_km + max_speed_km_per_day · max_days``. So listings are keyed by
+plausible radius for ``max_days``, ``R = min(base_radius_km + max_speed_km_per_day · max_days, max_radius_km)``.
+The cap is what lets geography separate listings at all: uncapped, a year at 25 km/day is a 9,140 km radius and a
+whole county (or country) is one block.
 
-* species (unknown pairs with every species),
-* a 3-D grid cell of the unit sphere whose edge is the chord of R (``geo.geo_cells``): a partner within R lies in the
-  same or one of the 26 neighbouring cells; no coordinates → the "unknown location" key, compared with every cell,
-* a time window of ``max_days + grace_days`` days: a partner lies in the same or an adjacent window; no date → the
-  unknown window, compared with every window,
+Lost listings are grouped by species, a cell of a 3-D grid on the unit sphere (``CELLS_PER_RADIUS`` cells per chord
+of R: no pole or date-line special cases) and a time window (``WINDOWS_PER_SPAN`` windows per ``max_days +
+grace_days`` days); no coordinates or no date is a group of its own. Each group is one block, scored against exactly
+the found listings that can pair with *some* point of its cell and *some* day of its window: the right species (or
+unknown), a day within ``[window start - grace, window end + max_days]``, a point within chord R of the cell's box
+(no coordinates or no date on the found side: always reachable). A found listing lies in several blocks (per-found
+top-k is merged across blocks); each lost listing in exactly one. Inside a block the hard rules are applied per pair,
+exactly.
 
-and each group of lost listings with the same key is scored against the union of the found groups its key can reach.
-Lost groups that reach the same found groups are merged into one block (fewer, larger matrix products). Inside a
-block the hard rules are applied per pair, exactly. Each lost listing lies in exactly one block, a found listing
-in possibly several (so per-found top-k is merged across blocks).
+The trade-off is in the two constants: smaller cells and windows score fewer pairs (the reach of a group approaches
+the radius and the day range of one listing) but make more, smaller blocks, whose matrix products run further from
+the matmul roofline and whose per-block set-up (gathering both sides' vectors) is paid more often.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Sequence
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from engine.scoring.geo import geo_cells, neighbour_cells, plausible_radius_km
+from engine.scoring.geo import chord_for_radius, plausible_radius_km, unit_vectors
 
-Key = tuple[int, tuple[int, int, int] | None, int | None]
+CELLS_PER_RADIUS = 4
+"""Grid cells per chord of R: a group's found listings lie within R of its cell, a box 1/2 R wide (a disc of about
+R + 0.35 R in a region), where one cell per radius with its 26 neighbours had a cube three radii wide."""
+COARSE_LEVELS = 4
+"""The octree's largest boxes are 2⁴ finest cells wide (8 R)."""
+GATHER_PAIRS = 4
+"""What gathering one found listing's vectors into a block costs, in scored pairs (see ``_leaves``)."""
+WINDOWS_PER_SPAN = 6
+"""Time windows per ``max_days + grace_days + 1`` days: a group's found listings span 7/6 of that, forwards only."""
+_MARGIN = 1e-6
+"""Relative slack on the reach: float rounding of a pair's distance at exactly R never falls outside its block."""
 
 
 @dataclass
@@ -39,9 +52,19 @@ class Block:
         return len(self.lost) * len(self.found)
 
 
-def time_windows(days: np.ndarray, max_days: float, grace_days: float) -> list[int | None]:
-    width = float(max_days) + float(grace_days) + 1.0
-    return [None if not np.isfinite(d) else int(np.floor(d / width)) for d in np.asarray(days, dtype=np.float64)]
+@dataclass(frozen=True)
+class ListingKeys:
+    """What blocking knows of one side's listings, with the rules that bound a pair."""
+
+    species: np.ndarray  # (n,) int64, 0 unknown
+    xyz: np.ndarray  # (n, 3) float64 unit vectors, NaN rows without coordinates
+    day: np.ndarray  # (n,) float64, NaN unknown
+    reach: float  # chord of R on the unit sphere
+    max_days: float
+    grace_days: float
+
+    def __len__(self) -> int:
+        return len(self.species)
 
 
 def listing_keys(
@@ -54,51 +77,142 @@ def listing_keys(
     max_speed_km_per_day: float,
     max_days: float,
     grace_days: float,
-) -> list[Key]:
-    radius = plausible_radius_km(float(max_days), base_radius_km, max_speed_km_per_day)
-    cells = geo_cells(lat, lon, radius)
-    wins = time_windows(days, max_days, grace_days)
-    return [(int(s), c, w) for s, c, w in zip(np.asarray(species).tolist(), cells, wins, strict=True)]
+    max_radius_km: float = math.inf,
+) -> ListingKeys:
+    radius = plausible_radius_km(float(max_days), base_radius_km, max_speed_km_per_day, max_radius_km)
+    return ListingKeys(
+        species=np.asarray(species, dtype=np.int64),
+        xyz=unit_vectors(np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)),
+        day=np.asarray(days, dtype=np.float64),
+        reach=chord_for_radius(radius) * (1.0 + _MARGIN),
+        max_days=float(max_days),
+        grace_days=float(grace_days),
+    )
 
 
-def _reachable(key: Key, found_groups: dict[Key, np.ndarray], species_present: Sequence[int]) -> list[Key]:
-    s, cell, win = key
-    species = list(species_present) if s == 0 else [s, 0]
-    if cell is not None and win is not None:
-        cells: list = [*neighbour_cells(cell), None]
-        wins: list = [win - 1, win, win + 1, None]
-        return [k for sp in species for c in cells for w in wins if (k := (sp, c, w)) in found_groups]
-    near = set(neighbour_cells(cell)) if cell is not None else set()
+_UNKNOWN = np.iinfo(np.int64).min
+
+
+def _cells(xyz: np.ndarray, edge: float) -> np.ndarray:
+    """Grid cell of each point, ``_UNKNOWN`` rows where coordinates are missing."""
+    known = np.isfinite(xyz).all(axis=1)
+    cells = np.full(xyz.shape, _UNKNOWN, dtype=np.int64)
+    cells[known] = np.floor(xyz[known] / edge).astype(np.int64)
+    return cells
+
+
+def _windows(day: np.ndarray, width: float) -> np.ndarray:
+    wins = np.full(len(day), _UNKNOWN, dtype=np.int64)
+    known = np.isfinite(day)
+    wins[known] = np.floor(day[known] / width).astype(np.int64)
+    return wins
+
+
+def _split(labels: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Distinct rows of ``labels`` and the members (row numbers) of each."""
+    uniq, inverse = np.unique(labels, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    order = np.argsort(inverse, kind="stable")
+    return uniq, np.split(order, np.cumsum(np.bincount(inverse, minlength=len(uniq)))[:-1])
+
+
+class _FoundIndex:
+    """Found listings by species and day (so one species × window of lost listings gathers its candidates once),
+    with their cells of the finest grid."""
+
+    def __init__(self, found: ListingKeys, edge: float) -> None:
+        self.found = found
+        self.edge = edge
+        self.cells = _cells(found.xyz, edge)
+        self.order = np.argsort(found.day, kind="stable")  # no date last
+        self.sorted_day = found.day[self.order]
+        self.n_dated = int(np.isfinite(self.sorted_day).sum())
+
+    def candidates(self, species: int, lo: float | None, hi: float | None) -> np.ndarray:
+        """Found listings of a compatible species dated within [lo, hi) (all dates when None) or undated."""
+        if lo is None or hi is None:
+            cand = self.order
+        else:
+            a, b = np.searchsorted(self.sorted_day[: self.n_dated], [lo, hi], side="left")
+            cand = np.concatenate([self.order[a:b], self.order[self.n_dated :]])
+        f_sp = self.found.species[cand]
+        return cand if species == 0 else cand[(f_sp == species) | (f_sp == 0)]
+
+
+class _Candidates:
+    """One species × window's candidate found listings, bucketed by finest cell, to measure boxes against."""
+
+    def __init__(self, index: _FoundIndex, cand: np.ndarray) -> None:
+        self.index = index
+        fc = index.cells[cand]
+        placed = fc[:, 0] != _UNKNOWN
+        self.anywhere = cand[~placed]  # no coordinates: near every box
+        self.cand = cand[placed]
+        self.ucells, self.members = _split(fc[placed]) if placed.any() else (np.zeros((0, 3), np.int64), [])
+
+    def near(self, lo: np.ndarray, span: int, reach: float) -> np.ndarray:
+        """Candidates within ``reach`` of the box of finest cells ``lo … lo + span - 1``. Found cells whose boxes
+        are farther than ``reach`` from it are skipped before points are measured."""
+        e = self.index.edge
+        gaps = np.maximum(np.maximum(lo - (self.ucells + 1), self.ucells - (lo + span)), 0)
+        picked = [self.members[u] for u in np.flatnonzero((gaps * gaps).sum(axis=1) * e * e <= reach * reach)]
+        idx = self.cand[np.concatenate(picked)] if picked else np.zeros(0, dtype=np.int64)
+        p = self.index.found.xyz[idx]
+        gap = np.maximum(np.maximum(lo * e - p, p - (lo + span) * e), 0.0)
+        return np.concatenate([idx[(gap * gap).sum(axis=1) <= reach * reach], self.anywhere])
+
+
+def _leaves(cells: np.ndarray, near: _Candidates, reach: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """An octree over the finest cells of one group's lost listings → (lost members, found listings) per leaf.
+
+    A box is split in eight when that lowers ``Σ (lost + GATHER_PAIRS) · found`` over its blocks: the pairs scored
+    plus the cost of gathering each block's found vectors, so dense places get small boxes (few pairs per lost
+    listing) and sparse ones stay in large boxes (no blocks of a handful of rows, each paying the gather)."""
+    span = 1 << COARSE_LEVELS
+    todo = []
+    boxes, parts = _split(np.floor_divide(cells, span))
+    for box, part in zip(boxes, parts, strict=True):
+        todo.append((span, part, near.near(box * span, span, reach)))
     out = []
-    for k in found_groups:
-        fs, fc, fw = k
-        if fs not in species:
-            continue
-        if cell is not None and fc is not None and fc not in near:
-            continue
-        if win is not None and fw is not None and abs(fw - win) > 1:
-            continue
-        out.append(k)
+    while todo:
+        span, members, found = todo.pop()
+        if span > 1 and len(members) > 1:
+            half = span // 2
+            boxes, parts = _split(np.floor_divide(cells[members], half))
+            children = [(half, members[p], near.near(b * half, half, reach)) for b, p in zip(boxes, parts, strict=True)]
+            split_cost = sum((len(m) + GATHER_PAIRS) * len(f) for _, m, f in children)
+            if split_cost < (len(members) + GATHER_PAIRS) * len(found):
+                todo.extend(children)
+                continue
+        out.append((members, found))
     return out
 
 
-def make_blocks(lost_keys: Sequence[Key], found_keys: Sequence[Key]) -> list[Block]:
-    lost_groups: dict[Key, list[int]] = defaultdict(list)
-    for i, k in enumerate(lost_keys):
-        lost_groups[k].append(i)
-    found_lists: dict[Key, list[int]] = defaultdict(list)
-    for j, k in enumerate(found_keys):
-        found_lists[k].append(j)
-    found_groups = {k: np.asarray(v, dtype=np.int64) for k, v in found_lists.items()}
-    species_present = sorted({k[0] for k in found_groups} | {0})
-    merged: dict[tuple[Key, ...], list[int]] = defaultdict(list)
-    for key, members in lost_groups.items():
-        reach = tuple(sorted(_reachable(key, found_groups, species_present), key=repr))
-        if reach:
-            merged[reach].extend(members)
+def make_blocks(lost: ListingKeys, found: ListingKeys) -> list[Block]:
+    """Blocks of lost listings (by species, window and octree box), with every found listing any of them can pair
+    with; largest first."""
+    if not len(lost) or not len(found):
+        return []
+    edge = max(lost.reach / CELLS_PER_RADIUS, 1e-12)
+    width = (lost.max_days + lost.grace_days + 1.0) / WINDOWS_PER_SPAN
+    slack = _MARGIN * width
+    index = _FoundIndex(found, edge)
+    lost_cells = _cells(lost.xyz, edge)
+    groups, members = _split(np.column_stack([lost.species, _windows(lost.day, width)]))
     blocks = []
-    for reach, members in merged.items():
-        found = np.sort(np.concatenate([found_groups[k] for k in reach]))
-        blocks.append(Block(np.asarray(sorted(members), dtype=np.int64), found))
+    for (sp, win), in_group in zip(groups.tolist(), members, strict=True):
+        timed = win != _UNKNOWN
+        lo = win * width - lost.grace_days - slack if timed else None
+        hi = (win + 1) * width + lost.max_days + slack if timed else None
+        cand = index.candidates(sp, lo, hi)
+        placed = lost_cells[in_group, 0] != _UNKNOWN
+        if (~placed).any():  # no coordinates: every candidate
+            blocks.append(Block(np.sort(in_group[~placed]), np.sort(cand)))
+        if placed.any():
+            near = _Candidates(index, cand)
+            located = in_group[placed]
+            for mine, hit in _leaves(lost_cells[located], near, lost.reach):
+                blocks.append(Block(np.sort(located[mine]), np.sort(hit)))
+    blocks = [b for b in blocks if len(b.found)]
     blocks.sort(key=lambda b: -b.pairs)
     return blocks

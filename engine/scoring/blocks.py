@@ -13,6 +13,25 @@ from engine.scoring.allpairs import blocked_topk, resolve_device, tile_bounds
 from engine.scoring.blocking import Block
 from engine.scoring.fuse import ScoreParams, Scorer, Side
 
+COMPACT_ENTRIES = 2_000_000
+"""Per-found candidates gathered across blocks are cut to the best k per found listing whenever this many pile up:
+with the capped radius a found listing lies in ~200 small blocks, and keeping every block's candidates until the end
+had cost ~4 GB at 200k listings."""
+
+
+def best_per_found(lost_g: np.ndarray, found_g: np.ndarray, fused: np.ndarray, k: int):
+    """A found listing is scored in several blocks: keep its best k over all of them (ties: lower lost index),
+    ranked → (lost, found, fused, rank)."""
+    if len(found_g) == 0:
+        return lost_g.astype(np.int64), found_g.astype(np.int64), fused, np.zeros(0, np.int64)
+    order = np.lexsort((lost_g, -fused, found_g))
+    lost_g, found_g, fused = lost_g[order], found_g[order], fused[order]
+    start = np.r_[0, np.flatnonzero(np.diff(found_g)) + 1]
+    counts = np.diff(np.r_[start, len(found_g)])
+    rank = np.arange(len(found_g)) - np.repeat(start, counts) + 1
+    keep = rank <= k
+    return lost_g[keep].astype(np.int64), found_g[keep].astype(np.int64), fused[keep], rank[keep]
+
 
 def score_blocks(
     lost: Side,
@@ -56,6 +75,8 @@ def score_blocks(
         rows.append((block.lost[r], block.found[c], s, rank))
         r, c, s, _ = top.col_pairs()
         cols.append((block.lost[r], block.found[c], s))
+        if sum(len(p[0]) for p in cols) > COMPACT_ENTRIES:
+            cols = [best_per_found(*(np.concatenate(p) for p in zip(*cols, strict=True)), k)[:3]]
     bar.close()
     cat = [np.concatenate(p) if p else np.zeros(0) for p in zip(*rows, strict=True)] if rows else [np.zeros(0)] * 4
     catc = [np.concatenate(p) if p else np.zeros(0) for p in zip(*cols, strict=True)] if cols else [np.zeros(0)] * 3

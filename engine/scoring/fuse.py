@@ -12,6 +12,9 @@ missing, so a missing photo, coordinate or date never drops a pair):
 * attributes: ``attributes.attribute_terms`` evidence.
 * geo / time: ``2·score - 1`` of ``geo.geo_time_terms``.
 
+Tiles and pair lists are scored by one element-wise kernel (``engine.scoring.kernel``: the same terms, rewritten so
+that per-listing work is done once per listing).
+
 ``fused = Σ weight·evidence`` (weights from ``settings.match.weights``), and the published ``score`` is
 ``sigmoid(slope·fused + offset)``, a probability-like value. Hard rules set a pair to -inf (never ranked): species
 must agree or one side be unknown; a found date more than the grace period before the lost date, a found date more
@@ -24,9 +27,7 @@ rejected shelter feedback, or planted pairs).
 
 from __future__ import annotations
 
-import logging
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -36,19 +37,15 @@ import torch
 
 from engine.config import DEFAULT_CALIBRATION, MatchSettings
 from engine.errors import HomewardError
-from engine.scoring import aggregate
-from engine.scoring.attributes import AttributeCodes, attribute_terms, evidence_of, sub_terms
+from engine.scoring import aggregate, kernel
+from engine.scoring.attributes import AttributeCodes, attribute_terms
 from engine.scoring.geo import geo_time_terms, haversine_km
 
 NEG_INF = float("-inf")
-log = logging.getLogger(__name__)
 SPECIES_CODES = {"dog": 1, "cat": 2, "other": 3}
 """0 is unknown: it is compatible with every species."""
 TERMS = ("image", "text", "attributes", "geo", "time")
 
-IMAGE_Z_FLOOR = -2.0
-Z_PER_UNIT = 4.0
-"""Four background spreads above a random pair count as full evidence (1.0)."""
 AGREE_Z = 2.5
 """A detection pair "agrees" (for the several-photos bonus) at this many spreads above the background."""
 MIN_SCALE = 0.02
@@ -126,8 +123,11 @@ class Side:
 @dataclass(frozen=True)
 class ScoreParams:
     weights: Mapping[str, float]
-    base_radius_km: float = 15.0
-    max_speed_km_per_day: float = 25.0
+    base_radius_km: float = 8.0
+    max_speed_km_per_day: float = 1.0
+    max_radius_km: float = 9.0
+    geo_scale_km: float = 15.0
+    geo_scale_km_per_day: float = 25.0
     max_days: float = 365.0
     grace_days: float = 3.0
     slope: float = DEFAULT_CALIBRATION["slope"]
@@ -155,6 +155,9 @@ class ScoreParams:
             weights={t: float(weights.get(t, 0.0)) for t in TERMS},
             base_radius_km=float(match_settings.base_radius_km),
             max_speed_km_per_day=float(match_settings.max_speed_km_per_day),
+            max_radius_km=float(match_settings.max_radius_km),
+            geo_scale_km=float(match_settings.geo_scale_km),
+            geo_scale_km_per_day=float(match_settings.geo_scale_km_per_day),
             max_days=float(match_settings.max_days),
             grace_days=float(match_settings.found_before_lost_grace_days),
             slope=float(calib["slope"]),
@@ -215,56 +218,10 @@ def fit_calibration(fused: np.ndarray, labels: np.ndarray, l2: float = 1e-3, ite
     return {"slope": float(w[0]), "offset": float(w[1])}
 
 
-def fused_elementwise(best, agree, txt, has_txt, inter, shared, a_sex, b_sex, a_size, b_size, a_nc, b_nc, a_bid,
-                      b_bid, a_lat, a_lon, b_lat, b_lon, a_day, b_day, a_sp, b_sp, c):  # fmt: skip
-    """The fused score from the matrix terms (best image pair, agreeing pairs, text cosine, colour intersections,
-    shared breed words) and broadcastable per-listing codes; ``c`` holds the constants (see ``Scorer._consts``).
-    Pure element-wise, so one code path serves tiles (rows × columns) and explicit pair lists, and
-    ``torch.compile`` can fuse it into a single pass over the tile."""
-    has_img = torch.isfinite(best)
-    z_img = (torch.where(has_img, best, torch.zeros_like(best)) - c[0]) / c[1]
-    bonus = aggregate.AGREE_BONUS * (agree.to(torch.float32) - 1.0).clamp(0.0, float(aggregate.AGREE_CAP))
-    e_img = torch.where(has_img, z_img.clamp(min=IMAGE_Z_FLOOR) / Z_PER_UNIT + bonus, torch.zeros_like(z_img))
-    z_txt = ((txt - c[2]) / c[3]).clamp(min=IMAGE_Z_FLOOR) / Z_PER_UNIT
-    e_txt = torch.where(has_txt, z_txt, torch.zeros_like(z_txt))
-    e_attr = evidence_of(sub_terms(a_sex, b_sex, a_size, b_size, inter, a_nc, b_nc, a_bid, b_bid, shared))
-    dist = haversine_km(a_lat, a_lon, b_lat, b_lon)
-    geo, tim, allowed = geo_time_terms(dist, b_day - a_day, base_radius_km=c[9],
-                                       max_speed_km_per_day=c[10], max_days=c[11], grace_days=c[12])  # fmt: skip
-    e_geo = torch.nan_to_num(2.0 * geo - 1.0, nan=0.0)
-    e_time = torch.nan_to_num(2.0 * tim - 1.0, nan=0.0)
-    fused = c[4] * e_img + c[5] * e_txt + c[6] * e_attr + c[7] * e_geo + c[8] * e_time
-    ok = allowed & ((a_sp == b_sp) | (a_sp == 0) | (b_sp == 0))
-    return torch.where(ok, fused, torch.full_like(fused, NEG_INF))
-
-
-COMPILE_MIN_PAIRS = 1 << 20
-"""With ``Scorer(compile=True)``, tiles of at least this many pairs run the element-wise part through
-``torch.compile``: one fused loop instead of ~100 passes over the tile, 4-5× faster on this 2-core CPU (measured: a
-2048² tile 10.7 s eager → 2.3 s compiled under heavy load, identical -inf mask, max difference 6e-8). Compiling costs
-one to a few minutes per process (twice: square and non-square tiles), so ``homeward match`` turns it on only for
-runs of at least ``COMPILE_MIN_RUN_PAIRS`` candidate pairs. ``HW_COMPILE=0`` forbids it; a compile failure
-falls back to eager with one warning."""
-COMPILE_MIN_RUN_PAIRS = 2_000_000_000
-_COMPILED: dict[str, Any] = {}
-
-
-def _elementwise(pairs: int, allowed: bool):
-    if not allowed or pairs < COMPILE_MIN_PAIRS or os.environ.get("HW_COMPILE", "1") == "0" or _COMPILED.get("failed"):
-        return fused_elementwise
-    if "fn" not in _COMPILED:
-        _COMPILED["fn"] = torch.compile(fused_elementwise, dynamic=True)
-    compiled = _COMPILED["fn"]
-
-    def run(*args: Any) -> torch.Tensor:
-        try:
-            return compiled(*args)
-        except Exception as exc:  # no compiler, unsupported platform: eager is slower but right
-            _COMPILED["failed"] = True
-            log.warning("torch.compile of the fused scorer failed (%s); scoring eagerly", str(exc)[:200])
-            return fused_elementwise(*args)
-
-    return run
+COMPILE_MIN_RUN_PAIRS = 200_000_000
+"""``homeward match`` compiles the fused kernel (``kernel.kernel_for``) for runs of at least this many candidate
+pairs: compiling costs 20-90 s per process on this 2-core CPU (less once inductor's disk cache holds it), the compiled
+kernel saves ~0.5 s per 4096² tile against eager."""
 
 
 class Scorer:
@@ -285,18 +242,20 @@ class Scorer:
         self.use_text = (
             lost.text.shape[1] == found.text.shape[1] and bool(lost.has_text.any()) and bool(found.has_text.any())
         )
+        self._codes = [
+            kernel.side_codes(s.lat, s.lon, s.day, s.species, s.has_text & self.use_text, s.attrs, self.device)
+            for s in (lost, found)
+        ]
+        self._consts = kernel.constants(params, self.w, self.device)
+        self._zero = torch.zeros((), device=self.device)
+        self._no_image = torch.full((), NEG_INF, device=self.device)
 
     # ---------------------------------------------------------------------------------------------------- shared
-    def _consts(self) -> torch.Tensor:
-        p, w = self.params, self.w
-        values = [p.img_center, p.img_scale, p.txt_center, p.txt_scale, w["image"], w["text"], w["attributes"],
-                  w["geo"], w["time"], p.base_radius_km, p.max_speed_km_per_day, p.max_days, p.grace_days]  # fmt: skip
-        return torch.tensor(values, dtype=torch.float32, device=self.device)
-
     def _geo_time(self, dist, days):
         p = self.params
         return geo_time_terms(dist, days, base_radius_km=p.base_radius_km, max_speed_km_per_day=p.max_speed_km_per_day,
-                              max_days=p.max_days, grace_days=p.grace_days)  # fmt: skip
+                              max_days=p.max_days, grace_days=p.grace_days, max_radius_km=p.max_radius_km,
+                              scale_km=p.geo_scale_km, scale_km_per_day=p.geo_scale_km_per_day)  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------------ tile
     def tile(self, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
@@ -304,38 +263,26 @@ class Scorer:
         a, b = self._lost_dev, self._found_dev
         a0, a1 = int(self.lost.det_offsets[r0]), int(self.lost.det_offsets[r1])
         b0, b1 = int(self.found.det_offsets[c0]), int(self.found.det_offsets[c1])
-        nr, nc = r1 - r0, c1 - c0
+        r, c = slice(r0, r1), slice(c0, c1)
+        hits = None
         if a1 > a0 and b1 > b0:
-            best, agree = aggregate.tile_image_terms(
+            best, hits = aggregate.tile_image_terms(
                 a.det_emb[a0:a1],
                 a.det_owner[a0:a1] - r0,
-                nr,
+                r1 - r0,
                 b.det_emb[b0:b1],
                 b.det_owner[b0:b1] - c0,
-                nc,
+                c1 - c0,
                 self.params.agree_threshold,
             )
         else:
-            best = torch.full((nr, nc), NEG_INF, device=self.device)
-            agree = torch.zeros((nr, nc), dtype=torch.int32, device=self.device)
-        if self.use_text:
-            txt = a.text[r0:r1] @ b.text[c0:c1].T
-            has_txt = a.has_text[r0:r1, None] & b.has_text[None, c0:c1]
-        else:
-            txt = torch.zeros((nr, nc), device=self.device)
-            has_txt = torch.zeros((nr, nc), dtype=torch.bool, device=self.device)
-        aa, ba = a.attrs, b.attrs
-        inter = aa.colours[r0:r1] @ ba.colours[c0:c1].T
-        shared = aa.breed_tok[r0:r1] @ ba.breed_tok[c0:c1].T
-        r, c = slice(r0, r1), slice(c0, c1)
-        args = (
-            best, agree, txt, has_txt, inter, shared,
-            aa.sex[r, None], ba.sex[None, c], aa.size[r, None], ba.size[None, c],
-            aa.n_colours[r, None], ba.n_colours[None, c], aa.breed_id[r, None], ba.breed_id[None, c],
-            a.lat[r, None], a.lon[r, None], b.lat[None, c], b.lon[None, c], a.day[r, None], b.day[None, c],
-            a.species[r, None], b.species[None, c], self._consts(),
-        )  # fmt: skip
-        return _elementwise(nr * nc, self.compile)(*args)
+            best = self._no_image
+        txt = a.text[r] @ b.text[c].T if self.use_text else self._zero
+        codes = self._codes[0].pick((r, None)), self._codes[1].pick((None, c))
+        out = kernel.kernel_for((r1 - r0) * (c1 - c0), self.compile)(best, txt, *codes, self._consts)
+        if hits is not None:
+            kernel.add_bonus(out, *hits, self.w["image"])
+        return out
 
     # ----------------------------------------------------------------------------------------------------- pairs
     def pairs(self, li: np.ndarray, fi: np.ndarray, chunk: int = 2048) -> dict[str, np.ndarray]:
@@ -370,14 +317,11 @@ class Scorer:
         attr = attribute_terms(la, fa, outer=False)
         dist = haversine_km(L.lat[i], L.lon[i], F.lat[j], F.lon[j])
         days = F.day[j] - L.day[i]
-        fused = fused_elementwise(
-            best, agree, txt, has_txt, (la.colours * fa.colours).sum(-1), (la.breed_tok * fa.breed_tok).sum(-1),
-            la.sex, fa.sex, la.size, fa.size, la.n_colours, fa.n_colours, la.breed_id, fa.breed_id,
-            L.lat[i], L.lon[i], F.lat[j], F.lon[j], L.day[i], F.day[j], L.species[i], F.species[j],
-            self._consts().cpu(),
-        )  # fmt: skip
-        geo, tim, _ = self._geo_time(dist, days)
+        codes = self._codes[0].pick(i.to(self.device)), self._codes[1].pick(j.to(self.device))
         has_img = torch.isfinite(best)
+        fused = kernel.fused_kernel(best.to(self.device), txt.to(self.device), *codes, self._consts).cpu()
+        fused = fused + torch.where(has_img, self.w["image"] * aggregate.evidence_bonus(agree), 0.0)
+        geo, tim, _ = self._geo_time(dist, days)
         z_img = (torch.where(has_img, best, torch.zeros_like(best)) - self.params.img_center) / self.params.img_scale
         extra = {"geo": geo, "time": tim, "z_img": z_img}
         rows_a = torch.gather(arow, 1, pa[:, None])[:, 0] if n else pa

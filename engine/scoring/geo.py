@@ -1,9 +1,11 @@
 """Distance and time priors: where and when a found animal can plausibly be the lost one.
 
 A lost animal found ``days`` after it went missing can have travelled at most
-``base_radius_km + max_speed_km_per_day × days`` (the base radius covers imprecise addresses and the first hours).
-A pair beyond that distance, or found well before it was lost, is ruled out; a pair missing coordinates or dates gets
-no prior (neither bonus nor penalty) and is kept.
+``min(base_radius_km + max_speed_km_per_day × days, max_radius_km)`` (the base radius covers imprecise addresses and
+the first hours; the cap is the region a search covers: most lost pets are found within a few kilometres, and an
+uncapped radius grows to thousands of kilometres within months, which makes a whole region one block). A pair beyond
+that distance, or found well before it was lost, is ruled out; a pair missing coordinates or dates gets no prior
+(neither bonus nor penalty) and is kept.
 
 All functions take torch tensors that broadcast, so the same code scores a whole tile (``a[:, None]`` vs
 ``b[None, :]``) and a list of pairs (``a[i]`` vs ``b[j]``). Missing values are NaN.
@@ -31,11 +33,14 @@ def haversine_km(lat1: torch.Tensor, lon1: torch.Tensor, lat2: torch.Tensor, lon
     return 2 * EARTH_RADIUS_KM * torch.asin(torch.sqrt(h.clamp(0.0, 1.0)))
 
 
-def plausible_radius_km(days: torch.Tensor | float, base_radius_km: Any, max_speed_km_per_day: Any):
-    """How far an animal can be ``days`` after it went missing (negative days count as zero)."""
+def plausible_radius_km(
+    days: torch.Tensor | float, base_radius_km: Any, max_speed_km_per_day: Any, max_radius_km: Any = math.inf
+):
+    """How far an animal can be ``days`` after it went missing (negative days count as zero), at most
+    ``max_radius_km``."""
     if isinstance(days, torch.Tensor):
-        return base_radius_km + max_speed_km_per_day * days.clamp(min=0.0)
-    return base_radius_km + max_speed_km_per_day * max(float(days), 0.0)
+        return (base_radius_km + max_speed_km_per_day * days.clamp(min=0.0)).clamp(max=max_radius_km)
+    return min(base_radius_km + max_speed_km_per_day * max(float(days), 0.0), float(max_radius_km))
 
 
 def geo_time_terms(
@@ -46,11 +51,15 @@ def geo_time_terms(
     max_speed_km_per_day: float | torch.Tensor,
     max_days: float | torch.Tensor,
     grace_days: float | torch.Tensor,
+    max_radius_km: float | torch.Tensor = math.inf,
+    scale_km: float | torch.Tensor | None = None,
+    scale_km_per_day: float | torch.Tensor = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(geo_score, time_score, allowed) for found-minus-lost ``days_apart`` and ``dist_km`` (NaN = unknown).
 
     * geo_score ∈ (0, 1]: ``exp(-d / R)``, R the plausible radius for the days elapsed (``TYPICAL_DAYS`` when
-      unknown). NaN when the distance is unknown.
+      unknown), capped at ``max_radius_km``, or ``scale_km + scale_km_per_day · days`` when ``scale_km`` is given.
+      NaN when the distance is unknown.
     * time_score ∈ (0, 1]: 1 for a found date up to the grace period before the lost date, decaying with
       ``exp(-days / (max_days / 6))`` after it. NaN when a date is missing.
     * allowed: False when found more than ``grace_days`` before lost, more than ``max_days`` after, or farther
@@ -59,7 +68,10 @@ def geo_time_terms(
     known_d = ~torch.isnan(dist_km)
     known_t = ~torch.isnan(days_apart)
     days0 = torch.where(known_t, days_apart, torch.full_like(days_apart, TYPICAL_DAYS))
-    scale = plausible_radius_km(days0, base_radius_km, max_speed_km_per_day)
+    if scale_km is None:
+        scale = plausible_radius_km(days0, base_radius_km, max_speed_km_per_day, max_radius_km)
+    else:
+        scale = plausible_radius_km(days0, scale_km, scale_km_per_day)
     geo = torch.exp(-torch.nan_to_num(dist_km, nan=0.0) / scale)
     geo = torch.where(known_d, geo, torch.full_like(geo, float("nan")))
     tau = max_days / 6.0
@@ -69,7 +81,8 @@ def geo_time_terms(
     too_early = known_t & (days_apart < -grace_days)
     too_late = known_t & (days_apart > max_days)
     limit_days = torch.where(known_t, days_apart, torch.zeros_like(days_apart) + max_days)
-    too_far = known_d & (dist_km > plausible_radius_km(limit_days, base_radius_km, max_speed_km_per_day))
+    limit_km = plausible_radius_km(limit_days, base_radius_km, max_speed_km_per_day, max_radius_km)
+    too_far = known_d & (dist_km > limit_km)
     return geo, tim, ~(too_early | too_late | too_far)
 
 
@@ -80,28 +93,7 @@ def unit_vectors(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
     return np.stack([np.cos(p) * np.cos(lam), np.cos(p) * np.sin(lam), np.sin(p)], axis=1)
 
 
-def cell_size_for_radius(radius_km: float) -> float:
-    """Edge of a 3-D grid cell (in unit-sphere chord length) such that every point within ``radius_km`` of a point
-    lies in that point's cell or one of its 26 neighbours: the chord of the great-circle radius."""
+def chord_for_radius(radius_km: float) -> float:
+    """The straight-line distance through the unit sphere (chord) of the great-circle distance ``radius_km``:
+    great-circle distance ≤ r exactly when chord ≤ this, so grids on the unit sphere need no pole or date-line cases."""
     return 2.0 * math.sin(min(radius_km / EARTH_RADIUS_KM, math.pi) / 2.0)
-
-
-def geo_cells(lat: np.ndarray, lon: np.ndarray, radius_km: float) -> list[tuple[int, int, int] | None]:
-    """3-D grid cell of each point (None when coordinates are missing). Gridding the unit sphere in 3-D has no
-    pole or date-line special cases: great-circle distance ≤ r implies chord ≤ cell edge, so neighbours cover it."""
-    lat = np.asarray(lat, dtype=np.float64)
-    lon = np.asarray(lon, dtype=np.float64)
-    edge = max(cell_size_for_radius(radius_km), 1e-9)
-    xyz = unit_vectors(lat, lon)
-    out: list[tuple[int, int, int] | None] = []
-    for row in xyz:
-        if not np.isfinite(row).all():
-            out.append(None)
-        else:
-            out.append(tuple(int(v) for v in np.floor(row / edge)))  # type: ignore[arg-type]
-    return out
-
-
-def neighbour_cells(cell: tuple[int, int, int]) -> list[tuple[int, int, int]]:
-    x, y, z = cell
-    return [(x + dx, y + dy, z + dz) for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1)]
