@@ -29,7 +29,7 @@ import types
 import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from engine.config import ConfigError, Settings, load_settings, parse_assignments
 from engine.errors import RESULT_ERROR, HomewardError
@@ -65,6 +65,7 @@ VERBS: dict[str, Any] = {
     },
     "export": ("engine.analyst:export", "Write every table and analyst view as Parquet files for BI tools."),
     "demo": ("ray_jobs.demo:demo", "Run the whole job end to end on a local mirror with planted reunions."),
+    "completion": ("ray_jobs.cli:completion", "Print a shell completion script (bash, zsh or tcsh)."),
 }
 
 
@@ -222,21 +223,25 @@ def _global_flags() -> argparse.ArgumentParser:
     return common
 
 
-def _add_verbs(subparsers: Any, table: dict[str, Any], common: argparse.ArgumentParser, argv: Sequence[str]) -> None:
-    # Only the verb that runs has its module imported (`homeward --help` stays fast, and `bench match` does not
-    # import the `match` job): the first word of argv naming a verb of this level, then the next level after it.
+def _add_verbs(
+    subparsers: Any, table: dict[str, Any], common: argparse.ArgumentParser, argv: Sequence[str], every: bool = False
+) -> None:
+    # Only the verb that runs gets its flags (`homeward --help` stays fast, and `bench match` does not import the
+    # `match` job): the first word of argv naming a verb of this level, then the next level after it. ``every``:
+    # all of them (a completion script; flags come from the sources' syntax trees, nothing is imported).
     argv = list(argv)
     chosen = next((a for a in argv if a in table), None)
     for verb, entry in table.items():
         if isinstance(entry, dict):
             p = subparsers.add_parser(verb, help=f"{verb}: {', '.join(entry)}")
             rest = argv[argv.index(verb) + 1 :] if verb == chosen else []
-            _add_verbs(p.add_subparsers(dest=f"{verb}_verb", metavar="WHAT", required=True), entry, common, rest)
+            subs = p.add_subparsers(dest=f"{verb}_verb", metavar="WHAT", required=True)
+            _add_verbs(subs, entry, common, rest, every)
             continue
         target, purpose = entry
         p = subparsers.add_parser(verb, help=purpose, description=purpose, parents=[common])
         p.set_defaults(_target=target)
-        if verb == chosen:
+        if verb == chosen or every:
             _add_params(p, target)
 
 
@@ -247,7 +252,7 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] = (), every: bool = False) -> argparse.ArgumentParser:
     common = _global_flags()
     parser = argparse.ArgumentParser(
         prog="homeward",
@@ -256,8 +261,19 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    _add_verbs(parser.add_subparsers(dest="verb", metavar="VERB", required=True), VERBS, common, argv)
+    _add_verbs(parser.add_subparsers(dest="verb", metavar="VERB", required=True), VERBS, common, argv, every)
     return parser
+
+
+def completion(settings: Settings, shell: Literal["bash", "zsh", "tcsh"]) -> None:
+    """Print a completion script for SHELL: every verb, sub-verb and flag (shtab, from the same parser).
+
+    Args:
+        shell: bash, zsh or tcsh (e.g. `homeward completion bash > ~/.local/share/bash-completion/completions/homeward`)
+    """
+    import shtab
+
+    print(shtab.complete(build_parser(every=True), shell=shell), end="")
 
 
 def settings_from_args(ns: argparse.Namespace) -> Settings:

@@ -119,6 +119,20 @@ def test_version_comes_from_the_package_metadata() -> None:
     assert out.returncode == 0 and out.stdout.strip() == f"homeward {importlib.metadata.version('homeward')}"
 
 
+def test_bash_completion_completes_verbs_and_their_flags(tmp_path: Path) -> None:
+    out = _homeward("completion", "bash")
+    assert out.returncode == 0, out.stderr
+    script = tmp_path / "homeward.bash"
+    script.write_text(out.stdout)
+    probe = (
+        f'source {script}; COMP_WORDS=(homeward wat); COMP_CWORD=1; _shtab_homeward; echo "[${{COMPREPLY[*]}}]"; '
+        'COMP_WORDS=(homeward watch add --rad); COMP_CWORD=3; _shtab_homeward; echo "[${COMPREPLY[*]}]"'
+    )
+    got = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=60)
+    assert got.stdout.split() == ["[watch]", "[--radius-km]"], got.stderr
+    assert _homeward("completion", "fish").returncode == 2  # argparse: not one of the choices
+
+
 @pytest.mark.parametrize(
     ("minutes", "text"), [(None, "-"), (0.2, "0m"), (45, "45m"), (200, "3h 20m"), (28_799, "19d 23h"), (60, "1h 0m")]
 )
