@@ -20,6 +20,7 @@ from ray_jobs.match import match
 DIM, TEXT_DIM = 48, 12
 BASE = dt.date(2026, 5, 1)
 SEATTLE = (47.6062, -122.3321)
+TACOMA = (47.2529, -122.4443)
 
 
 @dataclass
@@ -338,12 +339,22 @@ def _published(db: RunsDB, run_id: str) -> list[tuple]:
     )
 
 
-def test_incremental_match_publishes_what_a_full_rematch_does(settings: Settings) -> None:
+@pytest.mark.parametrize("block_cost", [0, 10**9], ids=["block-by-block", "coalesced"])
+def test_incremental_match_publishes_what_a_full_rematch_does(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, block_cost: int
+) -> None:
+    """Rescored rows scored block by block, or as one block of all their blocks' listings (pairs the blocks never
+    paired are ruled out by the kernel): the same publication as a full rematch either way."""
+    from engine.scoring import incremental as incremental_scoring
+
+    monkeypatch.setattr(incremental_scoring, "BLOCK_COST_PAIRS", block_cost)
     settings = settings.with_overrides({"match": {"background_drift": 10.0}})
     world = World()
     pairs = world.plant(16, distractors=40)
     for i in range(100):  # cats: a block of their own that no change below touches
         world.add(["lost", "found"][i % 2], f"cat-{i}", world.identity(), day=i % 9, species="cat")
+    for i in range(12):  # dogs of a town 40 km away: blocks of their own, which the new listings below also touch
+        world.add(["lost", "found"][i % 2], f"far-{i}", world.identity(), day=i % 9, lat=TACOMA[0], lon=TACOMA[1])
     world.write(settings)
     first = match(settings, top_k=4)
     assert first["mode"] == "full" and first["mode_reason"] == "first match run"
@@ -359,13 +370,16 @@ def test_incremental_match_publishes_what_a_full_rematch_does(settings: Settings
                  for i, a in enumerate(world.identity() for _ in range(3))]  # fmt: skip
     for i in range(6):
         world.add(["lost", "found"][i % 2], f"new-other-{i}", world.identity(), day=5)
+    far = world.identity()
+    world.add("lost", "far-new-lost", far, day=3, lat=TACOMA[0], lon=TACOMA[1])
+    world.add("found", "far-new-found", far, day=4, lat=TACOMA[0] + 0.01, lon=TACOMA[1])
     world.write(settings)
 
     incremental = match(settings, top_k=4)
     assert incremental["mode"] == "incremental", incremental["mode_reason"]
     changes = incremental["changes"]
     assert [changes[f"{side}_{what}"] for what in ("new", "changed", "removed") for side in ("lost", "found")] == [
-        6, 6, 1, 1, 1, 1,
+        7, 7, 1, 1, 1, 1,
     ]  # fmt: skip
     assert 0 < incremental["pairs_scored"] < incremental["candidate_pairs"] and changes["matches_carried"] > 0, changes
     assert all(current(settings, *p)[0] == 1 for p in new_pairs)
