@@ -436,18 +436,7 @@ def _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray,
     else:
         previous, changed_lost, changed_found = Previous.empty(), np.ones(lost.n, bool), np.ones(found.n, bool)
         changes = {}
-    key_args = dict(
-        base_radius_km=cfg.base_radius_km,
-        max_speed_km_per_day=cfg.max_speed_km_per_day,
-        max_radius_km=cfg.max_radius_km,
-        max_days=cfg.max_days,
-        grace_days=cfg.found_before_lost_grace_days,
-    )
-    lost_keys = listing_keys(lost.species.numpy(), lost.lat.numpy(), lost.lon.numpy(), lost.day.numpy(), **key_args)
-    found_keys = listing_keys(
-        found.species.numpy(), found.lat.numpy(), found.lon.numpy(), found.day.numpy(), **key_args
-    )
-    blocks = make_blocks(lost_keys, found_keys) if lost.n and found.n else []
+    blocks = _blocks(cfg, lost, found)
     candidate_pairs = sum(b.pairs for b in blocks)
     rows, cols = previous.rescore(changed_lost, changed_found)
     if mode == "incremental" and _touched_pairs(blocks, rows, cols) > FULL_WHEN_TOUCHED * candidate_pairs:
@@ -465,24 +454,12 @@ def _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray,
     sel = select(scorer, blocks, previous, rows, cols, k, score)
     score_s = time.perf_counter() - t_score
     matches = _match_rows(run_id, lost, found, sel)
-    carried = None
-    if mode == "incremental":
-        reused = ~sel.scored
-        carried = (previous_run["run_id"], pa.table({
-            "lost_listing_id": pa.array(lost.listing_ids[sel.lost[reused]].tolist(), pa.string()),
-            "found_listing_id": pa.array(found.listing_ids[sel.found[reused]].tolist(), pa.string()),
-            "rank_for_lost": _ranks(sel.rank_for_lost[reused]),
-            "rank_for_found": _ranks(sel.rank_for_found[reused]),
-        }))  # fmt: skip
+    carried = (previous_run["run_id"], _carried_ranks(lost, found, sel)) if mode == "incremental" else None
     changes.update(
         rescored_lost=int(rows.sum()), rescored_found=int(cols.sum()), pairs_scored=sel.tile_pairs,
         pairs_valued=sel.pair_values, matches_carried=int((~sel.scored).sum()),
     )  # fmt: skip
-    fingerprints = dict(zip(lost.listing_ids.tolist(), fp_lost.tolist(), strict=True))
-    fingerprints.update(zip(found.listing_ids.tolist(), fp_found.tolist(), strict=True))
-    listings = listings.append_column(
-        "match_fingerprint", pa.array([fingerprints.get(x) for x in listings["listing_id"].to_pylist()], pa.string())
-    )
+    listings = _with_fingerprints(listings, lost, found, fp_lost, fp_found)
     n = len(sel.lost)
     summary: dict[str, Any] = {
         "run_id": run_id,
@@ -514,6 +491,45 @@ def _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray,
     no_photo = runs.query("SELECT count(*) FROM matches WHERE run_id = ? AND no_photo", [run_id])
     summary["no_photo_matches"] = no_photo[0][0]
     return summary
+
+
+def _blocks(cfg: Any, lost: Side, found: Side) -> list[Block]:
+    """The groups of lost listings and the found listings each can pair with under the hard rules (species, dates,
+    the capped radius): every allowed pair lies in one block."""
+    key_args = dict(
+        base_radius_km=cfg.base_radius_km,
+        max_speed_km_per_day=cfg.max_speed_km_per_day,
+        max_radius_km=cfg.max_radius_km,
+        max_days=cfg.max_days,
+        grace_days=cfg.found_before_lost_grace_days,
+    )
+    lost_keys = listing_keys(lost.species.numpy(), lost.lat.numpy(), lost.lon.numpy(), lost.day.numpy(), **key_args)
+    found_keys = listing_keys(
+        found.species.numpy(), found.lat.numpy(), found.lon.numpy(), found.day.numpy(), **key_args
+    )
+    return make_blocks(lost_keys, found_keys) if lost.n and found.n else []
+
+
+def _carried_ranks(lost: Side, found: Side, sel: Selection) -> pa.Table:
+    """The pairs an incremental run keeps from the previous one, with this run's ranks (their rows are copied)."""
+    reused = ~sel.scored
+    return pa.table({
+        "lost_listing_id": pa.array(lost.listing_ids[sel.lost[reused]].tolist(), pa.string()),
+        "found_listing_id": pa.array(found.listing_ids[sel.found[reused]].tolist(), pa.string()),
+        "rank_for_lost": _ranks(sel.rank_for_lost[reused]),
+        "rank_for_found": _ranks(sel.rank_for_found[reused]),
+    })  # fmt: skip
+
+
+def _with_fingerprints(
+    listings: pa.Table, lost: Side, found: Side, fp_lost: np.ndarray, fp_found: np.ndarray
+) -> pa.Table:
+    """The snapshot with each listing's ``match_fingerprint`` (what the next run compares to find changes)."""
+    fingerprints = dict(zip(lost.listing_ids.tolist(), fp_lost.tolist(), strict=True))
+    fingerprints.update(zip(found.listing_ids.tolist(), fp_found.tolist(), strict=True))
+    return listings.append_column(
+        "match_fingerprint", pa.array([fingerprints.get(x) for x in listings["listing_id"].to_pylist()], pa.string())
+    )
 
 
 def _ranks(values: np.ndarray) -> pa.Array:
