@@ -926,35 +926,8 @@ def _clean_text(value: Any) -> str | None:
     return text or None
 
 
-def normalize_listing(
-    raw: Mapping[str, Any],
-    *,
-    now: datetime | None = None,
-    tz: tzinfo | None = None,
-    country: str | None = None,
-    shelters: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
-    """Map a raw listing dict (the parsers' output) onto the schema's vocabularies and give it a place.
-
-    Returns a new dict with the same keys, normalised values and ``parse_warnings: list[str]`` (the raw dict's own
-    warnings first). ``age_group`` is added when the raw dict has ``age_text``; ``event_date`` becomes a
-    ``datetime.date`` (the day where it happened), ``posted_at`` an aware UTC ``datetime``; dates without an offset
-    are read in ``tz``. ``lat``/``lon``/``geo_source`` come from :func:`engine.places.place_listing` with the
-    source's ``country`` hint and ``shelters`` directory. Never raises on bad values.
-    """
-    zone = tz or UTC
-    out: dict[str, Any] = dict(raw)
-    warnings: list[str] = [str(x) for x in (raw.get("parse_warnings") or [])]
-
-    if not str(raw.get("source_id") or "").strip():
-        warnings.append("source_id: missing")
-
-    for key in _TEXT_FIELDS:
-        if key in out:
-            out[key] = _clean_text(out[key])
-    if "description" in out:
-        out["description"] = _clean_text(out["description"])
-
+def _vocabularies(out: dict[str, Any], raw: Mapping[str, Any], warnings: list[str]) -> None:
+    """Kind, status, species, sex, size, colours and age group onto the schema's words (unknown ones: a warning)."""
     if "kind" in out:
         kind = _lookup(out["kind"], KIND_WORDS) if out["kind"] is not None else None
         if out["kind"] is not None and kind not in KINDS:
@@ -986,6 +959,15 @@ def normalize_listing(
     elif "age_text" in out or "age_group" in out:
         out["age_group"] = age_group_from_text(raw.get("age_text"), warnings)
 
+
+def _place(
+    out: dict[str, Any],
+    raw: Mapping[str, Any],
+    warnings: list[str],
+    country: str | None,
+    shelters: Mapping[str, str] | None,
+) -> None:
+    """Valid page coordinates, else a place from the page's words or its shelter (:func:`places.place_listing`)."""
     for key, lo, hi in (("lat", -90.0, 90.0), ("lon", -180.0, 180.0)):
         if key in out and out[key] is not None:
             val = _float_in(out[key], lo, hi)
@@ -999,6 +981,11 @@ def normalize_listing(
     if note:
         warnings.append(f"place: {note}")
 
+
+def _dates(
+    out: dict[str, Any], raw: Mapping[str, Any], warnings: list[str], now: datetime | None, zone: tzinfo
+) -> None:
+    """``event_date`` as the day where it happened, ``posted_at`` in UTC; text without an offset read in ``zone``."""
     if "event_date" in out:
         ev = raw.get("event_date")
         dt, _ = parse_when(ev, now, zone)
@@ -1015,18 +1002,54 @@ def normalize_listing(
             warnings.append(f"posted_at: unreadable date {str(pv)!r}")
         out["posted_at"] = dt.astimezone(UTC) if dt is not None else None
 
-    if "photo_urls" in out:
-        urls = out["photo_urls"]
-        urls = [urls] if isinstance(urls, str) else list(urls or [])
-        kept: list[str] = []
-        for u in urls:
-            u = str(u or "").strip()
-            if not re.match(r"https?://[^\s/]+", u, flags=re.I):
-                warnings.append(f"photo_urls: not an absolute http(s) URL {u!r}")
-                continue
-            if u not in kept:
-                kept.append(u)
-        out["photo_urls"] = kept
 
+def _photo_urls(urls: Any, warnings: list[str]) -> list[str]:
+    """Absolute http(s) URLs, each once, in page order."""
+    urls = [urls] if isinstance(urls, str) else list(urls or [])
+    kept: list[str] = []
+    for u in urls:
+        u = str(u or "").strip()
+        if not re.match(r"https?://[^\s/]+", u, flags=re.I):
+            warnings.append(f"photo_urls: not an absolute http(s) URL {u!r}")
+            continue
+        if u not in kept:
+            kept.append(u)
+    return kept
+
+
+def normalize_listing(
+    raw: Mapping[str, Any],
+    *,
+    now: datetime | None = None,
+    tz: tzinfo | None = None,
+    country: str | None = None,
+    shelters: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Map a raw listing dict (the parsers' output) onto the schema's vocabularies and give it a place.
+
+    Returns a new dict with the same keys, normalised values and ``parse_warnings: list[str]`` (the raw dict's own
+    warnings first). ``age_group`` is added when the raw dict has ``age_text``; ``event_date`` becomes a
+    ``datetime.date`` (the day where it happened), ``posted_at`` an aware UTC ``datetime``; dates without an offset
+    are read in ``tz``. ``lat``/``lon``/``geo_source`` come from :func:`engine.places.place_listing` with the
+    source's ``country`` hint and ``shelters`` directory. Never raises on bad values.
+    """
+    zone = tz or UTC
+    out: dict[str, Any] = dict(raw)
+    warnings: list[str] = [str(x) for x in (raw.get("parse_warnings") or [])]
+
+    if not str(raw.get("source_id") or "").strip():
+        warnings.append("source_id: missing")
+
+    for key in _TEXT_FIELDS:
+        if key in out:
+            out[key] = _clean_text(out[key])
+    if "description" in out:
+        out["description"] = _clean_text(out["description"])
+
+    _vocabularies(out, raw, warnings)
+    _place(out, raw, warnings, country, shelters)
+    _dates(out, raw, warnings, now, zone)
+    if "photo_urls" in out:
+        out["photo_urls"] = _photo_urls(out["photo_urls"], warnings)
     out["parse_warnings"] = warnings
     return out
