@@ -431,8 +431,9 @@ class Dashboard:
             raise SearchRefused(500, [f"search failed: {type(exc).__name__}: {exc}"]) from exc
 
     def watch(self, form: WatchForm) -> dict[str, Any]:
-        """Save an owner's search (:func:`engine.watches.add_image`); :class:`SearchRefused` 400 with every problem
-        of the form, 422 when the engine refuses it (an address, a place, a photo it cannot use)."""
+        """Save an owner's search (:func:`engine.watches.new_watch`, then :func:`engine.watches.save`);
+        :class:`SearchRefused` 400 with every problem of the form, 422 when the engine refuses it (an address, a
+        place, a photo it cannot use)."""
         errors = []
         if not form.photo:
             errors.append("choose a photo of your pet")
@@ -457,11 +458,11 @@ class Dashboard:
 
         try:
             image = decode_query(form.photo, form.filename or "the upload")
-            with self.db_lock:
-                return watches.add_image(
-                    self.settings, image, near=form.near, radius_km=radius, email=form.email,
-                    species=form.species or None,
-                )  # fmt: skip
+            pending = watches.new_watch(
+                self.settings, image, near=form.near, radius_km=radius, email=form.email, species=form.species or None
+            )
+            with self.db_lock:  # only the insert: page reads need not wait for the models
+                return watches.save(self.settings, pending)
         except HomewardError as exc:
             raise SearchRefused(422, [str(exc)]) from exc
 

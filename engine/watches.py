@@ -98,12 +98,26 @@ def add(
         species: dog or cat (default: what the detector sees)
         threshold: minimum score of a listing to e-mail (default: report.alert_threshold)
     """
-    return add_image(
-        settings, read_photo(photo), near=near, radius_km=radius_km, email=email, species=species, threshold=threshold
+    image = read_photo(photo)
+    return save(
+        settings,
+        new_watch(settings, image, near=near, radius_km=radius_km, email=email, species=species, threshold=threshold),
     )
 
 
-def add_image(
+@dataclass(frozen=True)
+class NewWatch:
+    """A checked watch with its photo embedded, not yet saved (:func:`save`)."""
+
+    email: str
+    species: str | None
+    where: tuple[float, float]
+    radius_km: float
+    threshold: float
+    query: QueryVectors
+
+
+def new_watch(
     settings: Settings,
     image: Any,
     *,
@@ -112,8 +126,8 @@ def add_image(
     email: str,
     species: str | None = None,
     threshold: float | None = None,
-) -> dict[str, Any]:
-    """:func:`add` for a decoded photo (the dashboard's upload): the photo itself is not kept, only its vectors."""
+) -> NewWatch:
+    """Check a watch's fields and embed its photo (the models' work; nothing is written)."""
     address = check_email(email)
     where = parse_near(near)
     if where is None:
@@ -124,6 +138,13 @@ def add_image(
     if not 0 <= score <= 1:
         raise HomewardError(f"--threshold is a score between 0 and 1, got {threshold!r}")
     query = embed_query(settings, image, species)
+    kept_species = species or (query.species if query.species in ("dog", "cat") else None)
+    return NewWatch(address, kept_species, where, float(radius_km), score, query)
+
+
+def save(settings: Settings, watch: NewWatch) -> dict[str, Any]:
+    """Insert a checked watch (one short DuckDB write); returns what ``homeward watch add`` prints."""
+    query = watch.query
     watch_id = "w-" + secrets.token_hex(6)
     created = dt.datetime.now(dt.UTC)
     with RunsDB(settings.duckdb).write() as con:
@@ -132,19 +153,20 @@ def add_image(
             "created, unsubscribe_hash, active) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, TRUE)",
             [
                 watch_id,
-                address,
-                species or (query.species if query.species in ("dog", "cat") else None),
-                where[0],
-                where[1],
-                float(radius_km),
-                score,
+                watch.email,
+                watch.species,
+                watch.where[0],
+                watch.where[1],
+                watch.radius_km,
+                watch.threshold,
                 query.model,
                 query.vectors.tolist(),
                 created,
                 _token_hash(unsubscribe_token(settings, watch_id)),
             ],
         )
-    out: dict[str, Any] = {"watch_id": watch_id, "email": address, "model": query.model, "threshold": score}
+    out: dict[str, Any] = {"watch_id": watch_id, "email": watch.email, "model": query.model,
+                           "threshold": watch.threshold}  # fmt: skip
     out.update(species=query.species, crops=int(query.vectors.shape[0]), fallback_full_frame=query.fallback_full_frame)
     return out
 
