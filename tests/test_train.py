@@ -326,3 +326,22 @@ def test_several_sets_split_each_alone_and_validate_per_set_and_species(
     for figures in groups.values():
         assert 0.0 <= figures["eer"] <= 1.0 and "degraded_eer" in figures
     assert meta["data"]["path"].split(os.pathsep) == [str(identity_dir.resolve()), str(cats.resolve())]
+
+
+def test_training_from_a_fine_tuned_checkpoint_continues_its_head(tiny, identity_dir: Path, tmp_path: Path) -> None:
+    trained = get_recipe("pca-head-512", head_lr=1e-2, keep_best=False)  # the saved head moved away from its PCA
+    first = run(tiny, str(identity_dir), trained, **_kwargs(tmp_path))
+    ck = Path(first["checkpoint"])
+    (tmp_path / "more.yaml").write_text(f"base: tiny\nembedder: {{kind: timm, checkpoint: {ck / 'model.safetensors'}}}\n")
+    still = get_recipe("pca-head-512", lr=0.0, head_lr=0.0, proxy_lr=0.0)
+    again = run(
+        tiny.with_overrides({"enrich": {"profile": str(tmp_path / "more.yaml")}}),
+        str(identity_dir),
+        still,
+        **_kwargs(tmp_path, out=str(tmp_path / "again"), epochs=1),
+    )
+    before, _ = load_reid_checkpoint(ck)
+    after, _ = load_reid_checkpoint(again["checkpoint"])
+    # a fresh PCA head of the fine-tuned features would differ; the continued one is the checkpoint's own
+    assert torch.equal(before.head.weight, after.head.weight) and torch.equal(before.head.bias, after.head.bias)
+    assert again["baseline"]["eer"] == pytest.approx(first["finetuned"]["eer"], abs=1e-6)

@@ -345,7 +345,12 @@ def _init_top(r: _Run) -> Criterion:
     when the recipe asks."""
     recipe, net, device = r.recipe, r.net, r.device
     pooled_train = _pooled_features(net, r.enc, r.train[0], r.train_cache.get("clean"), device)
-    if recipe.head == "pca":
+    if recipe.head != "none" and r.base.head is not None:
+        # Starting from a fine-tuned checkpoint continues its training: a fresh head would throw away what the
+        # backbone's features were trained against.
+        net.head = copy.deepcopy(r.base.head).float().to(device).requires_grad_(True)
+        log.info("continuing the starting checkpoint's projection head (%s)", r.base.model_id)
+    elif recipe.head == "pca":
         net.head = pca_head(pooled_train, recipe.head_dim).to(device)
     elif recipe.head == "random":
         net.head = random_head(net.num_features, recipe.head_dim, r.seed).to(device)
