@@ -81,11 +81,13 @@ def _embed_all(
     embedder: Any,
     detector: Any | None,
     paths: list[Path],
+    given: list[str],
     batch_size: int,
     transform: Callable | None,
     desc: str,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(L2-normalised vectors, whether an animal was detected) of every photo, one vector per photo."""
+    """(L2-normalised vectors, whether an animal was detected) of every photo, one vector per photo. ``given``: each
+    photo's species as its post states it, what the embedder is told where the detector saw no animal."""
     from engine.models.crops import detect_crops
 
     out: list[np.ndarray] = []
@@ -93,15 +95,17 @@ def _embed_all(
     with tqdm(total=len(paths), desc=desc, unit="img", leave=False) as bar:
         for s in range(0, len(paths), batch_size):
             batch = [load_photo(p) for p in paths[s : s + batch_size]]
+            kinds = given[s : s + batch_size]
             if transform is not None:
                 batch = [transform(im, s + i) for i, im in enumerate(batch)]
             if detector is not None:
                 best = [crops[0] for crops in detect_crops(detector, batch)]  # most confident first
                 detected.extend(not det.full_frame for det, _ in best)
+                kinds = [k if det.full_frame else det.species for (det, _), k in zip(best, kinds, strict=True)]
                 batch = [crop for _, crop in best]
             else:
                 detected.extend([False] * len(batch))
-            vecs = np.asarray(embedder.embed(batch), dtype=np.float32)
+            vecs = np.asarray(embedder.embed(batch, kinds), dtype=np.float32)
             out.append(vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12))
             bar.update(len(batch))
     return np.concatenate(out), np.asarray(detected, dtype=bool)
@@ -153,8 +157,10 @@ def evaluate_with(
     paths, labels, names = list_identity_images(images_dir, limit)
     embedder = embedder_builder(settings)
     detector = detector_builder(settings) if detector_builder is not None else None
+    species_of = identity_species(images_dir)
+    given = [species_of.get(names[lab], "unknown") for lab in labels]
     t_embed = time.perf_counter()
-    clean, detected = _embed_all(embedder, detector, paths, batch_size, None, "embedding")
+    clean, detected = _embed_all(embedder, detector, paths, given, batch_size, None, "embedding")
     embed_s = time.perf_counter() - t_embed
     result: dict[str, Any] = {
         "model": getattr(embedder, "model_id", type(embedder).__name__),
@@ -178,13 +184,14 @@ def evaluate_with(
         def transform(im: Any, i: int) -> Any:
             return degrade_image(im, zlib.crc32(f"{seed}:{i}".encode()))
 
-        queries, q_detected = _embed_all(embedder, detector, paths, batch_size, transform, "embedding degraded queries")
+        queries, q_detected = _embed_all(
+            embedder, detector, paths, given, batch_size, transform, "embedding degraded queries"
+        )
         result.update(_scores(queries, clean, labels, "degraded_"))
         if detector is not None:
             result["degraded_detected_share"] = float(q_detected.mean())
         result["degrade_seed"] = seed
-    species_of = identity_species(images_dir)
-    species = np.asarray([species_of.get(names[lab], "unknown") for lab in labels])
+    species = np.asarray(given)
     if species_of and len(set(species)) > 1:
         result["by_species"] = {}
         for sp in sorted(set(species)):

@@ -170,7 +170,9 @@ def embed_query(settings: Settings, image: Any, species: str | None = None) -> Q
 
     crops, dets, fallback = crops_of(image, load_detector(settings), species)
     embedder = load_embedder(settings)
-    vectors = np.asarray(embedder.embed(crops), dtype=np.float32)
+    asked = species or "unknown"
+    kinds = [asked if d["full_frame"] else d["species"] for d in dets]
+    vectors = np.asarray(embedder.embed(crops, kinds), dtype=np.float32)
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     seen = [d["species"] for d in dets if d["species"] in ("dog", "cat")]
     q_species = species or (max(set(seen), key=seen.count) if seen else "unknown")

@@ -337,3 +337,16 @@ def test_actor_cpu_share_leaves_room_for_decoding() -> None:
     share = actor_cpu_share(0.5, 4, 2.0)  # the VLM stage makes four: they must not take the last core
     assert share * 4 + DECODE_CPUS <= 2.0 and share > 0
     assert actor_cpu_share(1.0, 4, 64.0) == 1.0 and actor_cpu_share(0.5, 4, 0.0) == 0.5
+
+
+def test_a_crop_is_embedded_as_the_detector_species_else_the_listings() -> None:
+    from ray_jobs.enrich.stages import crop_species
+
+    cat_box = {"species": "cat", "full_frame": False}
+    whole = {"species": "unknown", "full_frame": True}
+    row = {"targets": [{"species": "dog"}, {"species": "dog"}]}
+    assert crop_species(row, cat_box) == "cat"  # the detector saw a cat: the post's word does not override it
+    assert crop_species(row, whole) == "dog"
+    # listings of one photo that disagree, or none: nothing is assumed
+    assert crop_species({"targets": [{"species": "dog"}, {"species": "cat"}]}, whole) == "unknown"
+    assert crop_species({"targets": []}, whole) == "unknown"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,7 @@ class MeanColour:
 
     model_id = "test:mean-colour"
 
-    def embed(self, images: list[Image.Image]) -> np.ndarray:
+    def embed(self, images: list[Image.Image], species: Sequence[str] | None = None) -> np.ndarray:
         v = np.stack([np.asarray(im, dtype=np.float32).reshape(-1, 3).mean(0) for im in images]) - 115.0
         return v / np.linalg.norm(v, axis=1, keepdims=True)
 

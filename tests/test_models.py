@@ -226,6 +226,42 @@ def test_ensemble_cosine_is_the_weighted_mean_of_its_members(tmp_path: Path) -> 
             build_embedder({**spec, **bad}, s)
 
 
+def test_ensemble_species_weights_apply_per_crop_and_skip_unneeded_members(tmp_path: Path) -> None:
+    from engine.models.factory import build_embedder
+
+    s = _settings(tmp_path)
+    members = [{**TINY_TIMM, "seed": 1}, {**TINY_TIMM, "seed": 2}, {"kind": "coat"}]
+    spec = {"kind": "ensemble", "members": members, "weights": [1, 0.5, 0.1], "species_weights": {"cat": [1, 0, 0.1]}}
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 255, (60, 40 + 7 * i, 3), dtype=np.uint8)) for i in range(4)]
+    ens = build_embedder(spec, s)
+    a, b, c = (build_embedder(m, s).embed(images) for m in members)
+    kinds = ["cat", "dog", "unknown", "cat"]
+    vecs = ens.embed(images, kinds)
+    assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    sim = vecs @ vecs.T
+    # two cats: the face member left out; a dog and an unknown crop: the default weights
+    assert np.isclose(sim[0, 3], (a[0] @ a[3] + 0.1 * c[0] @ c[3]) / 1.1, atol=1e-5)
+    assert np.isclose(sim[1, 2], (a[1] @ a[2] + 0.5 * b[1] @ b[2] + 0.1 * c[1] @ c[2]) / 1.6, atol=1e-5)
+    assert np.allclose(vecs[0, a.shape[1] : a.shape[1] + b.shape[1]], 0.0)
+    assert np.allclose(ens.embed(images), ens.embed(images, ["unknown"] * 4))  # no species: the default weights
+    calls: list[int] = []
+    face = ens.members[1]
+    original = face.embed
+    face.embed = lambda ims, species=None: calls.append(len(ims)) or original(ims)  # type: ignore[method-assign]
+    ens.embed(images, ["cat"] * 4)
+    ens.embed(images, kinds)
+    assert calls == [2]  # not run for a batch of cats; only the non-cat crops otherwise
+    assert ens.model_id != build_embedder({**spec, "species_weights": None}, s).model_id
+    for bad, why in [
+        ({"species_weights": {"cat": [0, 0, 0]}}, "not all 0"),
+        ({"species_weights": {"cat": [1, 0]}}, "3 non-negative"),
+        ({"species_weights": ["cat"]}, "map a species"),
+    ]:
+        with pytest.raises(ModelError, match=why):
+            build_embedder({**spec, **bad}, s)
+
+
 @pytest.mark.parametrize("fmt", ["safetensors", "pt"])
 def test_reid_checkpoint_with_projection_head_loads_by_config(tmp_path: Path, fmt: str) -> None:
     import timm

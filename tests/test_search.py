@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ class PixelEmbedder:
     model_id = "test:pixels"
     dim = 192
 
-    def embed(self, images: list[Image.Image]) -> np.ndarray:
+    def embed(self, images: list[Image.Image], species: Sequence[str] | None = None) -> np.ndarray:
         v = np.stack([np.asarray(im.convert("RGB").resize((8, 8)), dtype=np.float32).ravel() for im in images])
         v -= 127.5
         return v / np.linalg.norm(v, axis=1, keepdims=True)

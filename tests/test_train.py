@@ -332,7 +332,8 @@ def test_training_from_a_fine_tuned_checkpoint_continues_its_head(tiny, identity
     trained = get_recipe("pca-head-512", head_lr=1e-2, keep_best=False)  # the saved head moved away from its PCA
     first = run(tiny, str(identity_dir), trained, **_kwargs(tmp_path))
     ck = Path(first["checkpoint"])
-    (tmp_path / "more.yaml").write_text(f"base: tiny\nembedder: {{kind: timm, checkpoint: {ck / 'model.safetensors'}}}\n")
+    weights = ck / "model.safetensors"
+    (tmp_path / "more.yaml").write_text(f"base: tiny\nembedder: {{kind: timm, checkpoint: {weights}}}\n")
     still = get_recipe("pca-head-512", lr=0.0, head_lr=0.0, proxy_lr=0.0)
     again = run(
         tiny.with_overrides({"enrich": {"profile": str(tmp_path / "more.yaml")}}),

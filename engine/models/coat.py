@@ -16,6 +16,7 @@ so it is a member with a small weight, never the embedder alone.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -43,7 +44,9 @@ class CoatEmbedder(Embedder):
         self.batch_size = int(spec.get("batch_size", 64))
         self.model_id = coat_id(spec)
 
-    def embed_and_classify(self, images: list[Image.Image]) -> tuple[np.ndarray, None]:
+    def embed_and_classify(
+        self, images: list[Image.Image], species: Sequence[str] | None = None
+    ) -> tuple[np.ndarray, None]:
         return np.stack([self._one(im) for im in images]).astype(np.float32), None
 
     def _one(self, image: Image.Image) -> np.ndarray:

@@ -25,6 +25,7 @@ tag), so vectors of two models are never compared even when their dimensions agr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -86,10 +87,15 @@ class Embedder:
     #: True when :meth:`embed_and_classify` also returns ImageNet-1k logits (the attribute captioner reuses them).
     has_imagenet_head: bool = False
 
-    def embed(self, images: list[Image.Image]) -> np.ndarray:
-        return self.embed_and_classify(images)[0]
+    def embed(self, images: list[Image.Image], species: Sequence[str] | None = None) -> np.ndarray:
+        return self.embed_and_classify(images, species)[0]
 
-    def embed_and_classify(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray | None]:
+    def embed_and_classify(
+        self, images: list[Image.Image], species: Sequence[str] | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Vectors (and ImageNet logits when :attr:`has_imagenet_head`). ``species``: what each crop shows (the
+        detector's label, else the listing's; ``unknown`` when neither knows) — only an ensemble with
+        ``species_weights`` reads it, every other kind embeds a crop the same whatever its species."""
         raise NotImplementedError
 
     def preprocess(self, images: list[Image.Image]) -> Any:

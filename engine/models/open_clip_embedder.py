@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,9 @@ class OpenClipEmbedder(Embedder):
 
         return torch.from_numpy(prepare(images, self.img_size, self.mean, self.std, self.resize))
 
-    def embed_and_classify(self, images: list[Image.Image]) -> tuple[np.ndarray, None]:
+    def embed_and_classify(
+        self, images: list[Image.Image], species: Sequence[str] | None = None
+    ) -> tuple[np.ndarray, None]:
         import torch
 
         if not images:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,9 @@ class TimmEmbedder(Embedder):
 
         return torch.from_numpy(prepare(images, self.img_size, self.mean, self.std, self.resize))
 
-    def embed_and_classify(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray | None]:
+    def embed_and_classify(
+        self, images: list[Image.Image], species: Sequence[str] | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         import torch
 
         if not images:

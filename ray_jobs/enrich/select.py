@@ -45,21 +45,23 @@ def select_photos(lance: Any, retry_failed: bool, limit: int | None, embed_model
     return rows
 
 
-def _descriptions(lance: Any, listing_ids: set[str]) -> dict[str, str]:
+def _listing_fields(lance: Any, listing_ids: set[str]) -> dict[str, tuple[str, str]]:
+    """``{listing_id: (description, species)}``."""
     if not listing_ids or not lance.exists("listings"):
         return {}
-    data = lance.read("listings", columns=["listing_id", "description"])
+    data = lance.read("listings", columns=["listing_id", "description", "species"]).to_pydict()
     return {
-        lid: desc or ""
-        for lid, desc in zip(data.column("listing_id").to_pylist(), data.column("description").to_pylist(), strict=True)
+        lid: (desc or "", species or "unknown")
+        for lid, desc, species in zip(data["listing_id"], data["description"], data["species"], strict=True)
         if lid in listing_ids
     }
 
 
 def work_items(lance: Any, todo: pa.Table) -> list[dict[str, Any]]:
     """One item per distinct image (``photo_id``): its URI and, JSON-encoded, every listing photo that shows it with
-    that listing's description (the text stage embeds caption + description per listing)."""
-    descriptions = _descriptions(lance, set(todo.column("listing_id").to_pylist()))
+    that listing's description (the text stage embeds caption + description per listing) and species (the embedder's
+    species for a photo in which the detector saw no animal)."""
+    fields = _listing_fields(lance, set(todo.column("listing_id").to_pylist()))
     groups: dict[str, dict[str, Any]] = {}
     for r in todo.to_pylist():
         g = groups.setdefault(r["photo_id"], {"photo_id": r["photo_id"], "uri": r["uri"], "targets": []})
@@ -67,7 +69,8 @@ def work_items(lance: Any, todo: pa.Table) -> list[dict[str, Any]]:
             {
                 "photo_key": r["photo_key"],
                 "listing_id": r["listing_id"],
-                "description": descriptions.get(r["listing_id"], ""),
+                "description": fields.get(r["listing_id"], ("", ""))[0],
+                "species": fields.get(r["listing_id"], ("", "unknown"))[1],
             }
         )
     return [{"photo_id": g["photo_id"], "uri": g["uri"], "targets": json.dumps(g["targets"])} for g in groups.values()]

@@ -145,6 +145,14 @@ class DetectStage(_Stage):
             r.pop("image", None)
 
 
+def crop_species(row: dict[str, Any], det: dict[str, Any]) -> str:
+    """What a crop shows: the detector's species, else the one species every listing of the photo gives."""
+    if not det["full_frame"]:
+        return str(det["species"])
+    given = {t.get("species") or "unknown" for t in row.get("targets") or []}
+    return given.pop() if len(given) == 1 else "unknown"
+
+
 class EmbedStage(_Stage):
     """Crop vectors; with an ``attributes`` captioner, also the captions (it reuses this forward pass's logits)."""
 
@@ -164,7 +172,7 @@ class EmbedStage(_Stage):
 
         flat = [(r, d) for r in rows for d in r["dets"]]
         crops = [Image.fromarray(d["crop"]) for _, d in flat]
-        vectors, logits = self.embedder.embed_and_classify(crops)
+        vectors, logits = self.embedder.embed_and_classify(crops, [crop_species(r, d) for r, d in flat])
         for (r, d), v in zip(flat, vectors, strict=True):
             d["embedding"] = v
             r["embed_model"] = self.embedder.model_id
