@@ -71,6 +71,7 @@ def create_app(dash: Dashboard) -> Guard:
     _add_overview_pages(app, dash)
     _add_search_pages(app, dash)
     _add_shelter_pages(app, dash)
+    _add_pair_pages(app, dash)
     return Guard(
         app,
         bound_host=dash.host,
@@ -216,16 +217,22 @@ def _add_search_pages(app: FastAPI, dash: Dashboard) -> None:
         return dash.render("unsubscribe.html", 200 if done else 404, token="", done=done)
 
 
+def _adopt_link_token(request: Request, token: str, to: str, cookie: str, cookie_path: str) -> RedirectResponse:
+    """A page opened from a link with ``?token=`` (checked by the caller): keep the token in a cookie and redirect to
+    the same page without it, so it stays out of the address bar, history and referrers."""
+    resp = _clean_redirect(request, to)
+    _remember(resp, request, cookie, token, cookie_path, TOKEN_DAYS)
+    return resp
+
+
 def _add_shelter_pages(app: FastAPI, dash: Dashboard) -> None:
-    """The shelter index, a shelter's review page, a candidate pair's page with its map, and verdicts."""
+    """The shelter index and a shelter's review page."""
 
     @app.get("/shelters", include_in_schema=False)
     def shelter_index(request: Request, token: str | None = None) -> Response:
         if token and dash.exposed:
             dash.require_operator(token)
-            resp = _clean_redirect(request, "/shelters")
-            _remember(resp, request, OPERATOR_COOKIE, token, "/", TOKEN_DAYS)
-            return resp
+            return _adopt_link_token(request, token, "/shelters", OPERATOR_COOKIE, "/")
         dash.require_operator(dash.token(request))
         return dash.render("shelters.html", shelters=dash.shelters())
 
@@ -245,9 +252,7 @@ def _add_shelter_pages(app: FastAPI, dash: Dashboard) -> None:
         path = shelter_path(key)
         if token and dash.exposed:
             dash.require_shelter(key, token)
-            resp = _clean_redirect(request, path)
-            _remember(resp, request, TOKEN_COOKIE, token, path, TOKEN_DAYS)
-            return resp
+            return _adopt_link_token(request, token, path, TOKEN_COOKIE, path)
         dash.require_shelter(key, dash.token(request))
         name = dash.shelter_name(key)
         since, visit = visit_window(request.cookies.get(VISIT_COOKIE), dt.datetime.now(dt.UTC))
@@ -270,13 +275,15 @@ def _add_shelter_pages(app: FastAPI, dash: Dashboard) -> None:
         _remember(resp, request, VISIT_COOKIE, visit, path, 365)
         return resp
 
+
+def _add_pair_pages(app: FastAPI, dash: Dashboard) -> None:
+    """A candidate pair's page with its map, and the shelter's verdict on it."""
+
     @app.get("/shelter/{key}/pair", include_in_schema=False)
     def pair_page(key: str, request: Request, lost: str, found: str, token: str | None = None) -> Response:
         if token and dash.exposed:  # a report e-mail's link: as on the shelter page
             dash.require_shelter(key, token)
-            resp = _clean_redirect(request, f"{shelter_path(key)}/pair")
-            _remember(resp, request, TOKEN_COOKIE, token, shelter_path(key), TOKEN_DAYS)
-            return resp
+            return _adopt_link_token(request, token, f"{shelter_path(key)}/pair", TOKEN_COOKIE, shelter_path(key))
         dash.require_shelter(key, dash.token(request))
         pair = dash.pair(key, lost, found)
         points = {
