@@ -180,20 +180,31 @@ def split_blocks(blocks: list[Block], rows: np.ndarray, cols: np.ndarray) -> tup
 
 
 BLOCK_COST_PAIRS = 8_000
-"""What one more block costs, in pairs of tile work: gathering its vectors and codes and a tile call (~2.5 ms on this
-box's CPU, where the eager kernel values ~3 M pairs/s)."""
+"""What one more block costs, in pairs of tile work, besides its listings: a tile call and its top-k bookkeeping
+(~2.5 ms on this box's CPU, where the eager kernel values ~3 M pairs/s)."""
+LISTING_COST_PAIRS = 50
+"""What gathering one listing into a block costs, in pairs of tile work: its detection vectors (~2.5 × 512 floats),
+text vector and codes are copied into the block's own side. A restricted row block pairs one or two new lost listings
+with thousands of found ones, so its cost is the gather, not the pairs: measured at 50k listings, 159 such blocks
+(531k pairs) took 77 s on the loaded box where one block of their 189 rows × 29,584 found listings (5.6 M pairs)
+took 16 s."""
+
+
+def _cost(lost: int, found: int) -> int:
+    return lost * found + LISTING_COST_PAIRS * (lost + found) + BLOCK_COST_PAIRS
 
 
 def coalesced(parts: list[Block]) -> list[Block]:
     """The restricted blocks as one block of all their lost and all their found listings when that costs less than
-    scoring them one by one. The extra pairs are ones the blocks never paired, which the kernel rules out (-inf) since
-    blocks cover exactly the allowed pairs: nominees and values are the same, in one large tile pass instead of
-    thousands of small ones (a few hundred new listings touch most blocks of a region, each with a row or two)."""
+    scoring them one by one (:func:`_cost`). The extra pairs are ones the blocks never paired, which the kernel rules
+    out (-inf) since blocks cover exactly the allowed pairs: nominees and values are the same, in one large tile pass
+    instead of thousands of small ones (a few hundred new listings touch most blocks of a region, each with a row or
+    two, and each small block would gather its thousands of counterparts again)."""
     if len(parts) <= 1:
         return parts
     one = Block(np.unique(np.concatenate([b.lost for b in parts])), np.unique(np.concatenate([b.found for b in parts])))
-    own = sum(b.pairs for b in parts) + BLOCK_COST_PAIRS * len(parts)
-    return [one] if one.pairs + BLOCK_COST_PAIRS < own else parts
+    own = sum(_cost(len(b.lost), len(b.found)) for b in parts)
+    return [one] if _cost(len(one.lost), len(one.found)) < own else parts
 
 
 def admit(owner: np.ndarray, tile: np.ndarray, kth: np.ndarray) -> np.ndarray:
