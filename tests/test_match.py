@@ -348,6 +348,7 @@ def test_incremental_match_publishes_what_a_full_rematch_does(
     from engine.scoring import incremental as incremental_scoring
 
     monkeypatch.setattr(incremental_scoring, "BLOCK_COST_PAIRS", block_cost)
+    monkeypatch.setattr(incremental_scoring, "LISTING_COST_PAIRS", block_cost)
     settings = settings.with_overrides({"match": {"background_drift": 10.0}})
     world = World()
     pairs = world.plant(16, distractors=40)

@@ -108,10 +108,11 @@ class Side:
     def geo_source_of(self, i: int) -> str | None:
         return None if self.geo_source is None else self.geo_source[i]
 
-    def padded(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Detections of listings ``idx`` as (n, P, d) with a mask (n, P) and detection row numbers (n, P)."""
+    def padded(self, idx: torch.Tensor, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Detections of listings ``idx`` as (n, P, d) with a mask (n, P) and detection row numbers (n, P); P is
+        ``width`` (at least every listing's count) or else the widest listing's count."""
         counts = self.det_counts[idx]
-        width = max(int(counts.max()) if len(idx) else 0, 1)
+        width = width or max(int(counts.max()) if len(idx) else 0, 1)
         pos = torch.arange(width)[None, :]
         mask = pos < counts[:, None]
         rows = (self.det_offsets[:-1][idx][:, None] + pos).clamp(max=max(self.det_emb.shape[0] - 1, 0))
@@ -285,22 +286,27 @@ class Scorer:
         return out
 
     # ----------------------------------------------------------------------------------------------------- pairs
-    def pairs(self, li: np.ndarray, fi: np.ndarray, chunk: int = 2048) -> dict[str, np.ndarray]:
-        """Every term of the pairs (lost[li[n]], found[fi[n]]), plus fused, score and explanation."""
+    def pairs(
+        self, li: np.ndarray, fi: np.ndarray, chunk: int = 2048, widths: tuple[int, int] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Every term of the pairs (lost[li[n]], found[fi[n]]), plus fused, score and explanation. ``widths``: the
+        (lost, found) detection counts each pair's detections are padded to (default: the chunk's widest)."""
         parts: list[dict[str, np.ndarray]] = []
         for s in range(0, len(li), chunk):
-            parts.append(self._pairs_chunk(np.asarray(li[s : s + chunk]), np.asarray(fi[s : s + chunk])))
+            parts.append(self._pairs_chunk(np.asarray(li[s : s + chunk]), np.asarray(fi[s : s + chunk]), widths))
         if not parts:
-            parts.append(self._pairs_chunk(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)))
+            parts.append(self._pairs_chunk(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), widths))
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-    def _pairs_chunk(self, li: np.ndarray, fi: np.ndarray) -> dict[str, np.ndarray]:
+    def _pairs_chunk(
+        self, li: np.ndarray, fi: np.ndarray, widths: tuple[int, int] | None = None
+    ) -> dict[str, np.ndarray]:
         L, F = self.lost, self.found
         i = torch.as_tensor(li, dtype=torch.int64)
         j = torch.as_tensor(fi, dtype=torch.int64)
         n = len(li)
-        ap, am, arow = L.padded(i)
-        bp, bm, brow = F.padded(j)
+        ap, am, arow = L.padded(i, widths and widths[0])
+        bp, bm, brow = F.padded(j, widths and widths[1])
         if L.det_emb.shape[0] and F.det_emb.shape[0] and n:
             best, agree, pa, pb = aggregate.pair_image_terms(ap, am, bp, bm, self.params.agree_threshold)
         else:

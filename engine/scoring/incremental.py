@@ -79,28 +79,38 @@ def pair_terms(scorer: Scorer, li: np.ndarray, fi: np.ndarray) -> dict[str, np.n
     Three things make a pair's last bits depend on its batch in ``Scorer.pairs``: detections are padded to the
     batch's widest listing and torch picks its product kernel by shape (and another path for a batch of one); and an
     element-wise op (sigmoid, the trigonometry of distances) runs SIMD code on whole vector widths but scalar libm
-    code on a batch's tail. So every batch here holds pairs of one (lost, found) detection count, and is padded (by
-    repeating its first pair) to a multiple of :data:`LANES`, so every pair goes through the SIMD code."""
+    code on a batch's tail. So every pair's detections are padded to a width that depends only on its own counts
+    (:func:`detection_width`), every batch holds pairs of one (lost, found) width, and is padded (by repeating its
+    first pair) to a multiple of :data:`LANES`, so every pair goes through the SIMD code. Widths rather than exact
+    counts: a batch costs ~100 tensor operations whatever its size, and a few hundred new listings' candidates
+    spread over every (count, count) combination (183 batches for 8,711 pairs at 50k listings: 13 s → 2 s)."""
     li, fi = np.asarray(li, dtype=np.int64), np.asarray(fi, dtype=np.int64)
     n = len(li)
     if n == 0:
         return scorer.pairs(li, fi)
-    cl = scorer.lost.det_counts.numpy()[li]
-    cf = scorer.found.det_counts.numpy()[fi]
+    cl = detection_width(scorer.lost.det_counts.numpy()[li])
+    cf = detection_width(scorer.found.det_counts.numpy()[fi])
     order = np.lexsort((cf, cl))
     key = cl[order] * (int(cf.max()) + 1) + cf[order]
     starts = np.r_[0, np.flatnonzero(np.diff(key)) + 1, n]
     parts: list[dict[str, np.ndarray]] = []
     for s, e in itertools.pairwise(starts):
         group = order[s:e]
-        for batch in np.array_split(group, -(-len(group) // PAIR_BATCH)):
+        widths = int(cl[group[0]]), int(cf[group[0]])
+        size = max(LANES, PAIR_BATCH * 8 // max(*widths, 8) // LANES * LANES)
+        for batch in np.array_split(group, -(-len(group) // size)):
             padded = np.r_[batch, np.repeat(batch[:1], -len(batch) % LANES)]
-            out = scorer.pairs(li[padded], fi[padded], chunk=len(padded))
+            out = scorer.pairs(li[padded], fi[padded], chunk=len(padded), widths=widths)
             parts.append({k: v[: len(batch)] for k, v in out.items()})
     merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     inverse = np.empty(n, dtype=np.int64)
     inverse[order] = np.arange(n)
     return {k: v[inverse] for k, v in merged.items()}
+
+
+def detection_width(counts: np.ndarray) -> np.ndarray:
+    """The padded detection count of listings with ``counts`` detections: the next power of two (at least 1)."""
+    return np.left_shift(1, np.ceil(np.log2(np.maximum(counts, 1))).astype(np.int64))
 
 
 # ------------------------------------------------------------------------------------------------------- selection
@@ -180,20 +190,31 @@ def split_blocks(blocks: list[Block], rows: np.ndarray, cols: np.ndarray) -> tup
 
 
 BLOCK_COST_PAIRS = 8_000
-"""What one more block costs, in pairs of tile work: gathering its vectors and codes and a tile call (~2.5 ms on this
-box's CPU, where the eager kernel values ~3 M pairs/s)."""
+"""What one more block costs, in pairs of tile work, besides its listings: a tile call and its top-k bookkeeping
+(~2.5 ms on this box's CPU, where the eager kernel values ~3 M pairs/s)."""
+LISTING_COST_PAIRS = 50
+"""What gathering one listing into a block costs, in pairs of tile work: its detection vectors (~2.5 × 512 floats),
+text vector and codes are copied into the block's own side. A restricted row block pairs one or two new lost listings
+with thousands of found ones, so its cost is the gather, not the pairs: measured at 50k listings, 159 such blocks
+(531k pairs) took 77 s on the loaded box where one block of their 189 rows × 29,584 found listings (5.6 M pairs)
+took 19 s."""
+
+
+def _cost(lost: int, found: int) -> int:
+    return lost * found + LISTING_COST_PAIRS * (lost + found) + BLOCK_COST_PAIRS
 
 
 def coalesced(parts: list[Block]) -> list[Block]:
     """The restricted blocks as one block of all their lost and all their found listings when that costs less than
-    scoring them one by one. The extra pairs are ones the blocks never paired, which the kernel rules out (-inf) since
-    blocks cover exactly the allowed pairs: nominees and values are the same, in one large tile pass instead of
-    thousands of small ones (a few hundred new listings touch most blocks of a region, each with a row or two)."""
+    scoring them one by one (:func:`_cost`). The extra pairs are ones the blocks never paired, which the kernel rules
+    out (-inf) since blocks cover exactly the allowed pairs: nominees and values are the same, in one large tile pass
+    instead of thousands of small ones (a few hundred new listings touch most blocks of a region, each with a row or
+    two, and each small block would gather its thousands of counterparts again)."""
     if len(parts) <= 1:
         return parts
     one = Block(np.unique(np.concatenate([b.lost for b in parts])), np.unique(np.concatenate([b.found for b in parts])))
-    own = sum(b.pairs for b in parts) + BLOCK_COST_PAIRS * len(parts)
-    return [one] if one.pairs + BLOCK_COST_PAIRS < own else parts
+    own = sum(_cost(len(b.lost), len(b.found)) for b in parts)
+    return [one] if _cost(len(one.lost), len(one.found)) < own else parts
 
 
 def admit(owner: np.ndarray, tile: np.ndarray, kth: np.ndarray) -> np.ndarray:
