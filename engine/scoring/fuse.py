@@ -285,16 +285,17 @@ class Scorer:
         return out
 
     # ----------------------------------------------------------------------------------------------------- pairs
-    def pairs(self, li: np.ndarray, fi: np.ndarray, chunk: int = 2048) -> dict[str, np.ndarray]:
-        """Every term of the pairs (lost[li[n]], found[fi[n]]), plus fused, score and explanation."""
+    def pairs(self, li: np.ndarray, fi: np.ndarray, chunk: int = 2048, explained: bool = True) -> dict[str, np.ndarray]:
+        """Every term of the pairs (lost[li[n]], found[fi[n]]), plus fused, score and (``explained``) explanation.
+        Ranking needs only ``fused``: the explanation strings are the costly part, so it can leave them out."""
         parts: list[dict[str, np.ndarray]] = []
         for s in range(0, len(li), chunk):
-            parts.append(self._pairs_chunk(np.asarray(li[s : s + chunk]), np.asarray(fi[s : s + chunk])))
+            parts.append(self._pairs_chunk(np.asarray(li[s : s + chunk]), np.asarray(fi[s : s + chunk]), explained))
         if not parts:
-            parts.append(self._pairs_chunk(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)))
+            parts.append(self._pairs_chunk(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), explained))
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-    def _pairs_chunk(self, li: np.ndarray, fi: np.ndarray) -> dict[str, np.ndarray]:
+    def _pairs_chunk(self, li: np.ndarray, fi: np.ndarray, explained: bool) -> dict[str, np.ndarray]:
         L, F = self.lost, self.found
         i = torch.as_tensor(li, dtype=torch.int64)
         j = torch.as_tensor(fi, dtype=torch.int64)
@@ -347,6 +348,8 @@ class Scorer:
         }
         for k in ("colour", "sex", "size", "breed"):
             out[f"attr_{k}"] = attr[k].numpy()
+        if not explained:
+            return out
         lost_dets, found_dets = L.det_counts[i].tolist(), F.det_counts[j].tolist()
         out["explanation"] = np.array(
             [explain({k: v[n_] for k, v in out.items()}, self.params, lost_dets[n_], found_dets[n_],
