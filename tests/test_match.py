@@ -291,6 +291,25 @@ def test_small_tiles_give_identical_results(settings: Settings) -> None:
     assert big["matches"] == small["matches"] > 0
 
 
+def test_publication_in_chunks_publishes_the_same_rows(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Matches are valued, explained and inserted a chunk at a time (``match.publish_chunk_rows``): every column of
+    every row is the one a single chunk gives, explanations included."""
+    world = World()
+    world.plant(12, distractors=24)
+    world.write(settings)
+    whole = match(settings, top_k=3)
+    chunks = []
+    rows_of = match_job._match_rows
+    monkeypatch.setattr(match_job, "_match_rows", lambda *a: chunks.append(rows_of(*a)) or chunks[-1])
+    parts = match(settings.with_overrides({"match": {"publish_chunk_rows": 5}}), top_k=3, full=True)
+    assert parts["matches"] == whole["matches"] > 10
+    sizes = [c.num_rows for c in chunks]
+    assert max(sizes) == 5 and sum(sizes) == whole["matches"] and len(sizes) == -(-whole["matches"] // 5)
+    db = RunsDB(settings.duckdb)
+    q = "SELECT * EXCLUDE (run_id) FROM matches WHERE run_id = ? ORDER BY lost_listing_id, found_listing_id"
+    assert db.query(q, [whole["run_id"]]) == db.query(q, [parts["run_id"]])
+
+
 @pytest.mark.slow
 def test_ray_fan_out_gives_the_same_matches(settings: Settings, ray_local: None) -> None:
     world = World()

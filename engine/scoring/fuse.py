@@ -287,19 +287,27 @@ class Scorer:
 
     # ----------------------------------------------------------------------------------------------------- pairs
     def pairs(
-        self, li: np.ndarray, fi: np.ndarray, chunk: int = 2048, widths: tuple[int, int] | None = None
+        self,
+        li: np.ndarray,
+        fi: np.ndarray,
+        chunk: int = 2048,
+        widths: tuple[int, int] | None = None,
+        explained: bool = True,
     ) -> dict[str, np.ndarray]:
-        """Every term of the pairs (lost[li[n]], found[fi[n]]), plus fused, score and explanation. ``widths``: the
-        (lost, found) detection counts each pair's detections are padded to (default: the chunk's widest)."""
+        """Every term of the pairs (lost[li[n]], found[fi[n]]), plus fused, score and (``explained``) explanation.
+        ``widths``: the (lost, found) detection counts each pair's detections are padded to (default: the chunk's
+        widest). Ranking needs only ``fused``: the explanation strings are the costly part, so it can leave them out."""
         parts: list[dict[str, np.ndarray]] = []
         for s in range(0, len(li), chunk):
-            parts.append(self._pairs_chunk(np.asarray(li[s : s + chunk]), np.asarray(fi[s : s + chunk]), widths))
+            part = self._pairs_chunk(np.asarray(li[s : s + chunk]), np.asarray(fi[s : s + chunk]), widths, explained)
+            parts.append(part)
         if not parts:
-            parts.append(self._pairs_chunk(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), widths))
+            empty = np.zeros(0, dtype=np.int64)
+            parts.append(self._pairs_chunk(empty, empty, widths, explained))
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def _pairs_chunk(
-        self, li: np.ndarray, fi: np.ndarray, widths: tuple[int, int] | None = None
+        self, li: np.ndarray, fi: np.ndarray, widths: tuple[int, int] | None, explained: bool
     ) -> dict[str, np.ndarray]:
         L, F = self.lost, self.found
         i = torch.as_tensor(li, dtype=torch.int64)
@@ -353,6 +361,8 @@ class Scorer:
         }
         for k in ("colour", "sex", "size", "breed"):
             out[f"attr_{k}"] = attr[k].numpy()
+        if not explained:
+            return out
         lost_dets, found_dets = L.det_counts[i].tolist(), F.det_counts[j].tolist()
         out["explanation"] = np.array(
             [explain({k: v[n_] for k, v in out.items()}, self.params, lost_dets[n_], found_dets[n_],

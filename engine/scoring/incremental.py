@@ -73,8 +73,12 @@ def side_fingerprints(side: Side, tag: str) -> np.ndarray:
 
 
 # -------------------------------------------------------------------------------------------------- per-pair values
-def pair_terms(scorer: Scorer, li: np.ndarray, fi: np.ndarray) -> dict[str, np.ndarray]:
-    """``scorer.pairs`` of (li, fi), computed so that each pair's values do not depend on the other pairs asked.
+def pair_terms(
+    scorer: Scorer, li: np.ndarray, fi: np.ndarray, only: tuple[str, ...] | None = None
+) -> dict[str, np.ndarray]:
+    """``scorer.pairs`` of (li, fi), computed so that each pair's values do not depend on the other pairs asked;
+    ``only``: keep just these terms (explanations are written only when asked for), batch by batch, so ranking
+    millions of candidates holds one array per term kept, not every term and a string per pair.
 
     Three things make a pair's last bits depend on its batch in ``Scorer.pairs``: detections are padded to the
     batch's widest listing and torch picks its product kernel by shape (and another path for a batch of one); and an
@@ -86,8 +90,13 @@ def pair_terms(scorer: Scorer, li: np.ndarray, fi: np.ndarray) -> dict[str, np.n
     spread over every (count, count) combination (183 batches for 8,711 pairs at 50k listings: 13 s → 2 s)."""
     li, fi = np.asarray(li, dtype=np.int64), np.asarray(fi, dtype=np.int64)
     n = len(li)
+    explained = only is None or "explanation" in only
+
+    def trimmed(terms: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+        return {k: v[:size] for k, v in terms.items() if only is None or k in only}
+
     if n == 0:
-        return scorer.pairs(li, fi)
+        return trimmed(scorer.pairs(li, fi, explained=explained), 0)
     cl = detection_width(scorer.lost.det_counts.numpy()[li])
     cf = detection_width(scorer.found.det_counts.numpy()[fi])
     order = np.lexsort((cf, cl))
@@ -100,8 +109,8 @@ def pair_terms(scorer: Scorer, li: np.ndarray, fi: np.ndarray) -> dict[str, np.n
         size = max(LANES, PAIR_BATCH * 8 // max(*widths, 8) // LANES * LANES)
         for batch in np.array_split(group, -(-len(group) // size)):
             padded = np.r_[batch, np.repeat(batch[:1], -len(batch) % LANES)]
-            out = scorer.pairs(li[padded], fi[padded], chunk=len(padded), widths=widths)
-            parts.append({k: v[: len(batch)] for k, v in out.items()})
+            out = scorer.pairs(li[padded], fi[padded], chunk=len(padded), widths=widths, explained=explained)
+            parts.append(trimmed(out, len(batch)))
     merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     inverse = np.empty(n, dtype=np.int64)
     inverse[order] = np.arange(n)
@@ -228,8 +237,9 @@ ScoreBlocks = Callable[[list[Block], int], tuple[np.ndarray, ...]]
 
 @dataclass
 class Selection:
-    """The pairs a run publishes, their ranks and fused values; ``terms`` for the pairs scored in this run
-    (``scored`` True, row ``term_row`` of ``terms``), the previous run's row stands for the others."""
+    """The pairs a run publishes, their ranks and fused values. The pairs this run valued (``scored`` True) get
+    their terms and explanations at publication, a chunk at a time (:func:`pair_terms` gives each pair the values it
+    was ranked by, whatever the chunk); the previous run's row stands for the others."""
 
     lost: np.ndarray
     found: np.ndarray
@@ -237,8 +247,6 @@ class Selection:
     rank_for_lost: np.ndarray  # 0: not in the lost listing's top-k
     rank_for_found: np.ndarray
     scored: np.ndarray
-    term_row: np.ndarray
-    terms: dict[str, np.ndarray]
     tile_pairs: int  # pairs the tiles scored
     pair_values: int  # pairs valued one by one (tile nominees and merges)
 
@@ -293,7 +301,7 @@ def select(
     cand_key = np.unique(np.r_[row_l * nf + row_f, col_l * nf + col_f])
     known = np.isin(cand_key, prev_key)
     new_key = cand_key[~known]
-    terms = pair_terms(scorer, new_key // nf, new_key % nf)
+    new_fused = pair_terms(scorer, new_key // nf, new_key % nf, only=("fused",))["fused"]
 
     keep_l, keep_f = previous.kept(rows, cols)
     pool_l = np.unique(np.r_[row_l * nf + row_f, previous.keys(keep_l, nf)])
@@ -304,7 +312,7 @@ def select(
         at_new = np.searchsorted(new_key, keys)
         is_new = at_new < len(new_key)
         is_new[is_new] = new_key[at_new[is_new]] == keys[is_new]
-        out[is_new] = terms["fused"][at_new[is_new]]
+        out[is_new] = new_fused[at_new[is_new]]
         at_prev = np.searchsorted(prev_key, keys[~is_new])
         out[~is_new] = prev_fused[at_prev]
         return out
@@ -317,9 +325,9 @@ def select(
     out_l[np.searchsorted(kept, pool_l[rank_l > 0])] = rank_l[rank_l > 0]
     out_f = np.zeros(len(kept), dtype=np.int64)
     out_f[np.searchsorted(kept, pool_f[rank_f > 0])] = rank_f[rank_f > 0]
-    term_row = np.searchsorted(new_key, kept)
-    scored = term_row < len(new_key)
-    scored[scored] = new_key[term_row[scored]] == kept[scored]
+    at_new = np.searchsorted(new_key, kept)
+    scored = at_new < len(new_key)
+    scored[scored] = new_key[at_new[scored]] == kept[scored]
     return Selection(
         lost=kept // nf,
         found=kept % nf,
@@ -327,8 +335,6 @@ def select(
         rank_for_lost=out_l,
         rank_for_found=out_f,
         scored=scored,
-        term_row=np.where(scored, term_row, -1),
-        terms=terms,
         tile_pairs=tile_pairs,
         pair_values=len(new_key),
     )

@@ -306,6 +306,8 @@ def _match_stage(settings: Settings, region: Any, dim: int, top_k: int | None, u
         "candidate_pairs_per_s": round(result["candidate_pairs"] / match_s, 1),
         "matches": result["matches"],
         "peak_rss_mb": round(peak.peak, 1),
+        "phase_seconds": result["seconds"],
+        "phase_peak_rss_mb": result["peak_rss_mb"],
         "reference_pairs_per_s": round(ref_rate, 1),
         "ratio_to_matmul": round(result["candidate_pairs"] / match_s / ref_rate, 4),
         **reunion_ranks(settings, region, result["run_id"]),

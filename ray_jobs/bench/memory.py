@@ -42,11 +42,12 @@ class PeakRss:
         self.interval = interval
         self._sample = tree_rss_mb if tree else rss_mb
         self.peak = 0.0
+        self._lap_peak = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> PeakRss:
-        self.peak = self._sample()
+        self.peak = self._lap_peak = self._sample()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -54,7 +55,17 @@ class PeakRss:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, self._sample())
+            now = self._sample()
+            self.peak = max(self.peak, now)
+            self._lap_peak = max(self._lap_peak, now)
+
+    def lap(self) -> float:
+        """The peak since the previous lap (or the start of the block); the next lap starts from the current RSS.
+        Phases of one job (``match``: load, score, publish) each get their own peak from one sampler."""
+        now = self._sample()
+        peak, self._lap_peak = max(self._lap_peak, now), now
+        self.peak = max(self.peak, now)
+        return peak
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
