@@ -180,10 +180,12 @@ def record_match_lineage(
 def fail_match(
     con: duckdb.DuckDBPyConnection, run_id: str, finished: dt.datetime, duration_s: float, message: str
 ) -> None:
+    """Mark the run failed and delete the pairs it inserted before failing (never published, never shown)."""
     con.execute(
         "UPDATE match_runs SET status = 'failed', finished = ?, duration_s = ?, message = ? WHERE run_id = ?",
         [finished, duration_s, message, run_id],
     )
+    con.execute("DELETE FROM matches WHERE run_id = ?", [run_id])
 
 
 # ------------------------------------------------------------------------------------------------ loop rounds

@@ -300,16 +300,21 @@ def _publish(
     lineage: tuple[str, str, str, dict[str, Any], dict[str, Any]],
     keep_runs: int,
 ) -> None:
-    """Everything a reader sees of this run, in one transaction. ``matches``: this run's new rows in chunks, each
-    inserted before the next is made. ``carried``: (previous run, its pairs whose rows
-    this run publishes unchanged, with this run's ranks). Pairs of runs older than the newest ``keep_runs`` published
-    ones are deleted in the same transaction."""
+    """Publish this run. ``matches``: its new rows in chunks, each made and inserted before the next is made, in its
+    own short transaction: the DuckDB file is locked for one chunk's insert at a time, not for computing every
+    chunk's terms and explanations (minutes at national size), so the dashboard's verdicts and other writers are not
+    held up. Those rows are invisible until the run is published (``current_matches`` and every report read the
+    latest *published* run); a failing run deletes them, and pruning removes any a killed one left. Then, in one
+    transaction, what makes the run current: ``carried`` (previous run, its pairs whose rows this run publishes
+    unchanged, with this run's ranks), the listings snapshot, the run's status, and the deletion of the pairs of runs
+    older than the newest ``keep_runs`` published ones."""
     names = ", ".join(MATCH_COLUMNS)
-    with runs.write() as con:
-        for chunk in matches:
+    for chunk in matches:
+        with runs.write() as con:
             con.register("_new_matches", chunk)
             con.execute(f"INSERT INTO matches ({names}) SELECT {names} FROM _new_matches")
             con.unregister("_new_matches")
+    with runs.write() as con:
         if carried is not None:
             previous_run, ranks = carried
             con.register("_carried", ranks)

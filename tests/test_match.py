@@ -310,6 +310,32 @@ def test_publication_in_chunks_publishes_the_same_rows(settings: Settings, monke
     assert db.query(q, [whole["run_id"]]) == db.query(q, [parts["run_id"]])
 
 
+def test_a_run_failing_after_its_chunks_leaves_no_rows_and_the_published_run_current(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks go in before the run is published, each in its own transaction; nobody sees them, and a run that fails
+    afterwards takes them away again."""
+    world = World()
+    world.plant(6, distractors=10)
+    world.write(settings)
+    first = match(settings, top_k=3)
+    db = RunsDB(settings.duckdb)
+    before = db.query("SELECT * FROM current_matches ORDER BY lost_listing_id, found_listing_id")
+    seen: list[int] = []
+
+    def fail_at_publication(con, *args) -> None:
+        seen.append(con.execute("SELECT count(*) FROM matches WHERE run_id <> ?", [first["run_id"]]).fetchone()[0])
+        raise RuntimeError("publication failed")
+
+    monkeypatch.setattr(match_job.run_rows, "record_match_lineage", fail_at_publication)
+    with pytest.raises(RuntimeError, match="publication failed"):
+        match(settings.with_overrides({"match": {"publish_chunk_rows": 4}}), top_k=3, full=True)
+    assert seen and seen[0] == first["matches"]  # every chunk was in before the publishing transaction
+    assert db.query("SELECT * FROM current_matches ORDER BY lost_listing_id, found_listing_id") == before
+    assert db.query("SELECT DISTINCT run_id FROM matches") == [(first["run_id"],)]
+    assert db.query("SELECT status FROM match_runs ORDER BY started") == [("published",), ("failed",)]
+
+
 @pytest.mark.slow
 def test_ray_fan_out_gives_the_same_matches(settings: Settings, ray_local: None) -> None:
     world = World()
