@@ -88,6 +88,7 @@ def test_profile_file_overrides_field_by_field(tmp_path: Path) -> None:
     (models / "profiles.yaml").write_text(
         "reid:\n  base: cpu-fast\n  embedder: {checkpoint: my_reid.safetensors}\n"
         "single:\n  base: cpu\n  embedder: {kind: timm, arch: resnet18, checkpoint: mine.safetensors}\n"
+        "pair:\n  base: cpu\n  embedder: {kind: ensemble, members: [{kind: coat}, {kind: coat, centre: 0.5}]}\n"
     )
     reid = profile(_settings(tmp_path, "reid", models))
     assert (
@@ -96,6 +97,9 @@ def test_profile_file_overrides_field_by_field(tmp_path: Path) -> None:
     # a stage of another kind replaces the base's whole: the cpu ensemble's members do not leak into a timm spec
     single = profile(_settings(tmp_path, "single", models))["embedder"]
     assert single == {"kind": "timm", "arch": "resnet18", "checkpoint": "mine.safetensors"}
+    # ... and so does an ensemble with members of its own: cpu's weights and species weights are for cpu's members
+    pair = profile(_settings(tmp_path, "pair", models))["embedder"]
+    assert "weights" not in pair and "species_weights" not in pair and len(pair["members"]) == 2
 
 
 def test_missing_weights_offline_name_file_and_folders(tmp_path: Path, no_network: None) -> None:

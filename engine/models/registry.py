@@ -122,8 +122,9 @@ def weights_hash(path: str | os.PathLike[str]) -> str:
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """``over`` on top of ``base``, mapping by mapping; a mapping that names another ``kind`` replaces the base's
-    whole (an ensemble's ``members`` mean nothing to a timm embedder that overrides it)."""
+    """``over`` on top of ``base``, mapping by mapping; a mapping that names another ``kind``, or lists its own
+    ``members``, replaces the base's whole (an ensemble's ``members`` mean nothing to a timm embedder that overrides
+    it, and its ``weights`` and ``species_weights`` nothing to other members)."""
     out = copy.deepcopy(base)
     for key, value in over.items():
         old = out.get(key)
@@ -132,6 +133,7 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
             and isinstance(old, dict)
             and key not in ("classes", "config")
             and value.get("kind", old.get("kind")) == old.get("kind")
+            and "members" not in value
         ):
             out[key] = _deep_merge(old, value)
         else:
