@@ -339,16 +339,15 @@ def _published(db: RunsDB, run_id: str) -> list[tuple]:
     )
 
 
-@pytest.mark.parametrize("block_cost", [0, 10**9], ids=["block-by-block", "coalesced"])
+@pytest.mark.parametrize("drivers", [1, 32], ids=["one-listing-calls", "batched-calls"])
 def test_incremental_match_publishes_what_a_full_rematch_does(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, block_cost: int
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, drivers: int
 ) -> None:
-    """Rescored rows scored block by block, or as one block of all their blocks' listings (pairs the blocks never
-    paired are ruled out by the kernel): the same publication as a full rematch either way."""
+    """Rescored listings scored against the listings their blocks reach one by one, or several per call (the
+    product over the union of their candidates): the same publication as a full rematch either way."""
     from engine.scoring import incremental as incremental_scoring
 
-    monkeypatch.setattr(incremental_scoring, "BLOCK_COST_PAIRS", block_cost)
-    monkeypatch.setattr(incremental_scoring, "LISTING_COST_PAIRS", block_cost)
+    monkeypatch.setattr(incremental_scoring, "DRIVERS_PER_CALL", drivers)
     settings = settings.with_overrides({"match": {"background_drift": 10.0}})
     world = World()
     pairs = world.plant(16, distractors=40)
