@@ -269,15 +269,22 @@ def _previous_pairs(
 
 # -------------------------------------------------------------------------------------------------------- publishing
 def _refresh_listings_snapshot(con: Any, listings: pa.Table) -> None:
+    """DuckDB's ``listings`` becomes the snapshot of the listings this run scored (with their fingerprints)."""
     cols = [c for c in SNAPSHOT_COLUMNS if c in listings.column_names]
     snap = listings.select(cols)
     photo_ids = listings["photo_ids"] if "photo_ids" in listings.column_names else None
     n_photos = pc.fill_null(pc.list_value_length(photo_ids), 0) if photo_ids is not None else pa.nulls(0)
     snap = snap.append_column("n_photos", n_photos.cast(pa.int32()))
     con.register("_snapshot", snap)
-    con.execute("DELETE FROM listings")
+    # only the rows that differ are rewritten: a run that brought 500 new listings among 50k rewrote all 50k (and the
+    # commit wrote them again), where comparing them in place costs one join
+    same = " AND ".join(f"s.{c} IS NOT DISTINCT FROM l.{c}" for c in [*cols, "n_photos"])
+    con.execute(f"DELETE FROM listings l WHERE NOT EXISTS (SELECT 1 FROM _snapshot s WHERE {same})")
     names = ", ".join([*cols, "n_photos"])
-    con.execute(f"INSERT INTO listings ({names}) SELECT {names} FROM _snapshot")
+    con.execute(
+        f"INSERT INTO listings ({names}) SELECT {names} FROM _snapshot "
+        "WHERE listing_id NOT IN (SELECT listing_id FROM listings)"
+    )
     con.unregister("_snapshot")
 
 

@@ -383,6 +383,8 @@ def test_incremental_match_publishes_what_a_full_rematch_does(
     ]  # fmt: skip
     assert 0 < incremental["pairs_scored"] < incremental["candidate_pairs"] and changes["matches_carried"] > 0, changes
     assert all(current(settings, *p)[0] == 1 for p in new_pairs)
+    snapshot = db.query("SELECT listing_id, status, colors, lat FROM listings ORDER BY listing_id")
+    assert snapshot == sorted((r["listing_id"], r["status"], r.get("colors"), r["lat"]) for r in world.listings)
     assert current(settings, *pairs[0]) is None and current(settings, *pairs[2]) is None
 
     rematch = match(settings, top_k=4, full=True)
