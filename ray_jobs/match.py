@@ -240,13 +240,14 @@ def _previous_pairs(
     for side, name, fps, kinds in ((lost, "lost", fp_lost, schema.LOST_KINDS),
                                    (found, "found", fp_found, schema.FOUND_KINDS)):  # fmt: skip
         on_side = snap.filter(pc.is_in(snap["kind"], pa.array(kinds)))
-        before = dict(zip(on_side["listing_id"].to_pylist(), on_side["match_fingerprint"].to_pylist(), strict=True))
-        was = np.array([before.get(lid) for lid in side.listing_ids], dtype=object)
+        ids = pa.array(side.listing_ids, pa.string())
+        at = pc.index_in(ids, value_set=on_side["listing_id"])
+        was = on_side["match_fingerprint"].take(at).to_numpy(zero_copy_only=False)
         same = was == fps
         changed[name] = ~same
-        counts[f"{name}_new"] = int(sum(w is None for w in was))
+        counts[f"{name}_new"] = at.null_count
         counts[f"{name}_changed"] = int(len(was) - same.sum()) - counts[f"{name}_new"]
-        counts[f"{name}_removed"] = len(before) - int(len(was) - counts[f"{name}_new"])
+        counts[f"{name}_removed"] = on_side.num_rows - (len(was) - counts[f"{name}_new"])
         unchanged_index[name] = pa.array(side.listing_ids[same].tolist(), pa.string()), np.flatnonzero(same)
 
     def index(ids: pa.ChunkedArray, name: str) -> np.ndarray:
@@ -532,11 +533,10 @@ def _with_fingerprints(
     listings: pa.Table, lost: Side, found: Side, fp_lost: np.ndarray, fp_found: np.ndarray
 ) -> pa.Table:
     """The snapshot with each listing's ``match_fingerprint`` (what the next run compares to find changes)."""
-    fingerprints = dict(zip(lost.listing_ids.tolist(), fp_lost.tolist(), strict=True))
-    fingerprints.update(zip(found.listing_ids.tolist(), fp_found.tolist(), strict=True))
-    return listings.append_column(
-        "match_fingerprint", pa.array([fingerprints.get(x) for x in listings["listing_id"].to_pylist()], pa.string())
-    )
+    ids = pa.array(np.r_[lost.listing_ids, found.listing_ids], pa.string())
+    fingerprints = pa.array(np.r_[fp_lost, fp_found], pa.string())
+    at = pc.index_in(listings["listing_id"], value_set=ids)
+    return listings.append_column("match_fingerprint", fingerprints.take(at))
 
 
 def _ranks(values: np.ndarray) -> pa.Array:
