@@ -48,10 +48,10 @@ from engine import analyst, run_rows, schema
 from engine.config import Settings
 from engine.errors import HomewardError
 from engine.scoring.allpairs import resolve_device, tile_for
-from engine.scoring.blocking import Block, listing_keys, make_blocks
+from engine.scoring.blocking import Block, ListingKeys, listing_keys, make_blocks, reachable
 from engine.scoring.blocks import score_blocks
 from engine.scoring.fuse import COMPILE_MIN_RUN_PAIRS, ScoreParams, Scorer, Side, background_stats
-from engine.scoring.incremental import CANDIDATE_MARGIN, Previous, Selection, select, side_fingerprints, split_blocks
+from engine.scoring.incremental import CANDIDATE_MARGIN, Previous, Selection, select, side_fingerprints
 from engine.scoring.sides import active_listings, build_side, model_vector_mask
 from engine.storage import RunsDB, open_stores
 
@@ -160,12 +160,9 @@ def _scoring_code() -> str:
 
 BACKGROUND_FIELDS = ("img_center", "img_scale", "txt_center", "txt_scale")
 FULL_WHEN_TOUCHED = 0.5
-"""An incremental run scores the rescored rows and the rescored columns in two passes: past this share of the
-candidate pairs a full run (one pass, same lineage, same result) is cheaper."""
-
-
-def _touched_pairs(blocks: list[Block], rows: np.ndarray, cols: np.ndarray) -> int:
-    return sum(b.pairs for part in split_blocks(blocks, rows, cols) for b in part)
+"""An incremental run scores the rescored rows and the rescored columns in two passes: once they are this share of
+their sides (rows / lost listings + columns / found listings: about the share of the candidate pairs they touch) a
+full run (one pass, same lineage, same result) is cheaper."""
 
 
 def _population(lost: Side, found: Side) -> dict[str, int]:
@@ -444,12 +441,18 @@ def _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray,
     else:
         previous, changed_lost, changed_found = Previous.empty(), np.ones(lost.n, bool), np.ones(found.n, bool)
         changes = {}
-    blocks = _blocks(cfg, lost, found)
-    candidate_pairs = sum(b.pairs for b in blocks)
     rows, cols = previous.rescore(changed_lost, changed_found)
-    if mode == "incremental" and _touched_pairs(blocks, rows, cols) > FULL_WHEN_TOUCHED * candidate_pairs:
+    touched = rows.sum() / max(lost.n, 1) + cols.sum() / max(found.n, 1)
+    if mode == "incremental" and touched > FULL_WHEN_TOUCHED:
         mode, reason = "full", f"the changes touch over {FULL_WHEN_TOUCHED:.0%} of the candidate pairs"
         previous, rows, cols = Previous.empty(), np.ones(lost.n, bool), np.ones(found.n, bool)
+    keys = _keys(cfg, lost, found)
+    if mode == "incremental":  # the pairs of the rescored listings only: no blocks of the whole region
+        blocks, reach = [], reachable(*keys, rows, cols)
+        candidate_pairs = len(reach[0][0]) + len(reach[1][0])
+    else:
+        blocks, reach = make_blocks(*keys) if lost.n and found.n else [], None
+        candidate_pairs = sum(b.pairs for b in blocks)
     log.info("match %s (%s: %s): %d lost × %d found listings, %d blocks, %d candidate pairs, rescoring %d lost "
              "and %d found listings in full on %s", run_id, mode, reason, lost.n, found.n, len(blocks),
              candidate_pairs, int(rows.sum()), int(cols.sum()), dev)  # fmt: skip
@@ -459,7 +462,7 @@ def _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray,
         return _score_all(lost, found, params, part, kk, tile, dev, use_ray, settings)
 
     scorer = Scorer(lost, found, params, "cpu")
-    sel = select(scorer, blocks, previous, rows, cols, k, score)
+    sel = select(scorer, blocks, previous, rows, cols, k, score, reach)
     score_s = time.perf_counter() - t_score
     matches = _match_rows(run_id, lost, found, sel)
     carried = (previous_run["run_id"], _carried_ranks(lost, found, sel)) if mode == "incremental" else None
@@ -501,9 +504,9 @@ def _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray,
     return summary
 
 
-def _blocks(cfg: Any, lost: Side, found: Side) -> list[Block]:
-    """The groups of lost listings and the found listings each can pair with under the hard rules (species, dates,
-    the capped radius): every allowed pair lies in one block."""
+def _keys(cfg: Any, lost: Side, found: Side) -> tuple[ListingKeys, ListingKeys]:
+    """What blocking knows of both sides under the hard rules (species, dates, the capped radius): every allowed pair
+    lies in one block of ``make_blocks``, and in ``reachable`` of either of its listings."""
     key_args = dict(
         base_radius_km=cfg.base_radius_km,
         max_speed_km_per_day=cfg.max_speed_km_per_day,
@@ -511,11 +514,9 @@ def _blocks(cfg: Any, lost: Side, found: Side) -> list[Block]:
         max_days=cfg.max_days,
         grace_days=cfg.found_before_lost_grace_days,
     )
-    lost_keys = listing_keys(lost.species.numpy(), lost.lat.numpy(), lost.lon.numpy(), lost.day.numpy(), **key_args)
-    found_keys = listing_keys(
-        found.species.numpy(), found.lat.numpy(), found.lon.numpy(), found.day.numpy(), **key_args
+    return tuple(  # type: ignore[return-value]
+        listing_keys(s.species.numpy(), s.lat.numpy(), s.lon.numpy(), s.day.numpy(), **key_args) for s in (lost, found)
     )
-    return make_blocks(lost_keys, found_keys) if lost.n and found.n else []
 
 
 def _carried_ranks(lost: Side, found: Side, sel: Selection) -> pa.Table:

@@ -202,34 +202,11 @@ class Previous:
         return out
 
 
-def split_blocks(blocks: list[Block], rows: np.ndarray, cols: np.ndarray) -> tuple[list[Block], list[Block]]:
-    """The blocks restricted to the rescored lost rows (against every found listing of the block), and to the
-    rescored found columns (against every lost listing of the block)."""
-    by_rows = [Block(b.lost[rows[b.lost]], b.found) for b in blocks]
-    by_cols = [Block(b.lost, b.found[cols[b.found]]) for b in blocks]
-    return [b for b in by_rows if b.pairs], [b for b in by_cols if b.pairs]
-
-
 DRIVERS_PER_CALL = 32
 """Rescored listings scored together in one :meth:`Scorer.listed` call, nearby ones together: the call's matrix
-product covers them × the union of their candidates, gathered once, where each block of a listing or two gathered its
-thousands of counterparts again (at 50k listings: 972 such blocks took 70 s; as one coalesced block, 1.7 M pairs of
-element-wise work for the 178k that involve a rescored listing)."""
-
-
-def reach(blocks: list[Block], rows: np.ndarray, cols: np.ndarray) -> tuple[tuple[np.ndarray, ...], ...]:
-    """(lost, found) of every pair of a rescored lost row with the found listings of its block, and of every pair of
-    a rescored found column with the lost listings of the blocks that hold it: the candidate pairs that involve a
-    rescored listing, and no other (a lost listing lies in one block, so no pair comes twice in a part)."""
-    parts: tuple[list[np.ndarray], ...] = ([], [], [], [])
-    for b in blocks:
-        r, c = b.lost[rows[b.lost]], b.found[cols[b.found]]
-        for out, pair in zip(parts, (np.repeat(r, len(b.found)), np.tile(b.found, len(r)),
-                                     np.tile(b.lost, len(c)), np.repeat(c, len(b.lost))), strict=True):  # fmt: skip
-            if len(pair):
-                out.append(pair)
-    lost_r, found_r, lost_c, found_c = (np.concatenate(p) if p else np.zeros(0, np.int64) for p in parts)
-    return (lost_r, found_r), (lost_c, found_c)
+product covers them × the union of their candidates, gathered once, where scoring the restricted blocks of a listing
+or two each gathered its thousands of counterparts again (at 20k listings: 972 such blocks took 70 s; as one
+coalesced block, 1.7 M pairs of element-wise work for the 178k that involve a rescored listing)."""
 
 
 def listed_top(scorer: Scorer, li: np.ndarray, fi: np.ndarray, by_lost: bool, kk: int) -> tuple[np.ndarray, ...]:
@@ -297,11 +274,12 @@ def select(
     cols: np.ndarray,
     k: int,
     score: ScoreBlocks,
+    reach: tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> Selection:
-    """Top-k per lost and per found listing: rows / columns in ``rows`` / ``cols`` from scratch (their pairs with
-    the listings their blocks reach, :func:`reach`, nominated by :func:`listed_top`), every other listing from its
-    previous top-k merged with its new nominees among those pairs. All True and no previous run: a full run, whose
-    blocks ``score`` nominates tile by tile."""
+    """Top-k per lost and per found listing: rows / columns in ``rows`` / ``cols`` from scratch (``reach``: their
+    pairs with every listing they may pair with, ``blocking.reachable``, nominated by :func:`listed_top`), every
+    other listing from its previous top-k merged with its new nominees among those pairs. All True and no previous
+    run: a full run, whose ``blocks`` ``score`` nominates tile by tile."""
     n_lost, n_found = scorer.lost.n, scorer.found.n
     nf = max(n_found, 1)  # pair key: lost * nf + found
     kk = k + CANDIDATE_MARGIN
@@ -310,7 +288,9 @@ def select(
         first = second = score(blocks, kk)
         tile_pairs = sum(b.pairs for b in blocks)
     else:
-        by_rows, by_cols = reach(blocks, rows, cols)
+        if reach is None:
+            raise ValueError("an incremental selection needs the pairs its rescored listings reach")
+        by_rows, by_cols = reach
         with one_thread():
             first = listed_top(scorer, *by_rows, True, kk)
             second = listed_top(scorer, *by_cols, False, kk)
