@@ -400,7 +400,12 @@ def _load_sides(
     text_model = _text_model(pc.value_counts(det["text_model"].filter(text_rows)).to_pylist())
 
     def side(name: str, listings_of_side: pa.Table) -> Side:
-        return build_side(listings_of_side, det.filter(pc.and_(keep_mask, on_side[name])))
+        # the side's rows grouped by listing in one copy of the vectors (a filter, then a reorder, copied them twice)
+        rows = np.flatnonzero(pc.and_(keep_mask, on_side[name]).to_numpy(zero_copy_only=False))
+        owner = pc.index_in(det["listing_id"].take(rows), value_set=listings_of_side["listing_id"])
+        return build_side(
+            listings_of_side, det.take(rows[np.argsort(owner.to_numpy(zero_copy_only=False), kind="stable")])
+        )
 
     return side("lost", lost_l), side("found", found_l), embed_model, text_model, superseded
 

@@ -155,7 +155,9 @@ def build_side(listings: pa.Table, det: pa.Table) -> Side:
     emb_owner = owners[has_emb]
     order = np.argsort(emb_owner, kind="stable")
     if emb_rows.num_rows:
-        emb = unit_vectors(emb_rows["embedding"])[order]
+        in_order = bool((np.diff(emb_owner) >= 0).all())  # rows already grouped by listing: no copy to reorder
+        emb = unit_vectors(emb_rows["embedding"])
+        emb = emb if in_order else emb[order]
         photos = _strings(emb_rows["photo_id"])[order]
         # Listing species unknown → the animals its photos show (majority of the confident dog/cat detections).
         confidence = (
