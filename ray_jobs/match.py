@@ -7,10 +7,10 @@
 3. Choose the mode (:func:`choose_mode`): **incremental** when the previous published run has the same scoring
    inputs (models, parameters, ``top_k``, scoring code) and the population has not drifted from the frozen
    background; **full** otherwise, on ``--full``, or when the changes touch over half the candidate pairs.
-4. Block by species, place and time (``engine.scoring.blocking``: exact with respect to the hard rules), score the
-   blocks — all of them, or only the rows and columns of the listings an incremental run must rescore
-   (``engine.scoring.incremental``) — with exact tiled all-pairs, on the GPU when present; blocks fan out as Ray
-   tasks when there is enough work to pay for it.
+4. A full run blocks by species, place and time (``engine.scoring.blocking``: exact with respect to the hard rules)
+   and scores every block with exact tiled all-pairs, on the GPU when present (blocks fan out as Ray tasks when
+   there is enough work to pay for it); an incremental run scores only the pairs of the listings it must rescore
+   with every listing they may pair with (``blocking.reachable``, ``engine.scoring.incremental``).
 5. Keep the top-k per lost listing **and** per found listing (tiles nominate, per-pair values decide; an incremental
    run merges the other listings' previous top-k), compute every term of the new pairs, and publish them, the
    previous run's rows of the pairs that stay, a ``match_runs`` row (mode, reason, lineage, changes) and a fresh
