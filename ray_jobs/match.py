@@ -7,10 +7,10 @@
 3. Choose the mode (:func:`choose_mode`): **incremental** when the previous published run has the same scoring
    inputs (models, parameters, ``top_k``, scoring code) and the population has not drifted from the frozen
    background; **full** otherwise, on ``--full``, or when the changes touch over half the candidate pairs.
-4. Block by species, place and time (``engine.scoring.blocking``: exact with respect to the hard rules), score the
-   blocks — all of them, or only the rows and columns of the listings an incremental run must rescore
-   (``engine.scoring.incremental``) — with exact tiled all-pairs, on the GPU when present; blocks fan out as Ray
-   tasks when there is enough work to pay for it.
+4. A full run blocks by species, place and time (``engine.scoring.blocking``: exact with respect to the hard rules)
+   and scores every block with exact tiled all-pairs, on the GPU when present (blocks fan out as Ray tasks when
+   there is enough work to pay for it); an incremental run scores only the pairs of the listings it must rescore
+   with every listing they may pair with (``blocking.reachable``, ``engine.scoring.incremental``).
 5. Keep the top-k per lost listing **and** per found listing (tiles nominate, per-pair values decide; an incremental
    run merges the other listings' previous top-k), compute every term of the new pairs, and publish them, the
    previous run's rows of the pairs that stay, a ``match_runs`` row (mode, reason, lineage, changes) and a fresh
@@ -48,18 +48,10 @@ from engine import analyst, run_rows, schema
 from engine.config import Settings
 from engine.errors import HomewardError
 from engine.scoring.allpairs import resolve_device, tile_for
-from engine.scoring.blocking import Block, listing_keys, make_blocks
+from engine.scoring.blocking import Block, ListingKeys, listing_keys, make_blocks, reachable
 from engine.scoring.blocks import score_blocks
 from engine.scoring.fuse import COMPILE_MIN_RUN_PAIRS, ScoreParams, Scorer, Side, background_stats
-from engine.scoring.incremental import (
-    CANDIDATE_MARGIN,
-    Previous,
-    Selection,
-    pair_terms,
-    select,
-    side_fingerprints,
-    split_blocks,
-)
+from engine.scoring.incremental import CANDIDATE_MARGIN, Previous, Selection, pair_terms, select, side_fingerprints
 from engine.scoring.sides import active_listings, build_side, model_vector_mask
 from engine.storage import RunsDB, open_stores
 from ray_jobs.bench.memory import PeakRss
@@ -169,12 +161,9 @@ def _scoring_code() -> str:
 
 BACKGROUND_FIELDS = ("img_center", "img_scale", "txt_center", "txt_scale")
 FULL_WHEN_TOUCHED = 0.5
-"""An incremental run scores the rescored rows and the rescored columns in two passes: past this share of the
-candidate pairs a full run (one pass, same lineage, same result) is cheaper."""
-
-
-def _touched_pairs(blocks: list[Block], rows: np.ndarray, cols: np.ndarray) -> int:
-    return sum(b.pairs for part in split_blocks(blocks, rows, cols) for b in part)
+"""An incremental run scores the rescored rows and the rescored columns in two passes: once they are this share of
+their sides (rows / lost listings + columns / found listings: about the share of the candidate pairs they touch) a
+full run (one pass, same lineage, same result) is cheaper."""
 
 
 def _population(lost: Side, found: Side) -> dict[str, int]:
@@ -249,13 +238,14 @@ def _previous_pairs(
     for side, name, fps, kinds in ((lost, "lost", fp_lost, schema.LOST_KINDS),
                                    (found, "found", fp_found, schema.FOUND_KINDS)):  # fmt: skip
         on_side = snap.filter(pc.is_in(snap["kind"], pa.array(kinds)))
-        before = dict(zip(on_side["listing_id"].to_pylist(), on_side["match_fingerprint"].to_pylist(), strict=True))
-        was = np.array([before.get(lid) for lid in side.listing_ids], dtype=object)
+        ids = pa.array(side.listing_ids, pa.string())
+        at = pc.index_in(ids, value_set=on_side["listing_id"])
+        was = on_side["match_fingerprint"].take(at).to_numpy(zero_copy_only=False)
         same = was == fps
         changed[name] = ~same
-        counts[f"{name}_new"] = int(sum(w is None for w in was))
+        counts[f"{name}_new"] = at.null_count
         counts[f"{name}_changed"] = int(len(was) - same.sum()) - counts[f"{name}_new"]
-        counts[f"{name}_removed"] = len(before) - int(len(was) - counts[f"{name}_new"])
+        counts[f"{name}_removed"] = on_side.num_rows - (len(was) - counts[f"{name}_new"])
         unchanged_index[name] = pa.array(side.listing_ids[same].tolist(), pa.string()), np.flatnonzero(same)
 
     def index(ids: pa.ChunkedArray, name: str) -> np.ndarray:
@@ -278,15 +268,22 @@ def _previous_pairs(
 
 # -------------------------------------------------------------------------------------------------------- publishing
 def _refresh_listings_snapshot(con: Any, listings: pa.Table) -> None:
+    """DuckDB's ``listings`` becomes the snapshot of the listings this run scored (with their fingerprints)."""
     cols = [c for c in SNAPSHOT_COLUMNS if c in listings.column_names]
     snap = listings.select(cols)
     photo_ids = listings["photo_ids"] if "photo_ids" in listings.column_names else None
     n_photos = pc.fill_null(pc.list_value_length(photo_ids), 0) if photo_ids is not None else pa.nulls(0)
     snap = snap.append_column("n_photos", n_photos.cast(pa.int32()))
     con.register("_snapshot", snap)
-    con.execute("DELETE FROM listings")
+    # only the rows that differ are rewritten: a run that brought 500 new listings among 50k rewrote all 50k (and the
+    # commit wrote them again), where comparing them in place costs one join
+    same = " AND ".join(f"s.{c} IS NOT DISTINCT FROM l.{c}" for c in [*cols, "n_photos"])
+    con.execute(f"DELETE FROM listings l WHERE NOT EXISTS (SELECT 1 FROM _snapshot s WHERE {same})")
     names = ", ".join([*cols, "n_photos"])
-    con.execute(f"INSERT INTO listings ({names}) SELECT {names} FROM _snapshot")
+    con.execute(
+        f"INSERT INTO listings ({names}) SELECT {names} FROM _snapshot "
+        "WHERE listing_id NOT IN (SELECT listing_id FROM listings)"
+    )
     con.unregister("_snapshot")
 
 
@@ -412,7 +409,12 @@ def _load_sides(
     text_model = _text_model(pc.value_counts(det["text_model"].filter(text_rows)).to_pylist())
 
     def side(name: str, listings_of_side: pa.Table) -> Side:
-        return build_side(listings_of_side, det.filter(pc.and_(keep_mask, on_side[name])))
+        # the side's rows grouped by listing in one copy of the vectors (a filter, then a reorder, copied them twice)
+        rows = np.flatnonzero(pc.and_(keep_mask, on_side[name]).to_numpy(zero_copy_only=False))
+        owner = pc.index_in(det["listing_id"].take(rows), value_set=listings_of_side["listing_id"])
+        return build_side(
+            listings_of_side, det.take(rows[np.argsort(owner.to_numpy(zero_copy_only=False), kind="stable")])
+        )
 
     return side("lost", lost_l), side("found", found_l), embed_model, text_model, superseded
 
@@ -454,12 +456,18 @@ def _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray,
     else:
         previous, changed_lost, changed_found = Previous.empty(), np.ones(lost.n, bool), np.ones(found.n, bool)
         changes = {}
-    blocks = _blocks(cfg, lost, found)
-    candidate_pairs = sum(b.pairs for b in blocks)
     rows, cols = previous.rescore(changed_lost, changed_found)
-    if mode == "incremental" and _touched_pairs(blocks, rows, cols) > FULL_WHEN_TOUCHED * candidate_pairs:
+    touched = rows.sum() / max(lost.n, 1) + cols.sum() / max(found.n, 1)
+    if mode == "incremental" and touched > FULL_WHEN_TOUCHED:
         mode, reason = "full", f"the changes touch over {FULL_WHEN_TOUCHED:.0%} of the candidate pairs"
         previous, rows, cols = Previous.empty(), np.ones(lost.n, bool), np.ones(found.n, bool)
+    keys = _keys(cfg, lost, found)
+    if mode == "incremental":  # the pairs of the rescored listings only: no blocks of the whole region
+        blocks, reach = [], reachable(*keys, rows, cols)
+        candidate_pairs = len(reach[0][0]) + len(reach[1][0])
+    else:
+        blocks, reach = make_blocks(*keys) if lost.n and found.n else [], None
+        candidate_pairs = sum(b.pairs for b in blocks)
     log.info("match %s (%s: %s): %d lost × %d found listings, %d blocks, %d candidate pairs, rescoring %d lost "
              "and %d found listings in full on %s", run_id, mode, reason, lost.n, found.n, len(blocks),
              candidate_pairs, int(rows.sum()), int(cols.sum()), dev)  # fmt: skip
@@ -470,7 +478,7 @@ def _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray,
         return _score_all(lost, found, params, part, kk, tile, dev, use_ray, settings)
 
     scorer = Scorer(lost, found, params, "cpu")
-    sel = select(scorer, blocks, previous, rows, cols, k, score)
+    sel = select(scorer, blocks, previous, rows, cols, k, score, reach)
     score_s = time.perf_counter() - t_score
     peaks["score"] = rss.lap()
     matches = _match_chunks(run_id, scorer, sel, cfg.publish_chunk_rows)
@@ -516,9 +524,9 @@ def _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray,
     return summary
 
 
-def _blocks(cfg: Any, lost: Side, found: Side) -> list[Block]:
-    """The groups of lost listings and the found listings each can pair with under the hard rules (species, dates,
-    the capped radius): every allowed pair lies in one block."""
+def _keys(cfg: Any, lost: Side, found: Side) -> tuple[ListingKeys, ListingKeys]:
+    """What blocking knows of both sides under the hard rules (species, dates, the capped radius): every allowed pair
+    lies in one block of ``make_blocks``, and in ``reachable`` of either of its listings."""
     key_args = dict(
         base_radius_km=cfg.base_radius_km,
         max_speed_km_per_day=cfg.max_speed_km_per_day,
@@ -526,11 +534,9 @@ def _blocks(cfg: Any, lost: Side, found: Side) -> list[Block]:
         max_days=cfg.max_days,
         grace_days=cfg.found_before_lost_grace_days,
     )
-    lost_keys = listing_keys(lost.species.numpy(), lost.lat.numpy(), lost.lon.numpy(), lost.day.numpy(), **key_args)
-    found_keys = listing_keys(
-        found.species.numpy(), found.lat.numpy(), found.lon.numpy(), found.day.numpy(), **key_args
+    return tuple(  # type: ignore[return-value]
+        listing_keys(s.species.numpy(), s.lat.numpy(), s.lon.numpy(), s.day.numpy(), **key_args) for s in (lost, found)
     )
-    return make_blocks(lost_keys, found_keys) if lost.n and found.n else []
 
 
 def _carried_ranks(lost: Side, found: Side, sel: Selection) -> pa.Table:
@@ -548,11 +554,10 @@ def _with_fingerprints(
     listings: pa.Table, lost: Side, found: Side, fp_lost: np.ndarray, fp_found: np.ndarray
 ) -> pa.Table:
     """The snapshot with each listing's ``match_fingerprint`` (what the next run compares to find changes)."""
-    fingerprints = dict(zip(lost.listing_ids.tolist(), fp_lost.tolist(), strict=True))
-    fingerprints.update(zip(found.listing_ids.tolist(), fp_found.tolist(), strict=True))
-    return listings.append_column(
-        "match_fingerprint", pa.array([fingerprints.get(x) for x in listings["listing_id"].to_pylist()], pa.string())
-    )
+    ids = pa.array(np.r_[lost.listing_ids, found.listing_ids], pa.string())
+    fingerprints = pa.array(np.r_[fp_lost, fp_found], pa.string())
+    at = pc.index_in(listings["listing_id"], value_set=ids)
+    return listings.append_column("match_fingerprint", fingerprints.take(at))
 
 
 def _ranks(values: np.ndarray) -> pa.Array:

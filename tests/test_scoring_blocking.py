@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.scoring.blocking import listing_keys, make_blocks
+from engine.scoring.blocking import listing_keys, make_blocks, reachable
 from engine.scoring.geo import geo_time_terms, haversine_km
 
 RULES = dict(base_radius_km=15.0, max_speed_km_per_day=5.0, max_days=30.0, grace_days=3.0)
@@ -53,6 +53,15 @@ def test_blocks_cover_every_allowed_pair(cap: float) -> None:
     # every lost listing lies in exactly one block
     owners = np.concatenate([b.lost for b in blocks])
     assert len(owners) == len(set(owners.tolist()))
+    # the pairs of a few listings, found without blocks: every allowed one, each once per part
+    rows, cols = rng.random(400) < 0.05, rng.random(500) < 0.05
+    keys = listing_keys(ls, llat, llon, lday, **rules), listing_keys(fs, flat, flon, fday, **rules)
+    (lr, fr), (lc, fc) = reachable(*keys, rows, cols)
+    for li, fi, mask in ((lr, fr, rows[:, None]), (lc, fc, cols[None, :])):
+        reached = np.zeros((400, 500), dtype=bool)
+        reached[li, fi] = True
+        assert len(li) == reached.sum() and not (allowed & mask & ~reached).any()
+        assert (reached & ~mask).sum() == 0 and reached.sum() < 0.5 * mask.sum() * (500 if mask.shape[0] > 1 else 400)
 
 
 def test_blocks_shrink_under_the_radius_cap() -> None:

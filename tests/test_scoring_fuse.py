@@ -261,6 +261,28 @@ def test_tile_and_pair_paths_agree_with_missing_data() -> None:
     assert ((terms["score"] >= 0) & (terms["score"] <= 1)).all()
 
 
+def test_listed_pairs_score_as_their_tile() -> None:
+    """``Scorer.listed`` (a few listings against their own candidates) gives the tile's values, -inf and the
+    several-photos bonus included, for any subset of pairs in any order."""
+    rng = np.random.default_rng(7)
+    lost = make_side(5, [1, 0, 2, 1, 3], rng, lat=[47.6, NAN, 47.61, 47.7, 47.6],
+                     day=[100, 100, NAN, 101, 99], species=[1, 1, 0, 2, 1])  # fmt: skip
+    found = make_side(6, [2, 1, 0, 1, 3, 2], rng, lon=[-122.3, -122.31, -122.3, NAN, -122.2, -122.3],
+                      day=[101, 103, 100, NAN, 120, 98], species=[1, 2, 1, 0, 1, 1])  # fmt: skip
+    found.det_emb[6:9] = lost.det_emb[4:7]  # lost 4 and found 4: three agreeing photo pairs
+    p = background_stats(lost, found, params())
+    scorer = Scorer(lost, found, p)
+    tile = scorer.tile(0, 5, 0, 6).numpy()
+    li, fi = np.meshgrid(np.arange(5), np.arange(6), indexing="ij")
+    pick = rng.permutation(30)[:17]
+    listed = scorer.listed(li.ravel()[pick], fi.ravel()[pick]).numpy()
+    expected = tile.ravel()[pick]
+    assert np.array_equal(np.isfinite(listed), np.isfinite(expected)) and not np.isfinite(expected).all()
+    assert np.allclose(listed[np.isfinite(listed)], expected[np.isfinite(expected)], atol=1e-5)
+    whole = scorer.listed(li.ravel(), fi.ravel()).numpy().reshape(5, 6)
+    assert whole[4, 4] > whole[4, 0] and np.isclose(whole[4, 4], tile[4, 4], atol=1e-5)
+
+
 def test_stronger_evidence_scores_higher() -> None:
     rng = np.random.default_rng(7)
     emb = rng.standard_normal((40, 16)).astype(np.float32)

@@ -19,6 +19,7 @@ import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -106,6 +107,10 @@ class AttributeCodes:
         return AttributeCodes(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
 
 
+def _hashable(value: Sequence[str] | str | None) -> tuple[str, ...] | str | None:
+    return value if value is None or isinstance(value, str) else tuple(value)
+
+
 def encode(
     sexes: Sequence[str | None],
     sizes: Sequence[str | None],
@@ -115,18 +120,26 @@ def encode(
     n = len(sexes)
     sex = np.array([SEX_CODES.get((s or "").strip().lower(), 0) for s in sexes], dtype=np.int64)
     size = np.array([SIZE_CODES.get((s or "").strip().lower(), -1) for s in sizes], dtype=np.int64)
-    col = np.zeros((n, len(COLOURS)), dtype=np.float32)
-    for i, value in enumerate(colours):
+    # each distinct colour list and breed is parsed once: a region repeats a few hundred of them
+    col_rows: dict[Any, int] = {}
+    col_of = np.array([col_rows.setdefault(_hashable(v), len(col_rows)) for v in colours], dtype=np.int64)
+    col_codes = np.zeros((len(col_rows), len(COLOURS)), dtype=np.float32)
+    for value, row in col_rows.items():
         for c in canonical_colours(value):
-            col[i, COLOURS.index(c)] = 1.0
-    bid = np.full(n, -1, dtype=np.int64)
-    btok = np.zeros((n, BREED_BUCKETS), dtype=np.float32)
-    for i, breed in enumerate(breeds):
+            col_codes[row, COLOURS.index(c)] = 1.0
+    breed_rows: dict[str | None, int] = {}
+    breed_of = np.array([breed_rows.setdefault(b, len(breed_rows)) for b in breeds], dtype=np.int64)
+    breed_ids = np.full(len(breed_rows), -1, dtype=np.int64)
+    breed_codes = np.zeros((len(breed_rows), BREED_BUCKETS), dtype=np.float32)
+    for breed, row in breed_rows.items():
         toks = breed_tokens(breed)
         if toks:
-            bid[i] = zlib.crc32(" ".join(sorted(toks)).encode()) & 0x7FFFFFFF
+            breed_ids[row] = zlib.crc32(" ".join(sorted(toks)).encode()) & 0x7FFFFFFF
             for t in toks:
-                btok[i, zlib.crc32(t.encode()) % BREED_BUCKETS] = 1.0
+                breed_codes[row, zlib.crc32(t.encode()) % BREED_BUCKETS] = 1.0
+    col = col_codes[col_of].reshape(n, len(COLOURS))
+    bid = breed_ids[breed_of].reshape(n)
+    btok = breed_codes[breed_of].reshape(n, BREED_BUCKETS)
     return AttributeCodes(
         torch.from_numpy(sex),
         torch.from_numpy(size),

@@ -285,6 +285,52 @@ class Scorer:
             kernel.add_bonus(out, *hits, self.w["image"])
         return out
 
+    def listed(self, li: np.ndarray, fi: np.ndarray) -> torch.Tensor:
+        """Fused scores of the distinct pairs (lost[li[n]], found[fi[n]]) the way a tile computes them, to rank.
+
+        One matrix product over the detections (and text vectors) of the distinct listings on each side, as a tile
+        of them would, but the kernel runs on the listed pairs only: a few listings scored against each one's own
+        candidates pay the product of their union, not the element-wise work of every pair in it, and gather no
+        block of their own. Values differ from :meth:`pairs` (and from another tile) by float rounding, like any
+        tile's; keep one side of a call to a few listings (the product is distinct lost × distinct found)."""
+        ul, il = np.unique(li, return_inverse=True)
+        uf, jf = np.unique(fi, return_inverse=True)
+        a, b = self._lost_dev, self._found_dev
+        pick_l = torch.from_numpy(il.reshape(-1)).to(self.device)
+        pick_f = torch.from_numpy(jf.reshape(-1)).to(self.device)
+        ra, oa = _detection_rows(self.lost, ul)
+        rb, ob = _detection_rows(self.found, uf)
+        hits = None
+        if len(ra) and len(rb):
+            best, hits = aggregate.tile_image_terms(
+                a.det_emb[torch.from_numpy(ra).to(self.device)], torch.from_numpy(oa).to(self.device), len(ul),
+                b.det_emb[torch.from_numpy(rb).to(self.device)], torch.from_numpy(ob).to(self.device), len(uf),
+                self.params.agree_threshold,
+            )  # fmt: skip
+            best = best[pick_l, pick_f]
+        else:
+            best = self._no_image.expand(len(li))
+        if self.use_text:
+            ul_t, uf_t = torch.from_numpy(ul).to(self.device), torch.from_numpy(uf).to(self.device)
+            txt = (a.text[ul_t] @ b.text[uf_t].T)[pick_l, pick_f]
+        else:
+            txt = self._zero
+        li_t = torch.as_tensor(np.asarray(li), dtype=torch.int64, device=self.device)
+        fi_t = torch.as_tensor(np.asarray(fi), dtype=torch.int64, device=self.device)
+        codes = self._codes[0].pick(li_t), self._codes[1].pick(fi_t)
+        out = kernel.kernel_for(len(li), self.compile)(best, txt, *codes, self._consts)
+        if hits is not None:
+            rows, cols, agree = hits
+            keep = agree > 1
+            if bool(keep.any()):
+                key = pick_l * len(uf) + pick_f
+                order = torch.argsort(key)
+                at = order[torch.searchsorted(key[order], rows[keep] * len(uf) + cols[keep]).clamp(max=len(key) - 1)]
+                listed = key[at] == rows[keep] * len(uf) + cols[keep]
+                at, bonus = at[listed], aggregate.evidence_bonus(agree[keep][listed])
+                out[at] = out[at] + self.w["image"] * bonus
+        return out
+
     # ----------------------------------------------------------------------------------------------------- pairs
     def pairs(
         self,
@@ -432,6 +478,14 @@ def explain(
     else:
         parts.append(f"found {-days:.0f} days before the lost date (within grace)")
     return "; ".join(parts) + f"; score {row['score']:.2f}"
+
+
+def _detection_rows(side: Side, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The detection rows of listings ``idx`` (in that order) and, for each, its position in ``idx``."""
+    counts = side.det_counts.numpy()[idx]
+    starts = side.det_offsets.numpy()[idx]
+    before = np.cumsum(counts) - counts
+    return np.repeat(starts - before, counts) + np.arange(int(counts.sum())), np.repeat(np.arange(len(idx)), counts)
 
 
 def _to(side: Side, device: torch.device) -> Any:

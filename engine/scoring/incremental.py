@@ -25,13 +25,15 @@ Two facts make the merge exact rather than approximate:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 
 import numpy as np
+import torch
 
 from engine.scoring.blocking import Block
 from engine.scoring.fuse import Scorer, Side
@@ -89,6 +91,11 @@ def pair_terms(
     counts: a batch costs ~100 tensor operations whatever its size, and a few hundred new listings' candidates
     spread over every (count, count) combination (183 batches for 8,711 pairs at 50k listings: 13 s → 2 s)."""
     li, fi = np.asarray(li, dtype=np.int64), np.asarray(fi, dtype=np.int64)
+    with one_thread():
+        return _pair_terms(scorer, li, fi, only)
+
+
+def _pair_terms(scorer: Scorer, li: np.ndarray, fi: np.ndarray, only: tuple[str, ...] | None) -> dict[str, np.ndarray]:
     n = len(li)
     explained = only is None or "explanation" in only
 
@@ -115,6 +122,20 @@ def pair_terms(
     inverse = np.empty(n, dtype=np.int64)
     inverse[order] = np.arange(n)
     return {k: v[inverse] for k, v in merged.items()}
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for a while. Pair values then do not depend on the machine's thread count (a product
+    split across threads may sum in another order), and the many small operations of valuing pairs and of scoring a
+    few listings' candidates pay no thread hand-offs: on this 2-core box under load, 178k listed pairs took 3.3 s on
+    two threads and 0.6 s on one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def detection_width(counts: np.ndarray) -> np.ndarray:
@@ -190,40 +211,42 @@ class Previous:
         return out
 
 
-def split_blocks(blocks: list[Block], rows: np.ndarray, cols: np.ndarray) -> tuple[list[Block], list[Block]]:
-    """The blocks restricted to the rescored lost rows (against every found listing of the block), and to the
-    rescored found columns (against every lost listing of the block)."""
-    by_rows = [Block(b.lost[rows[b.lost]], b.found) for b in blocks]
-    by_cols = [Block(b.lost, b.found[cols[b.found]]) for b in blocks]
-    return [b for b in by_rows if b.pairs], [b for b in by_cols if b.pairs]
+DRIVERS_PER_CALL = 32
+"""Rescored listings scored together in one :meth:`Scorer.listed` call, nearby ones together: the call's matrix
+product covers them × the union of their candidates, gathered once, where scoring the restricted blocks of a listing
+or two each gathered its thousands of counterparts again (at 20k listings: 972 such blocks took 70 s; as one
+coalesced block, 1.7 M pairs of element-wise work for the 178k that involve a rescored listing)."""
 
 
-BLOCK_COST_PAIRS = 8_000
-"""What one more block costs, in pairs of tile work, besides its listings: a tile call and its top-k bookkeeping
-(~2.5 ms on this box's CPU, where the eager kernel values ~3 M pairs/s)."""
-LISTING_COST_PAIRS = 50
-"""What gathering one listing into a block costs, in pairs of tile work: its detection vectors (~2.5 × 512 floats),
-text vector and codes are copied into the block's own side. A restricted row block pairs one or two new lost listings
-with thousands of found ones, so its cost is the gather, not the pairs: measured at 50k listings, 159 such blocks
-(531k pairs) took 77 s on the loaded box where one block of their 189 rows × 29,584 found listings (5.6 M pairs)
-took 19 s."""
+def listed_top(scorer: Scorer, li: np.ndarray, fi: np.ndarray, by_lost: bool, kk: int) -> tuple[np.ndarray, ...]:
+    """Tile top-``kk`` per lost and per found listing among the distinct pairs (li, fi), as ``score_blocks`` returns
+    them for blocks; scored :data:`DRIVERS_PER_CALL` driving listings (lost when ``by_lost``) at a time, in Z-order of
+    their places so that a call's listings share candidates."""
+    driver, side = (li, scorer.lost) if by_lost else (fi, scorer.found)
+    values = np.empty(len(li), dtype=np.float32)
+    order = np.lexsort((driver, z_order(side.lat.numpy()[driver], side.lon.numpy()[driver])))
+    firsts = np.r_[0, np.flatnonzero(np.diff(driver[order])) + 1] if len(order) else np.zeros(0, np.int64)
+    for s, e in itertools.pairwise(np.r_[firsts[::DRIVERS_PER_CALL], len(order)]):
+        part = order[s:e]
+        values[part] = scorer.listed(li[part], fi[part]).cpu().numpy()
+    row, col = rank_within(li, fi, values, kk), rank_within(fi, li, values, kk)
+    r, c = row > 0, col > 0
+    return li[r], fi[r], values[r], row[r], li[c], fi[c], values[c]
 
 
-def _cost(lost: int, found: int) -> int:
-    return lost * found + LISTING_COST_PAIRS * (lost + found) + BLOCK_COST_PAIRS
-
-
-def coalesced(parts: list[Block]) -> list[Block]:
-    """The restricted blocks as one block of all their lost and all their found listings when that costs less than
-    scoring them one by one (:func:`_cost`). The extra pairs are ones the blocks never paired, which the kernel rules
-    out (-inf) since blocks cover exactly the allowed pairs: nominees and values are the same, in one large tile pass
-    instead of thousands of small ones (a few hundred new listings touch most blocks of a region, each with a row or
-    two, and each small block would gather its thousands of counterparts again)."""
-    if len(parts) <= 1:
-        return parts
-    one = Block(np.unique(np.concatenate([b.lost for b in parts])), np.unique(np.concatenate([b.found for b in parts])))
-    own = sum(_cost(len(b.lost), len(b.found)) for b in parts)
-    return [one] if _cost(len(one.lost), len(one.found)) < own else parts
+def z_order(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    """Morton codes of places on a 2¹⁶ × 2¹⁶ grid of latitude × longitude (no place: last): nearby places get nearby
+    codes (mostly)."""
+    code = np.full(len(lat), np.iinfo(np.int64).max, dtype=np.int64)
+    ok = np.isfinite(lat) & np.isfinite(lon)
+    q = [np.clip((v[ok].astype(np.float64) + off) / span * 65535, 0, 65535).astype(np.int64)
+         for v, off, span in ((lat, 90.0, 180.0), (lon, 180.0, 360.0))]  # fmt: skip
+    for i, v in enumerate(q):
+        for shift, mask in ((8, 0x00FF00FF), (4, 0x0F0F0F0F), (2, 0x33333333), (1, 0x55555555)):
+            v = (v | (v << shift)) & mask
+        q[i] = v
+    code[ok] = q[0] << 1 | q[1]
+    return code
 
 
 def admit(owner: np.ndarray, tile: np.ndarray, kth: np.ndarray) -> np.ndarray:
@@ -259,20 +282,27 @@ def select(
     cols: np.ndarray,
     k: int,
     score: ScoreBlocks,
+    reach: tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> Selection:
-    """Top-k per lost and per found listing: rows / columns in ``rows`` / ``cols`` from scratch, every other
-    listing from its previous top-k merged with its new nominees. All True and no previous run: a full run."""
+    """Top-k per lost and per found listing: rows / columns in ``rows`` / ``cols`` from scratch (``reach``: their
+    pairs with every listing they may pair with, ``blocking.reachable``, nominated by :func:`listed_top`), every
+    other listing from its previous top-k merged with its new nominees among those pairs. All True and no previous
+    run: a full run, whose ``blocks`` ``score`` nominates tile by tile."""
     n_lost, n_found = scorer.lost.n, scorer.found.n
     nf = max(n_found, 1)  # pair key: lost * nf + found
     kk = k + CANDIDATE_MARGIN
     everything = bool(rows.all() and cols.all())
     if everything:
-        row_blocks, col_blocks = blocks, blocks
+        first = second = score(blocks, kk)
+        tile_pairs = sum(b.pairs for b in blocks)
     else:
-        row_blocks, col_blocks = (coalesced(part) for part in split_blocks(blocks, rows, cols))
-    first = score(row_blocks, kk)
-    second = first if everything else score(col_blocks, kk)
-    tile_pairs = sum(b.pairs for b in row_blocks) + (0 if everything else sum(b.pairs for b in col_blocks))
+        if reach is None:
+            raise ValueError("an incremental selection needs the pairs its rescored listings reach")
+        by_rows, by_cols = reach
+        with one_thread():
+            first = listed_top(scorer, *by_rows, True, kk)
+            second = listed_top(scorer, *by_cols, False, kk)
+        tile_pairs = len(by_rows[0]) + len(by_cols[0])
 
     def nominees(rows_part: tuple, cols_part: tuple) -> tuple[np.ndarray, np.ndarray]:
         """Row nominees of the rescored rows, and of the others those that could enter; the same for columns."""

@@ -110,15 +110,43 @@ def _dim(det: pa.Table, column: str) -> int:
     return int(typ.list_size) if isinstance(typ, pa.FixedSizeListType) else 1
 
 
+def _strings(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A string column as a NumPy object array (None where null), without a Python list in between."""
+    return np.asarray(column.to_numpy(zero_copy_only=False), dtype=object)
+
+
+def _species_codes(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """``SPECIES_CODES`` of a species column, case-insensitive (0: unknown, missing or another word)."""
+    names = list(SPECIES_CODES)
+    at = pc.index_in(pc.utf8_lower(column.cast(pa.string())), value_set=pa.array(names))
+    codes = np.array([0, *SPECIES_CODES.values()], dtype=np.int64)
+    return codes[pc.fill_null(at, -1).to_numpy(zero_copy_only=False).astype(np.int64) + 1]
+
+
+def _voted_species(owner: np.ndarray, species: np.ndarray, confidence: np.ndarray, n: int) -> np.ndarray:
+    """Per listing, the species its confident dog/cat detections name most (ties: the one named first); 0: none."""
+    voting = ((species == SPECIES_CODES["dog"]) | (species == SPECIES_CODES["cat"])) & (
+        confidence >= SPECIES_VOTE_CONFIDENCE
+    )
+    o, s = owner[voting], species[voting]
+    dogs = np.bincount(o[s == SPECIES_CODES["dog"]], minlength=n)
+    cats = np.bincount(o[s == SPECIES_CODES["cat"]], minlength=n)
+    first = np.zeros(n, dtype=np.int64)
+    seen, at = np.unique(o, return_index=True)
+    first[seen] = s[at]
+    return np.where(dogs > cats, SPECIES_CODES["dog"], np.where(cats > dogs, SPECIES_CODES["cat"], first))
+
+
 def build_side(listings: pa.Table, det: pa.Table) -> Side:
     """Tensors of one side from its listings and their usable detection rows (``det``: detections schema)."""
     n = listings.num_rows
-    ids = np.asarray(listings["listing_id"].to_pylist(), dtype=object)
-    index = {lid: i for i, lid in enumerate(ids)}
-    species_raw = [(s or "unknown").lower() for s in listings["species"].to_pylist()]
-    species = np.array([SPECIES_CODES.get(s, 0) for s in species_raw], dtype=np.int64)
+    ids = _strings(listings["listing_id"])
+    species = _species_codes(listings["species"])
 
-    owners = np.array([index[x] for x in det["listing_id"].to_pylist()], dtype=np.int64)
+    at = pc.index_in(det["listing_id"], value_set=listings["listing_id"]) if det.num_rows else pa.array([], pa.int32())
+    if at.null_count:
+        raise ValueError("detection rows of listings not on this side")
+    owners = at.to_numpy(zero_copy_only=False).astype(np.int64)
     has_emb = pc.is_valid(det["embedding"]).to_numpy(zero_copy_only=False) if det.num_rows else np.zeros(0, bool)
     voting = ["embedding", "photo_id", "species"] + (["confidence"] if "confidence" in det.column_names else [])
     emb_rows = det.select(voting) if det.num_rows else det
@@ -127,22 +155,18 @@ def build_side(listings: pa.Table, det: pa.Table) -> Side:
     emb_owner = owners[has_emb]
     order = np.argsort(emb_owner, kind="stable")
     if emb_rows.num_rows:
-        emb = unit_vectors(emb_rows["embedding"])[order]
-        photos = np.asarray(emb_rows["photo_id"].to_pylist(), dtype=object)[order]
+        in_order = bool((np.diff(emb_owner) >= 0).all())  # rows already grouped by listing: no copy to reorder
+        emb = unit_vectors(emb_rows["embedding"])
+        emb = emb if in_order else emb[order]
+        photos = _strings(emb_rows["photo_id"])[order]
         # Listing species unknown → the animals its photos show (majority of the confident dog/cat detections).
-        det_species = [str(s or "").lower() for s in emb_rows["species"].to_pylist()]
         confidence = (
             pc.fill_null(emb_rows["confidence"], 0.0).to_numpy(zero_copy_only=False)
             if "confidence" in emb_rows.column_names
-            else np.ones(len(det_species))
+            else np.ones(emb_rows.num_rows)
         )
-        votes: dict[int, Counter] = {}
-        for o, s, conf in zip(emb_owner, det_species, confidence, strict=True):
-            if s in ("dog", "cat") and conf >= SPECIES_VOTE_CONFIDENCE:
-                votes.setdefault(int(o), Counter())[s] += 1
-        for o, c in votes.items():
-            if species[o] == 0:
-                species[o] = SPECIES_CODES[c.most_common(1)[0][0]]
+        voted = _voted_species(emb_owner, _species_codes(emb_rows["species"]), confidence, n)
+        species = np.where(species == 0, voted, species)
     else:
         emb, photos = np.zeros((0, _dim(det, "embedding")), np.float32), np.zeros(0, dtype=object)
 
@@ -176,10 +200,7 @@ def build_side(listings: pa.Table, det: pa.Table) -> Side:
         det_photo=photos,
         text=torch.from_numpy(text),
         has_text=torch.from_numpy(has_text),
-        geo_source=np.array(
-            listings["geo_source"].to_pylist() if "geo_source" in listings.column_names else [None] * len(ids),
-            dtype=object,
-        ),
+        geo_source=_strings(listings["geo_source"]) if "geo_source" in listings.column_names else np.full(n, None),
     )
 
 
