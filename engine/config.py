@@ -138,8 +138,9 @@ class MatchSettings:
     """``score = sigmoid(slope·fused + offset)``: keys ``slope`` and ``offset`` (one given alone keeps the other's
     default). Refit with :func:`engine.scoring.fuse.fit_calibration` once confirmed/rejected feedback exists."""
     publish_chunk_rows: int = 100_000
-    """Matches whose terms and explanations are computed and inserted at a time while a run publishes (all in its
-    one transaction): publication memory stays one chunk whatever the number of matches."""
+    """Matches whose terms and explanations are computed and inserted at a time while a run publishes (each chunk
+    in its own short transaction, before the one that publishes the run): publication memory stays one chunk
+    whatever the number of matches, and the DuckDB file is never locked while terms are computed."""
     keep_runs: int = 10
     """Published match runs whose pairs stay in ``matches`` (at least 2: an incremental run merges with the latest).
     Older runs keep their ``match_runs`` row (figures, parameters, lineage); their pairs are deleted when a run

@@ -54,7 +54,7 @@ from engine.scoring.fuse import COMPILE_MIN_RUN_PAIRS, ScoreParams, Scorer, Side
 from engine.scoring.incremental import CANDIDATE_MARGIN, Previous, Selection, pair_terms, select, side_fingerprints
 from engine.scoring.sides import active_listings, build_side, model_vector_mask
 from engine.storage import RunsDB, open_stores
-from ray_jobs.bench.memory import PeakRss
+from ray_jobs.memory import PeakRss
 
 log = logging.getLogger(__name__)
 
@@ -570,10 +570,9 @@ def _match_chunks(run_id: str, scorer: Scorer, sel: Selection, chunk_rows: int) 
     publication holds one chunk, not every match (at 200k listings, 1.5 M matches with their explanation strings,
     one Arrow table and one insert took the run from 3.7 GB while scoring to 10.7-14 GB). :func:`pair_terms` gives
     a pair the same values in any chunk, so the rows do not depend on ``chunk_rows``."""
-    scored = np.flatnonzero(sel.scored)
-    for start in range(0, len(scored), max(1, int(chunk_rows))):
-        part = scored[start : start + max(1, int(chunk_rows))]
-        yield _match_rows(run_id, scorer, sel, part)
+    scored, size = np.flatnonzero(sel.scored), max(1, int(chunk_rows))
+    for start in range(0, len(scored), size):
+        yield _match_rows(run_id, scorer, sel, scored[start : start + size])
 
 
 def _match_rows(run_id: str, scorer: Scorer, sel: Selection, part: np.ndarray) -> pa.Table:

@@ -246,9 +246,7 @@ def reachable(
 def _partners(me: ListingKeys, i: int, other: ListingKeys, found_minus_this: float) -> np.ndarray:
     """Listings of ``other`` that listing ``i`` of ``me`` may pair with (``found_minus_this``: +1 when ``me`` is the
     lost side, so that ``found day - lost day`` is ``sign × (other day - my day)``)."""
-    ok = np.ones(len(other), dtype=bool) if me.species[i] == 0 else (other.species == me.species[i])
-    if me.species[i] != 0:
-        ok |= other.species == 0
+    ok = (me.species[i] == 0) | (other.species == 0) | (other.species == me.species[i])
     if np.isfinite(me.day[i]):
         slack = _MARGIN * (me.max_days + me.grace_days + 1.0)
         gap = found_minus_this * (other.day - me.day[i])

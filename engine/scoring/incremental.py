@@ -339,12 +339,9 @@ def select(
 
     def value(keys: np.ndarray) -> np.ndarray:
         out = np.empty(len(keys))
-        at_new = np.searchsorted(new_key, keys)
-        is_new = at_new < len(new_key)
-        is_new[is_new] = new_key[at_new[is_new]] == keys[is_new]
-        out[is_new] = new_fused[at_new[is_new]]
-        at_prev = np.searchsorted(prev_key, keys[~is_new])
-        out[~is_new] = prev_fused[at_prev]
+        is_new = np.isin(keys, new_key)
+        out[is_new] = new_fused[np.searchsorted(new_key, keys[is_new])]
+        out[~is_new] = prev_fused[np.searchsorted(prev_key, keys[~is_new])]
         return out
 
     fl, ff = value(pool_l), value(pool_f)
@@ -355,9 +352,7 @@ def select(
     out_l[np.searchsorted(kept, pool_l[rank_l > 0])] = rank_l[rank_l > 0]
     out_f = np.zeros(len(kept), dtype=np.int64)
     out_f[np.searchsorted(kept, pool_f[rank_f > 0])] = rank_f[rank_f > 0]
-    at_new = np.searchsorted(new_key, kept)
-    scored = at_new < len(new_key)
-    scored[scored] = new_key[at_new[scored]] == kept[scored]
+    scored = np.isin(kept, new_key)
     return Selection(
         lost=kept // nf,
         found=kept % nf,

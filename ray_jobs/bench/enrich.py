@@ -31,7 +31,7 @@ from typing import Any
 
 from engine.config import Settings
 from engine.errors import HomewardError
-from ray_jobs.bench.memory import PeakRss
+from ray_jobs.memory import PeakRss
 
 REPO = Path(__file__).resolve().parents[2]
 BAR = 0.8

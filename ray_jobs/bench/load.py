@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import Settings
-from ray_jobs.bench.memory import PeakRss
+from ray_jobs.memory import PeakRss
 
 log = logging.getLogger(__name__)
 

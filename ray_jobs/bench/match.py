@@ -30,7 +30,7 @@ import torch
 
 from engine.config import Settings
 from engine.scoring.allpairs import blocked_topk, cosine_topk, resolve_device, tile_bounds, tile_for
-from ray_jobs.bench.memory import PeakRss, rss_mb
+from ray_jobs.memory import PeakRss, rss_mb
 
 log = logging.getLogger(__name__)
 DEFAULT_N = (10_000, 50_000, 200_000)

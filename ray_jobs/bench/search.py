@@ -26,8 +26,8 @@ from engine import schema
 from engine.config import Settings
 from engine.storage import LanceStore
 from engine.vector_index import build_index, index_stats, nearest, sql_string
-from ray_jobs.bench.memory import PeakRss, rss_mb
 from ray_jobs.bench.synthetic import clustered_vectors
+from ray_jobs.memory import PeakRss, rss_mb
 
 log = logging.getLogger(__name__)
 PHOTOS_PER_ANIMAL = 3

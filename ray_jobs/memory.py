@@ -1,4 +1,5 @@
-"""Resident memory of this process, now and at its peak over a block, for the benchmarks' ``peak_*_mb`` figures.
+"""Resident memory of this process, now and at its peak over a block: the benchmarks' ``peak_*_mb`` figures and
+``homeward match``'s peak per phase.
 
 ``ru_maxrss`` gives only the lifetime peak of the process; a bench that reports one stage's peak samples RSS on a
 thread instead (every ``interval`` seconds: a spike shorter than that can be missed, which is why the intervals are
