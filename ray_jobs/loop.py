@@ -33,6 +33,7 @@ import json
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -240,10 +241,12 @@ def _new_round(runs: RunsDB, crawls: list[dict[str, Any]], previous: dict[str, A
     first_seen = min(seen) if seen else None
     with runs.write() as con:
         run_rows.start_round(con, round_id, now, steps, changed, first_seen)
-        for c in crawls:
-            run_rows.add_step(con, round_id, "crawl", 1, c["status"], _utc(c["started"]), source=c["source"],
-                              run_id=c["run_id"], finished=_utc(c["finished"]), changed=c["changed"],
-                              first_seen=c["first_seen"])  # fmt: skip
+        nth: Counter[str] = Counter()  # a source crawled twice since the last round (a short cadence, a manual
+        for c in crawls:  # crawl beside the scheduler's, a round's long match) has a crawl step per run: 1, 2, ...
+            nth[c["source"]] += 1
+            run_rows.add_step(con, round_id, "crawl", nth[c["source"]], c["status"], _utc(c["started"]),
+                              source=c["source"], run_id=c["run_id"], finished=_utc(c["finished"]),
+                              changed=c["changed"], first_seen=c["first_seen"])  # fmt: skip
         if not changed:
             run_rows.update_round(con, round_id, status="ok", finished=now, message="no new or changed listings")
         elif previous is not None:

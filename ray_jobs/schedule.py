@@ -24,7 +24,9 @@ crawls of one source never overlap: the scheduler does not start a source whose 
 :func:`ray_jobs.crawl.begin_run` refuses a second one even from another ``homeward crawl``.
 
 Each due source is crawled in its own process (``crawlers/run.py``), up to ``max_parallel`` at once, so a slow
-source never delays the others. ``--once`` runs one round (start what is due, wait for it) and returns;
+source never delays the others. The pipeline steps run in a thread of their own, one round at a time, so a long
+match (minutes at national size) never holds back a crawl that falls due meanwhile: the loop goes on launching
+crawls, and what they bring is the next round's. ``--once`` runs one round (start what is due, wait for it) and returns;
 ``--max-cycles N`` bounds the loop (for tests and cron-style use); without either it runs until interrupted, and an
 interrupt stops the crawls in flight gracefully (recorded ``interrupted``; the next round resumes them).
 """
@@ -252,6 +254,37 @@ def _check_alerts(settings: Settings) -> list[dict[str, Any]]:
     return raise_alerts(settings, current)
 
 
+Round = tuple[dict[str, Any] | None, list[dict[str, Any]]]
+
+
+def _round(settings: Settings, pipeline: bool) -> Round:
+    """The pipeline steps for what the finished crawls brought (``pipeline``) and the operator alerts → (what the
+    round did or None, alerts raised). A store problem in the bookkeeping fails this round, not the service: the next
+    round retries."""
+    try:
+        return (advance(settings) if pipeline else None), _check_alerts(settings)
+    except HomewardError as exc:
+        log.exception("schedule: round bookkeeping failed")
+        return {"error": str(exc), "steps": [{"step": "round", "status": "failed", "error": str(exc)}]}, []
+
+
+def _in_background(settings: Settings, pipeline: bool) -> Future[Round]:
+    """:func:`_round` in a daemon thread. Daemon, so an interrupted scheduler exits at once instead of waiting out a
+    long match: the step's row, left ``running``, is closed ``interrupted`` and resumed by the next scheduler, as
+    after a kill."""
+    fut: Future[Round] = Future()
+
+    def run() -> None:
+        fut.set_running_or_notify_cancel()
+        try:
+            fut.set_result(_round(settings, pipeline))
+        except BaseException as exc:  # handed to the loop's thread, which re-raises it
+            fut.set_exception(exc)
+
+    threading.Thread(target=run, name="homeward-pipeline", daemon=True).start()
+    return fut
+
+
 def schedule(
     settings: Settings,
     *,
@@ -304,6 +337,7 @@ def _loop(
     stop = threading.Event()
     pool = ThreadPoolExecutor(max_workers=max(1, max_parallel), thread_name_prefix="homeward-crawl")
     running: dict[str, Future[list[dict[str, Any]]]] = {}
+    pending: Future[Round] | None = None  # the round whose pipeline steps run in the background
     results: list[dict[str, Any]] = []
     rounds: list[dict[str, Any]] = []
     alerts: list[dict[str, Any]] = []
@@ -322,6 +356,18 @@ def _loop(
                     log.exception("crawl of %s failed to run", name)
                     results.append({"source": name, "status": "failed", "message": repr(exc)})
                 del running[name]
+
+    def record(outcome: Round) -> None:
+        done, raised = outcome
+        alerts.extend(raised)
+        if done:
+            rounds.append(done)
+
+    def finish_round(block: bool) -> None:
+        nonlocal pending
+        if pending is not None and (block or pending.done()):
+            record(pending.result())
+            pending = None
 
     try:
         while True:
@@ -344,16 +390,13 @@ def _loop(
                 )
             last = once or (max_cycles is not None and cycles >= max_cycles)
             collect(block=last)
-            try:  # a store problem in the bookkeeping fails this round, not the service: the next round retries
-                done = advance(settings) if pipeline else None
-                alerts += _check_alerts(settings)
-            except HomewardError as exc:
-                log.exception("schedule: round bookkeeping failed")
-                done = {"error": str(exc), "steps": [{"step": "round", "status": "failed", "error": str(exc)}]}
-            if done:
-                rounds.append(done)
-            if last:
+            if last:  # the round in flight, then one for the crawls just waited for, in this thread
+                finish_round(block=True)
+                record(_round(settings, pipeline))
                 break
+            finish_round(block=False)
+            if pending is None:
+                pending = _in_background(settings, pipeline)
             deadline = time.monotonic() + poll_seconds
             while time.monotonic() < deadline and not all(f.done() for f in running.values()) and running:
                 time.sleep(min(0.5, poll_seconds))
@@ -361,6 +404,8 @@ def _loop(
                 time.sleep(max(0.0, deadline - time.monotonic()))
     except KeyboardInterrupt:
         stop.set()
+        if pending is not None and not pending.done():
+            log.warning("schedule: interrupted while a pipeline step runs; the next scheduler resumes it")
         collect(block=True)
         raise
     finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import email
 import email.policy
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -200,6 +201,55 @@ def test_failures_back_off_never_block_other_sources_and_alert_once(tmp_path: Pa
     assert table["broken"]["consecutive_failures"] == 3 and "ConnectionRefused" in table["broken"]["last_error"]
     assert table["good"]["consecutive_failures"] == 0 and table["good"]["latency_s"] > 0
     assert runs.query("SELECT count(*) FROM loop_alerts")[0][0] == 2
+
+
+def test_a_long_pipeline_step_does_not_hold_back_crawls_falling_due(tmp_path: Path, monkeypatch) -> None:
+    """The pipeline steps run beside the crawl loop: while a round's enrich runs (a long match at national size, in
+    service), a source that falls due is crawled on time. Crawls are stand-ins writing real run rows."""
+    settings = crawl_settings(
+        tmp_path, [site_source("http://new.test", name="new"),
+                   site_source("http://often.test", name="often", cadence_minutes=0.001), *BUILTIN_OFF]
+    ).with_overrides({"enrich": {"profile": "tiny"}})  # fmt: skip
+    runs = RunsDB(settings.duckdb)
+    enriching, crawled_meanwhile = threading.Event(), threading.Event()
+    launched_while_enriching: list[bool] = []
+
+    def crawl(settings: Settings, names: list[str], **_: Any) -> list[dict[str, Any]]:
+        out = []
+        for name in names:
+            if name == "often":
+                launched_while_enriching.append(enriching.is_set())
+            run_id = begin_run(runs, name, {}, settings.data_dir)
+            if name == "new":
+                lid = ids.listing_id("new", "n1")
+                upsert_listings(LanceStore(settings.lance), [{"listing_id": lid, "source": "new", "source_id": "n1",
+                                                              "kind": "found", "status": "active", "species": "cat",
+                                                              "scraped_at": datetime.now(UTC)}])  # fmt: skip
+            result = {"run_id": run_id, "source": name, "status": "ok", "items": 1, "new": int(name == "new")}
+            finish_run(runs, result)
+            if name == "often" and enriching.is_set():
+                crawled_meanwhile.set()
+            out.append(result)
+        return out
+
+    def slow_enrich(settings: Settings) -> dict[str, Any]:
+        enriching.set()
+        try:  # the old loop ran steps in its own thread: no crawl could start before this returned
+            if not crawled_meanwhile.wait(timeout=20):
+                raise RuntimeError("no crawl was launched while enrich ran")
+        finally:
+            enriching.clear()
+        return loop._enrich(settings)
+
+    monkeypatch.setattr("ray_jobs.schedule.run_sources", crawl)
+    monkeypatch.setitem(loop.JOBS, "enrich", slow_enrich)
+    result = schedule(settings, max_cycles=12, poll_seconds=0.2)
+
+    assert result["status"] == "ok", result
+    assert any(launched_while_enriching), launched_while_enriching
+    [steps] = [[s for s in r if not s[0].startswith("crawl")] for r in _steps(settings) if ("crawl:new", "ok") in r]
+    assert steps == [("enrich", "ok"), ("match", "ok"), ("deliver:reports", "ok"), ("deliver:owner_alerts", "ok")]
+    assert runs.query("SELECT count(*) FROM crawl_runs WHERE source = 'new'")[0][0] == 1
 
 
 def test_overdue_source_is_an_incident_keyed_by_its_last_success(settings: Settings) -> None:

@@ -155,7 +155,7 @@ CREATE TABLE IF NOT EXISTS loop_steps (
     round_id     VARCHAR NOT NULL,
     step         VARCHAR NOT NULL,
     source       VARCHAR NOT NULL DEFAULT '',
-    attempt      INTEGER NOT NULL,
+    attempt      INTEGER NOT NULL,          -- crawl steps: the n-th crawl of the source the round covers
     status       VARCHAR NOT NULL,          -- running | ok | failed | interrupted | skipped
     run_id       VARCHAR,                   -- the crawl, enrich or match run it was
     started      TIMESTAMPTZ NOT NULL,
