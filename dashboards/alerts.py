@@ -22,12 +22,16 @@ from email.message import EmailMessage
 from typing import Any
 
 from dashboards import i18n, mail
+from dashboards.i18n import N_, SCAM_WARNING
 from dashboards.photos import PhotoLookup
 from engine import watches
 from engine.config import Settings
 from engine.search import SearchHit
 
 log = logging.getLogger(__name__)
+
+#: What an alert calls a listing, by kind (translated where shown).
+KIND_LABELS = {"found": N_("found"), "sighting": N_("sighting"), "shelter": N_("shelter"), "adoptable": N_("adoptable")}
 
 
 def unsubscribe_url(settings: Settings, watch_id: str) -> str | None:
@@ -38,41 +42,61 @@ def unsubscribe_url(settings: Settings, watch_id: str) -> str | None:
     return f"{base.rstrip('/')}/unsubscribe?{query}"
 
 
-def _text(watch: watches.Watch, hits: list[SearchHit], unsubscribe: str | None) -> str:
+def _text(watch: watches.Watch, hits: list[SearchHit], unsubscribe: str | None, language: str) -> str:
+    t = i18n.translations(language)
     lines = [
-        f"Homeward found {len(hits)} new listing(s) that may show your pet (watch {watch.watch_id}).",
+        t.ngettext(
+            "Homeward found %(num)d new listing that may show your pet (watch %(watch)s).",
+            "Homeward found %(num)d new listings that may show your pet (watch %(watch)s).",
+            len(hits),
+        )
+        % {"num": len(hits), "watch": watch.watch_id},
         "",
     ]
     for n, h in enumerate(hits, 1):
-        km = "" if h.distance_km is None else f", {h.distance_km:.1f} km away"
-        lines.append(
-            f"{n}. score {h.score:.2f} - {h.kind or 'listing'} ({h.species or '?'}, {h.event_date or '?'}){km}"
-        )
+        km = "" if h.distance_km is None else ", " + t.gettext("%(km)s km away") % {"km": f"{h.distance_km:.1f}"}
+        when = i18n.day(h.event_date, language) if h.event_date else "?"
+        what = t.gettext(KIND_LABELS.get(h.kind or "", N_("listing")))
+        species = t.gettext(h.species) if h.species else "?"
+        lines.append(f"{n}. {t.gettext('score')} {h.score:.2f} - {what} ({species}, {when}){km}")
         lines.append(f"   {mail.safe_url(h.url) or '-'}")
     lines += [
         "",
-        "Never pay anyone before you have seen your pet in person; verify with a microchip, photos or vet records.",
+        t.gettext(SCAM_WARNING),
         "",
-        f"Stop these alerts: {unsubscribe}"
+        t.gettext("Stop these alerts: %(link)s") % {"link": unsubscribe}
         if unsubscribe
-        else f"To stop these alerts, reply and ask for watch {watch.watch_id} to be removed.",
+        else t.gettext("To stop these alerts, reply and ask for watch %(watch)s to be removed.")
+        % {"watch": watch.watch_id},
     ]
     return "\n".join(lines)
 
 
-def _message(settings: Settings, watch: watches.Watch, hits: list[SearchHit], thumbs: dict[str, bytes]) -> EmailMessage:
+def _message(
+    settings: Settings, watch: watches.Watch, hits: list[SearchHit], thumbs: dict[str, bytes], language: str
+) -> EmailMessage:
     unsubscribe = unsubscribe_url(settings, watch.watch_id)
     items = [dict(vars(h), url=mail.safe_url(h.url)) for h in hits]
-    template = i18n.environment(i18n.DEFAULT).get_template("alert.html")
+    template = i18n.environment(language).get_template("alert.html")
     headers = {}
     if unsubscribe:
         headers = {"List-Unsubscribe": f"<{unsubscribe}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+    subject = i18n.translations(language).ngettext(
+        "Homeward: %(num)d listing that may show your pet",
+        "Homeward: %(num)d listings that may show your pet",
+        len(hits),
+    ) % {"num": len(hits)}
+
+    def html(src: Any) -> str:
+        return template.render(watch_id=watch.watch_id, hits=items, src=src, unsubscribe=unsubscribe, lang=language,
+                               scam_warning=SCAM_WARNING, kinds=KIND_LABELS)  # fmt: skip
+
     return mail.compose(
         settings,
         to=watch.email,
-        subject=f"Homeward: {len(hits)} listing(s) that may show your pet",
-        text=_text(watch, hits, unsubscribe),
-        html=lambda src: template.render(watch_id=watch.watch_id, hits=items, src=src, unsubscribe=unsubscribe),
+        subject=subject,
+        text=_text(watch, hits, unsubscribe, language),
+        html=html,
         images={h.photo_id: thumbs[h.photo_id] for h in hits if h.photo_id in thumbs},
         headers=headers,
     )
@@ -102,7 +126,7 @@ def deliver_watch_alerts(settings: Settings, run_id: str | None = None) -> dict[
         due = {}
     photos = PhotoLookup(settings)
     thumbs = photos.thumbnails([h.photo_id for _, hits in due.values() for h in hits if h.photo_id])
-    outgoing = [(wid, _message(settings, w, hits, thumbs)) for wid, (w, hits) in due.items()]
+    outgoing = [(wid, _message(settings, w, hits, thumbs, i18n.resolve(w.language))) for wid, (w, hits) in due.items()]
     failed = mail.send(settings, outgoing)
     for wid, (_, hits) in due.items():
         if wid in failed:
@@ -111,6 +135,9 @@ def deliver_watch_alerts(settings: Settings, run_id: str | None = None) -> dict[
         watches.record_alerts(settings, wid, hits, run_id)
         result["emailed"] += 1
         result["listings"] += len(hits)
+    fallbacks = {wid: w.language for wid, (w, _) in due.items() if i18n.missing(w.language)}
+    if fallbacks:  # said, not silently English
+        result["language_fallbacks"] = fallbacks
     if problems:
         for wid, reason in sorted(problems.items()):
             log.warning("watch %s: %s", wid, reason)

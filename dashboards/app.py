@@ -32,7 +32,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse,
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from dashboards import api
+from dashboards import api, i18n
 from dashboards.candidates import MAX_PER_PAGE, PER_PAGE, Filters, page_link, visit_window
 from dashboards.guard import Guard, wants_json
 from dashboards.pages import (
@@ -147,18 +147,18 @@ def _add_overview_pages(app: FastAPI, dash: Dashboard) -> None:
 def _add_search_pages(app: FastAPI, dash: Dashboard) -> None:
     """Search by photo, an owner's saved search (watch) and its unsubscribe link."""
 
-    def search_page(status: int = 200, **ctx: Any) -> Response:
+    def search_page(status: int = 200, language: str = i18n.DEFAULT, **ctx: Any) -> Response:
         ctx.setdefault("form", {"species": "", "near": "", "radius_km": "", "k": "12"})
         ctx.setdefault("errors", [])
         ctx.setdefault("searched", False)
-        ctx.setdefault("watch_form", {"email": "", "near": "", "radius_km": "10", "species": ""})
+        ctx.setdefault("watch_form", {"email": "", "near": "", "radius_km": "10", "species": "", "language": language})
         ctx.setdefault("watch_errors", [])
         ctx.setdefault("watch_saved", None)
-        return dash.render("search.html", status, form_key=dash.form_key, **ctx)
+        return dash.render("search.html", status, form_key=dash.form_key, languages=i18n.choices(), **ctx)
 
     @app.get("/search", include_in_schema=False)
-    def search_get() -> Response:
-        return search_page()
+    def search_get(request: Request) -> Response:  # alerts default to the browser's language
+        return search_page(language=i18n.negotiate(request.headers.get("accept-language")))
 
     @app.post("/search", include_in_schema=False)
     def search_post(
@@ -194,11 +194,12 @@ def _add_search_pages(app: FastAPI, dash: Dashboard) -> None:
         near: Annotated[str, Form()] = "",
         radius_km: Annotated[str, Form()] = "",
         species: Annotated[str, Form()] = "",
+        language: Annotated[str, Form()] = "",
     ) -> Response:
         if not hmac.compare_digest(form_key.encode(), dash.form_key.encode()):
             raise HTTPError(403, "missing or stale form key: reload the page and try again")
         data = photo.file.read() if photo is not None else b""
-        form = WatchForm(data, photo.filename if photo else None, email, near, radius_km, species)
+        form = WatchForm(data, photo.filename if photo else None, email, near, radius_km, species, language)
         try:
             saved = dash.watch(form)
         except SearchRefused as exc:

@@ -36,6 +36,19 @@ DOMAIN = "homeward"
 DEFAULT = "en"
 
 
+def N_(message: str) -> str:
+    """Marks a message for the catalogues (``pybabel extract`` finds ``N_``); translated where it is shown."""
+    return message
+
+
+#: What every report and alert says first (owners and shelters are both targets of reward scams).
+SCAM_WARNING = N_(
+    "Never pay anyone who claims to have your pet before you have verified, in person, that the animal is yours. "
+    "Scammers watch lost-pet posts and ask for a 'reward', 'shipping' or 'vet bills' up front. Verify ownership "
+    "(microchip, photos, vet records) before releasing an animal, and meet in a public place or at the shelter."
+)
+
+
 def available() -> list[str]:
     """Every language with a catalogue, and English."""
     found = {p.parent.parent.name for p in LOCALES.glob(f"*/LC_MESSAGES/{DOMAIN}.po")}
@@ -51,6 +64,39 @@ def resolve(language: str | None) -> str:
     except (ValueError, UnknownLocaleError):
         return DEFAULT
     return lang if lang in available() else DEFAULT
+
+
+def choices() -> list[tuple[str, str]]:
+    """``(code, name in that language)`` of every language with a catalogue, for a form's language picker."""
+    return [(code, Locale.parse(code).get_display_name(code) or code) for code in available()]
+
+
+def negotiate(accept_language: str | None) -> str:
+    """The available language a browser's ``Accept-Language`` header prefers most (``ru-RU,ru;q=0.9,en;q=0.8`` →
+    ``ru``); English when it names none we have. Malformed parts are skipped (the header is the client's)."""
+    ranked = []
+    for n, part in enumerate((accept_language or "")[:1000].split(",")):
+        tag, _, params = part.strip().partition(";")
+        try:
+            q = float(params.strip()[2:]) if params.strip().startswith("q=") else 1.0
+        except ValueError:
+            continue
+        if tag and tag != "*" and q > 0:
+            ranked.append((-q, n, tag))
+    for _, _, tag in sorted(ranked):
+        if not missing(tag):
+            return resolve(tag)
+    return DEFAULT
+
+
+def missing(language: str | None) -> bool:
+    """Whether ``language`` asks for a language that has no catalogue (so :func:`resolve` gives English)."""
+    if not language:
+        return False
+    try:
+        return Locale.parse(language.replace("-", "_")).language not in available()
+    except (ValueError, UnknownLocaleError):
+        return True
 
 
 @functools.cache

@@ -35,6 +35,7 @@ from PIL import Image
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
+from dashboards import i18n
 from dashboards.access import DEFAULT_SALT, check_token, is_loopback, shelter_token, split_host
 from dashboards.candidates import Filters, Page, candidate_page, http_url, present
 from dashboards.guard import security_headers
@@ -152,9 +153,11 @@ class WatchForm:
     near: str
     radius_km: str
     species: str = ""
+    language: str = ""
 
     def shown(self) -> dict[str, str]:
-        return {"email": self.email, "near": self.near, "radius_km": self.radius_km, "species": self.species}
+        return {"email": self.email, "near": self.near, "radius_km": self.radius_km, "species": self.species,
+                "language": self.language}  # fmt: skip
 
 
 class Dashboard:
@@ -451,6 +454,8 @@ class Dashboard:
             errors.append("radius must be a number of km between 0 and 1000")
         if form.species not in ("", "dog", "cat"):
             errors.append("species must be dog or cat")
+        if form.language and i18n.missing(form.language):
+            errors.append(f"alerts can be in {', '.join(name for _, name in i18n.choices())}")
         if errors:
             raise SearchRefused(400, errors)
         from engine import watches
@@ -459,8 +464,9 @@ class Dashboard:
         try:
             image = decode_query(form.photo, form.filename or "the upload")
             pending = watches.new_watch(
-                self.settings, image, near=form.near, radius_km=radius, email=form.email, species=form.species or None
-            )
+                self.settings, image, near=form.near, radius_km=radius, email=form.email,
+                species=form.species or None, language=form.language or None,
+            )  # fmt: skip
             with self.db_lock:  # only the insert: page reads need not wait for the models
                 return watches.save(self.settings, pending)
         except HomewardError as exc:

@@ -50,6 +50,7 @@ import pyarrow.parquet as pq
 
 from dashboards import i18n, mail
 from dashboards.access import shelter_token
+from dashboards.i18n import N_, SCAM_WARNING
 from dashboards.photos import PhotoLookup, data_uri
 from engine import analyst, run_rows, views
 from engine.config import Settings
@@ -59,17 +60,6 @@ from engine.storage import RunsDB
 
 log = logging.getLogger(__name__)
 
-
-def N_(message: str) -> str:
-    """Marks a message for the catalogues (``pybabel extract`` finds ``N_``); translated where it is shown."""
-    return message
-
-
-SCAM_WARNING = N_(
-    "Never pay anyone who claims to have your pet before you have verified, in person, that the animal is yours. "
-    "Scammers watch lost-pet posts and ask for a 'reward', 'shipping' or 'vet bills' up front. Verify ownership "
-    "(microchip, photos, vet records) before releasing an animal, and meet in a public place or at the shelter."
-)
 
 #: The evidence terms of a candidate: label, column.
 TERMS = (

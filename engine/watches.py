@@ -46,7 +46,9 @@ from engine.storage import RunsDB
 
 #: One address, no display name, no header tricks: the whole value goes into a ``To:`` header.
 _EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)+")
-_COLUMNS = "watch_id, email, species, lat, lon, radius_km, threshold, embed_model, created, active, ended"
+_COLUMNS = "watch_id, email, species, lat, lon, radius_km, threshold, embed_model, language, created, active, ended"
+#: A language code as people give it (``ru``, ``pt-BR``, ``zh_Hant``); the alerts use its catalogue, else English.
+_LANGUAGE = re.compile(r"[A-Za-z]{2,3}(?:[_-][A-Za-z0-9]{2,8}){0,2}")
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class Watch:
     radius_km: float
     threshold: float
     embed_model: str
+    language: str | None
     vectors: np.ndarray
 
 
@@ -69,6 +72,16 @@ def unsubscribe_token(settings: Settings, watch_id: str) -> str:
 
 def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def check_language(language: str | None) -> str | None:
+    """A language code kept as given (the delivery resolves it against the catalogues); None: English."""
+    code = (language or "").strip()
+    if not code:
+        return None
+    if not _LANGUAGE.fullmatch(code):
+        raise HomewardError(f"--language must be a language code such as en or ru, got {language!r}")
+    return code
 
 
 def check_email(email: str) -> str:
@@ -87,6 +100,7 @@ def add(
     email: str,
     species: str | None = None,
     threshold: float | None = None,
+    language: str | None = None,
 ) -> dict[str, Any]:
     """Save a search: after every match run, e-mail EMAIL the new found and shelter listings that look like PHOTO.
 
@@ -97,12 +111,11 @@ def add(
         email: the owner's address for the alerts
         species: dog or cat (default: what the detector sees)
         threshold: minimum score of a listing to e-mail (default: report.alert_threshold)
+        language: language of the alerts, e.g. ru (default: English; one without a catalogue gets English)
     """
     image = read_photo(photo)
-    return save(
-        settings,
-        new_watch(settings, image, near=near, radius_km=radius_km, email=email, species=species, threshold=threshold),
-    )
+    checked = dict(near=near, radius_km=radius_km, email=email, species=species, threshold=threshold, language=language)
+    return save(settings, new_watch(settings, image, **checked))
 
 
 @dataclass(frozen=True)
@@ -115,6 +128,7 @@ class NewWatch:
     radius_km: float
     threshold: float
     query: QueryVectors
+    language: str | None = None
 
 
 def new_watch(
@@ -126,6 +140,7 @@ def new_watch(
     email: str,
     species: str | None = None,
     threshold: float | None = None,
+    language: str | None = None,
 ) -> NewWatch:
     """Check a watch's fields and embed its photo (the models' work; nothing is written)."""
     address = check_email(email)
@@ -137,9 +152,10 @@ def new_watch(
     score = settings.report.alert_threshold if threshold is None else float(threshold)
     if not 0 <= score <= 1:
         raise HomewardError(f"--threshold is a score between 0 and 1, got {threshold!r}")
+    lang = check_language(language)
     query = embed_query(settings, image, species)
     kept_species = species or (query.species if query.species in ("dog", "cat") else None)
-    return NewWatch(address, kept_species, where, float(radius_km), score, query)
+    return NewWatch(address, kept_species, where, float(radius_km), score, query, lang)
 
 
 def save(settings: Settings, watch: NewWatch) -> dict[str, Any]:
@@ -149,8 +165,8 @@ def save(settings: Settings, watch: NewWatch) -> dict[str, Any]:
     created = dt.datetime.now(dt.UTC)
     with RunsDB(settings.duckdb).write() as con:
         con.execute(
-            "INSERT INTO watches (watch_id, email, species, lat, lon, radius_km, threshold, embed_model, vectors, "
-            "created, unsubscribe_hash, active) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, TRUE)",
+            "INSERT INTO watches (watch_id, email, species, lat, lon, radius_km, threshold, embed_model, language, "
+            "vectors, created, unsubscribe_hash, active) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, TRUE)",
             [
                 watch_id,
                 watch.email,
@@ -160,13 +176,14 @@ def save(settings: Settings, watch: NewWatch) -> dict[str, Any]:
                 watch.radius_km,
                 watch.threshold,
                 query.model,
+                watch.language,
                 query.vectors.tolist(),
                 created,
                 _token_hash(unsubscribe_token(settings, watch_id)),
             ],
         )
     out: dict[str, Any] = {"watch_id": watch_id, "email": watch.email, "model": query.model,
-                           "threshold": watch.threshold}  # fmt: skip
+                           "threshold": watch.threshold, "language": watch.language}  # fmt: skip
     out.update(species=query.species, crops=int(query.vectors.shape[0]), fallback_full_frame=query.fallback_full_frame)
     return out
 
@@ -218,10 +235,10 @@ def unsubscribe(settings: Settings, token: str) -> bool:
 def active(settings: Settings) -> list[Watch]:
     with RunsDB(settings.duckdb).read() as con:
         rows = con.execute(
-            "SELECT watch_id, email, species, lat, lon, radius_km, threshold, embed_model, vectors FROM watches "
-            "WHERE active ORDER BY created, watch_id"
+            "SELECT watch_id, email, species, lat, lon, radius_km, threshold, embed_model, language, vectors "
+            "FROM watches WHERE active ORDER BY created, watch_id"
         ).fetchall()
-    return [Watch(*r[:8], vectors=np.asarray(r[8], dtype=np.float32)) for r in rows]
+    return [Watch(*r[:9], vectors=np.asarray(r[9], dtype=np.float32)) for r in rows]
 
 
 def due_alerts(settings: Settings, watch: Watch, limit: int) -> tuple[list[SearchHit], str | None]:

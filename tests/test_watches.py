@@ -74,6 +74,7 @@ def test_add_list_remove(settings, indexed):
         ({"radius_km": 0}, "radius"),
         ({"threshold": 1.5}, "threshold"),
         ({"species": "horse"}, "species"),
+        ({"language": "ru\nBcc: all@example.org"}, "language code"),
     ],
 )
 def test_bad_watches_are_refused(settings, indexed, kw, message):
@@ -134,6 +135,61 @@ def test_alerts_are_sent_once_per_listing_and_stop_on_unsubscribe(settings, inde
     add_found_listing(settings, seed=4, source_id="new-2")
     fourth = deliver_watch_alerts(cfg, "match-4")
     assert fourth["watches"] == 1 and [m["To"] for m in parsed(inbox)[4:]] == ["neighbour@example.org"]
+
+
+def test_alerts_are_in_the_watchs_language(settings, indexed, smtp_server):  # noqa: F811
+    """A watch saved with ``language: ru`` gets its alert in Russian (subject, text and HTML, dates and plurals as
+    Babel writes them); one without stays English; one asking for a language with no catalogue gets English and the
+    job says so."""
+    inbox, port = smtp_server
+    cfg = mail(settings, port, dashboard_url="https://dash.example.org")
+    ru = add(cfg, indexed["photo"], to="ru@example.org", threshold=0.6, language="ru")
+    add(cfg, indexed["photo"], to="en@example.org", threshold=0.6)
+    xx = add(cfg, indexed["photo"], to="xx@example.org", threshold=0.6, language="xx")
+    assert ru["language"] == "ru" and watches.list_watches(cfg)["watches"][-1]["language"] == "ru"
+
+    result = deliver_watch_alerts(cfg, "match-1")
+    assert result["emailed"] == 3 and result["language_fallbacks"] == {xx["watch_id"]: "xx"}
+    by_owner = {m["To"]: m for m in parsed(inbox)}
+    n = result["listings"] // 3
+    msg = by_owner["ru@example.org"]
+    html, text = msg.get_body(("html",)).get_content(), msg.get_body(("plain",)).get_content()
+    assert msg["Subject"].startswith(f"Homeward: {n} ") and "может быть ваш питомец" in msg["Subject"]
+    assert '<html lang="ru">' in html and "Никогда не платите" in html and "Открыть объявление" in html
+    assert "Never pay" not in html and "See the listing" not in html
+    assert "найден" in text and "Отписаться от уведомлений: https://dash.example.org/unsubscribe?token=" in text
+    assert "Never pay" not in text and "score" not in text
+    for owner in ("en@example.org", "xx@example.org"):
+        english = by_owner[owner]
+        assert "may show your pet" in english["Subject"]
+        assert '<html lang="en">' in english.get_body(("html",)).get_content()
+
+
+def _translated(catalog, msgid: str) -> bool:
+    entry = catalog.get(msgid)
+    strings = () if entry is None else entry.string if isinstance(entry.string, tuple) else (entry.string,)
+    return bool(strings) and all(strings)
+
+
+def test_every_message_has_a_translation_in_every_catalogue():
+    """What ``pybabel extract`` finds in dashboards/ (Python and templates) is translated in each catalogue: a new
+    English text without its translation fails here, not in a shelter's or owner's inbox."""
+    from babel.messages.extract import extract_from_dir
+    from babel.messages.pofile import read_po
+
+    from dashboards import i18n
+
+    method_map = [("**.py", "python"), ("**/templates/**.html", "jinja2")]
+    options = {"**/templates/**.html": {"extensions": "jinja2.ext.i18n"}}
+    keywords = {"_": None, "N_": None, "gettext": None, "ngettext": (1, 2)}
+    found = extract_from_dir(str(Path(i18n.__file__).parent), method_map, options, keywords=keywords)
+    extracted = {msg if isinstance(msg, str) else msg[0] for _, _, msg, _, _ in found}
+    assert "Stop these alerts" in extracted and "Possible reunions for %(name)s" in extracted
+    for language in set(i18n.available()) - {i18n.DEFAULT}:
+        with (i18n.LOCALES / language / "LC_MESSAGES" / f"{i18n.DOMAIN}.po").open("rb") as fh:
+            catalog = read_po(fh, locale=language)
+        untranslated = sorted(m for m in extracted if not _translated(catalog, m))
+        assert untranslated == [], (language, untranslated)
 
 
 def add_found_listing(settings, seed: int, source_id: str) -> str:
@@ -219,10 +275,16 @@ def test_dashboard_saves_a_watch_and_one_click_unsubscribe_ends_it(settings, ind
     refused = client.post("/watch", data={**form, "email": ""}, files={"photo": ("b.png", photo)}, headers=origin)
     assert refused.status_code == 400 and "e-mail address" in refused.text
     assert watches.list_watches(settings)["count"] == 0
-    saved = client.post("/watch", data=form, files={"photo": ("b.png", photo)}, headers=origin)
+    page = client.get("/search", headers={"accept-language": "ru-RU,ru;q=0.9,en;q=0.8"})
+    assert '<option value="ru" selected>' in page.text  # alerts default to the browser's language
+    assert '<option value="en" selected>' in client.get("/search", headers={"accept-language": "de"}).text
+    unknown = {**form, "language": "xx"}
+    refused = client.post("/watch", data=unknown, files={"photo": ("b.png", photo)}, headers=origin)
+    assert refused.status_code == 400 and "alerts can be in English, русский" in refused.text
+    saved = client.post("/watch", data={**form, "language": "ru"}, files={"photo": ("b.png", photo)}, headers=origin)
     assert saved.status_code == 200 and 'id="watch-saved"' in saved.text, saved.text[:500]
     (watch,) = watches.list_watches(settings)["watches"]
-    assert watch["email"] == "owner@example.org" and watch["radius_km"] == 15
+    assert watch["email"] == "owner@example.org" and watch["radius_km"] == 15 and watch["language"] == "ru"
 
     token = watches.unsubscribe_token(settings, watch["watch_id"])
     page = client.get("/unsubscribe", params={"token": token})

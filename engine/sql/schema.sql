@@ -190,3 +190,4 @@ ALTER TABLE match_runs ADD COLUMN IF NOT EXISTS lineage JSON;
 ALTER TABLE match_runs ADD COLUMN IF NOT EXISTS changes JSON;
 ALTER TABLE matches ADD COLUMN IF NOT EXISTS fused DOUBLE;
 ALTER TABLE listings ADD COLUMN IF NOT EXISTS match_fingerprint VARCHAR;
+ALTER TABLE watches ADD COLUMN IF NOT EXISTS language VARCHAR;               -- of the alerts; NULL: English
