@@ -198,11 +198,13 @@ def _drop_matches_key(con: duckdb.DuckDBPyConnection, schema_sql: str) -> None:
     """Files made before the ``matches`` table lost its primary key get the table rebuilt without it, once.
 
     The key's index cost more than the rows it guarded: an incremental run copies its previous run's ~370k rows
-    (50k listings), and with the index that insert, its commit (which writes the index out) and pruning took
-    ~3.4 s against ~0.8 s without. The writer never repeats a pair within a run (the tests check it), so the key
+    (50k listings), and with the index that insert, its commit and pruning took 3.4-7.8 s against 1.3-1.4 s
+    without (the same file and rows, this 2-core box at load ~6); it also tripled the file the analysts' copy
+    duplicates after every job (1.1 M synthetic rows: 193 MB against 64 MB). A rebuilt file keeps its size until
+    new rows reuse the freed blocks. The writer never repeats a pair within a run (the tests check it), so the key
     only caught what cannot happen. DuckDB cannot drop a constraint in place: the table is renamed, created again
-    by ``schema_sql`` (which makes every missing table and column and changes nothing else), refilled by column name
-    and the old one dropped, in the caller's transaction. Views name ``matches`` and bind to the new table."""
+    by ``schema_sql`` (which makes every missing table and column and changes nothing else), refilled by column
+    name and the old one dropped, in the caller's transaction. Views name ``matches`` and bind to the new table."""
     keyed = con.execute(
         "SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'matches' AND constraint_type = 'PRIMARY KEY'"
     ).fetchone()

@@ -73,7 +73,7 @@ CREATE TABLE IF NOT EXISTS matches (
     lost_photo_id    VARCHAR,
     found_photo_id   VARCHAR,
     explanation      VARCHAR
-);  -- no key: the match job writes each (run_id, lost, found) once, and an index made every publication ~3x slower
+);  -- no key: the match job writes each (run_id, lost, found) once; its index made publication 2.5-5x slower
 
 CREATE TABLE IF NOT EXISTS feedback (
     lost_listing_id  VARCHAR NOT NULL,
