@@ -194,6 +194,28 @@ def _file_lock(path: str) -> threading.RLock:
         return _FILE_LOCKS.setdefault(os.path.realpath(path), threading.RLock())
 
 
+def _drop_matches_key(con: duckdb.DuckDBPyConnection, schema_sql: str) -> None:
+    """Files made before the ``matches`` table lost its primary key get the table rebuilt without it, once.
+
+    The key's index cost more than the rows it guarded: an incremental run copies its previous run's ~370k rows
+    (50k listings), and with the index that insert, its commit and pruning took 3.4-7.8 s against 1.3-1.4 s
+    without (the same file and rows, this 2-core box at load ~6); it also tripled the file the analysts' copy
+    duplicates after every job (1.1 M synthetic rows: 193 MB against 64 MB). A rebuilt file keeps its size until
+    new rows reuse the freed blocks. The writer never repeats a pair within a run (the tests check it), so the key
+    only caught what cannot happen. DuckDB cannot drop a constraint in place: the table is renamed, created again
+    by ``schema_sql`` (which makes every missing table and column and changes nothing else), refilled by column
+    name and the old one dropped, in the caller's transaction. Views name ``matches`` and bind to the new table."""
+    keyed = con.execute(
+        "SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'matches' AND constraint_type = 'PRIMARY KEY'"
+    ).fetchone()
+    if not keyed or not keyed[0]:
+        return
+    con.execute("ALTER TABLE matches RENAME TO matches_keyed")
+    con.execute(schema_sql)
+    con.execute("INSERT INTO matches BY NAME SELECT * FROM matches_keyed")
+    con.execute("DROP TABLE matches_keyed")
+
+
 class RunsDB:
     """The DuckDB file: run records, matches, feedback. Short-lived connections, one writer at a time.
 
@@ -210,8 +232,10 @@ class RunsDB:
         _make_dir(Path(path).parent, "the DuckDB file")
         with self._lock:
             if os.path.realpath(path) not in _SCHEMA_READY or not Path(path).exists():
+                schema_sql = resources.files("engine.sql").joinpath("schema.sql").read_text()
                 with self.write() as con:
-                    con.execute(resources.files("engine.sql").joinpath("schema.sql").read_text())
+                    con.execute(schema_sql)
+                    _drop_matches_key(con, schema_sql)
                 _SCHEMA_READY.add(os.path.realpath(path))
 
     def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:

@@ -444,6 +444,10 @@ def test_incremental_match_publishes_what_a_full_rematch_does(
     mode = db.query("SELECT mode, mode_reason, changes->>'pairs_scored' FROM match_runs WHERE run_id = ?",
                     [incremental["run_id"]])  # fmt: skip
     assert mode == [("incremental", incremental["mode_reason"], str(incremental["pairs_scored"]))]
+    # matches has no key: the writer itself must never publish a pair twice in a run, chunks and carried rows alike
+    twice = "SELECT run_id, lost_listing_id, found_listing_id FROM matches GROUP BY ALL HAVING count(*) > 1"
+    assert db.query(twice) == []
+    assert db.query("SELECT count(DISTINCT run_id) FROM matches") == [(4,)]
 
 
 def test_scoring_or_population_changes_force_a_full_rematch(

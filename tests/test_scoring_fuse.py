@@ -10,7 +10,7 @@ import torch
 
 from engine.config import load_settings
 from engine.errors import HomewardError
-from engine.scoring import aggregate, attributes
+from engine.scoring import aggregate, attributes, fuse
 from engine.scoring.allpairs import blocked_topk, tile_bounds
 from engine.scoring.fuse import (
     ScoreParams,
@@ -261,9 +261,12 @@ def test_tile_and_pair_paths_agree_with_missing_data() -> None:
     assert ((terms["score"] >= 0) & (terms["score"] <= 1)).all()
 
 
-def test_listed_pairs_score_as_their_tile() -> None:
+@pytest.mark.parametrize("share", [0.0, 2.0], ids=["whole-sides", "gathered-listings"])
+def test_listed_pairs_score_as_their_tile(monkeypatch: pytest.MonkeyPatch, share: float) -> None:
     """``Scorer.listed`` (a few listings against their own candidates) gives the tile's values, -inf and the
-    several-photos bonus included, for any subset of pairs in any order."""
+    several-photos bonus included, for any subset of pairs in any order, whether it multiplies by the whole sides'
+    vectors or gathers those of the listings it was given."""
+    monkeypatch.setattr(fuse, "WHOLE_SIDE_SHARE", share)
     rng = np.random.default_rng(7)
     lost = make_side(5, [1, 0, 2, 1, 3], rng, lat=[47.6, NAN, 47.61, 47.7, 47.6],
                      day=[100, 100, NAN, 101, 99], species=[1, 1, 0, 2, 1])  # fmt: skip

@@ -3,6 +3,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from engine import ids, schema
@@ -99,3 +100,31 @@ def test_threads_share_one_duckdb_file_safely(tmp_path: Path) -> None:
         t.join()
     assert errors == []
     assert RunsDB(path).query("SELECT count(*) FROM crawl_runs") == [(8,)]
+
+
+def test_a_file_made_with_the_keyed_matches_table_loses_the_key_and_keeps_its_rows(tmp_path: Path) -> None:
+    """Files from before ``matches`` lost its primary key: opened once, the table is rebuilt without it, with every
+    row and column (``fused`` included), and the views that read it still do."""
+    path = tmp_path / "old.duckdb"
+    with duckdb.connect(str(path)) as con:
+        con.execute(
+            "CREATE TABLE matches (run_id VARCHAR NOT NULL, lost_listing_id VARCHAR NOT NULL, found_listing_id "
+            "VARCHAR NOT NULL, score DOUBLE NOT NULL, image_sim DOUBLE, text_sim DOUBLE, attribute_score DOUBLE, "
+            "geo_score DOUBLE, time_score DOUBLE, distance_km DOUBLE, days_apart DOUBLE, photos_agreeing INTEGER, "
+            "rank_for_lost INTEGER, rank_for_found INTEGER, no_photo BOOLEAN DEFAULT FALSE, lost_photo_id VARCHAR, "
+            "found_photo_id VARCHAR, explanation VARCHAR, PRIMARY KEY (run_id, lost_listing_id, found_listing_id))"
+        )
+        con.execute("ALTER TABLE matches ADD COLUMN fused DOUBLE")
+        con.execute("INSERT INTO matches (run_id, lost_listing_id, found_listing_id, score, rank_for_lost, fused) "
+                    "VALUES ('r1', 'l1', 'f1', 0.9, 1, 2.5), ('r1', 'l1', 'f2', 0.4, 2, -1.0)")  # fmt: skip
+        con.execute("CREATE VIEW top_pairs AS SELECT lost_listing_id, found_listing_id FROM matches "
+                    "WHERE rank_for_lost = 1")  # fmt: skip
+        before = con.execute("SELECT * FROM matches ORDER BY found_listing_id").fetchall()
+        columns = [c[0] for c in con.execute("DESCRIBE matches").fetchall()]
+    db = RunsDB(str(path))
+    assert db.query("SELECT constraint_type FROM duckdb_constraints() WHERE table_name = 'matches' "
+                    "AND constraint_type = 'PRIMARY KEY'") == []  # fmt: skip
+    assert db.query("SELECT * FROM matches ORDER BY found_listing_id") == before
+    assert [c[0] for c in db.query("DESCRIBE matches")] == columns
+    assert db.query("SELECT * FROM top_pairs") == [("l1", "f1")]
+    assert db.query("SELECT count(*) FROM duckdb_tables() WHERE table_name LIKE 'matches%'") == [(1,)]

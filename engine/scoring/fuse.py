@@ -288,33 +288,23 @@ class Scorer:
     def listed(self, li: np.ndarray, fi: np.ndarray) -> torch.Tensor:
         """Fused scores of the distinct pairs (lost[li[n]], found[fi[n]]) the way a tile computes them, to rank.
 
-        One matrix product over the detections (and text vectors) of the distinct listings on each side, as a tile
-        of them would, but the kernel runs on the listed pairs only: a few listings scored against each one's own
-        candidates pay the product of their union, not the element-wise work of every pair in it, and gather no
-        block of their own. Values differ from :meth:`pairs` (and from another tile) by float rounding, like any
-        tile's; keep one side of a call to a few listings (the product is distinct lost × distinct found)."""
-        ul, il = np.unique(li, return_inverse=True)
-        uf, jf = np.unique(fi, return_inverse=True)
-        a, b = self._lost_dev, self._found_dev
-        pick_l = torch.from_numpy(il.reshape(-1)).to(self.device)
-        pick_f = torch.from_numpy(jf.reshape(-1)).to(self.device)
-        ra, oa = _detection_rows(self.lost, ul)
-        rb, ob = _detection_rows(self.found, uf)
+        One matrix product over the detections (and text vectors) of the listings of each side (:func:`_listed_side`:
+        the distinct ones, or the whole side when they hold most of its detections), as a tile of them would, but
+        the kernel runs on the listed pairs only: a few listings scored against each one's own candidates pay the
+        product of their union, not the element-wise work of every pair in it, and gather no block of their own.
+        Values differ from :meth:`pairs` (and from another tile) by float rounding, like any tile's; keep one side of
+        a call to a few listings (the product is distinct lost × distinct found)."""
+        (ea, oa, na, ta, pick_l), (eb, ob, nb, tb, pick_f) = (
+            _listed_side(side, dev, idx, self.device)
+            for side, dev, idx in ((self.lost, self._lost_dev, li), (self.found, self._found_dev, fi))
+        )
         hits = None
-        if len(ra) and len(rb):
-            best, hits = aggregate.tile_image_terms(
-                a.det_emb[torch.from_numpy(ra).to(self.device)], torch.from_numpy(oa).to(self.device), len(ul),
-                b.det_emb[torch.from_numpy(rb).to(self.device)], torch.from_numpy(ob).to(self.device), len(uf),
-                self.params.agree_threshold,
-            )  # fmt: skip
+        if len(oa) and len(ob):
+            best, hits = aggregate.tile_image_terms(ea, oa, na, eb, ob, nb, self.params.agree_threshold)
             best = best[pick_l, pick_f]
         else:
             best = self._no_image.expand(len(li))
-        if self.use_text:
-            ul_t, uf_t = torch.from_numpy(ul).to(self.device), torch.from_numpy(uf).to(self.device)
-            txt = (a.text[ul_t] @ b.text[uf_t].T)[pick_l, pick_f]
-        else:
-            txt = self._zero
+        txt = (ta @ tb.T)[pick_l, pick_f] if self.use_text else self._zero
         li_t = torch.as_tensor(np.asarray(li), dtype=torch.int64, device=self.device)
         fi_t = torch.as_tensor(np.asarray(fi), dtype=torch.int64, device=self.device)
         codes = self._codes[0].pick(li_t), self._codes[1].pick(fi_t)
@@ -323,10 +313,10 @@ class Scorer:
             rows, cols, agree = hits
             keep = agree > 1
             if bool(keep.any()):
-                key = pick_l * len(uf) + pick_f
+                key = pick_l * nb + pick_f
                 order = torch.argsort(key)
-                at = order[torch.searchsorted(key[order], rows[keep] * len(uf) + cols[keep]).clamp(max=len(key) - 1)]
-                listed = key[at] == rows[keep] * len(uf) + cols[keep]
+                at = order[torch.searchsorted(key[order], rows[keep] * nb + cols[keep]).clamp(max=len(key) - 1)]
+                listed = key[at] == rows[keep] * nb + cols[keep]
                 at, bonus = at[listed], aggregate.evidence_bonus(agree[keep][listed])
                 out[at] = out[at] + self.w["image"] * bonus
         return out
@@ -486,6 +476,34 @@ def _detection_rows(side: Side, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray
     starts = side.det_offsets.numpy()[idx]
     before = np.cumsum(counts) - counts
     return np.repeat(starts - before, counts) + np.arange(int(counts.sum())), np.repeat(np.arange(len(idx)), counts)
+
+
+WHOLE_SIDE_SHARE = 0.5
+""":meth:`Scorer.listed` multiplies by a whole side's vectors, in place, once a call's listings of that side hold this
+share of its detections: gathering them copied most of the side on every call (at 50k listings, a call's 32 rescored
+lost listings reached 19k of the 32k found listings: 52k of 80k detection vectors, 107 MB copied), which cost more
+than the product over the rest."""
+
+
+def _listed_side(
+    side: Side, dev: Any, idx: np.ndarray, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor, torch.Tensor]:
+    """One side of :meth:`Scorer.listed`: (detection vectors, each one's listing position, listings, their text
+    vectors, each pair's listing position): the distinct listings of ``idx``, or the whole side (no copy) when they
+    hold :data:`WHOLE_SIDE_SHARE` of its detections."""
+    distinct, at = np.unique(idx, return_inverse=True)
+    rows, owner = _detection_rows(side, distinct)
+    if len(rows) >= WHOLE_SIDE_SHARE * side.det_emb.shape[0]:
+        at_whole = torch.as_tensor(np.asarray(idx), dtype=torch.int64, device=device)
+        return dev.det_emb, dev.det_owner, side.n, dev.text, at_whole
+    chosen = torch.from_numpy(distinct).to(device)
+    return (
+        dev.det_emb.index_select(0, torch.from_numpy(rows).to(device)),
+        torch.from_numpy(owner).to(device),
+        len(distinct),
+        dev.text.index_select(0, chosen),
+        torch.from_numpy(at.reshape(-1)).to(device),
+    )
 
 
 def _to(side: Side, device: torch.device) -> Any:
