@@ -67,6 +67,7 @@ class World:
                     text_embedding=self.vec(self.rng.normal(0, 1, TEXT_DIM), 0.0) if text else None,
                     text_model="test-text/1",
                     status="ok",
+                    created_at=dt.datetime.now(dt.UTC),
                 )
             )
         return lid
