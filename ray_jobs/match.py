@@ -419,15 +419,14 @@ def _load_sides(settings: Settings, store: Any, version: int | None, listings: p
     keep_mask = pc.fill_null(active if model_rows is None else pc.and_(active, model_rows), False)
     text_rows = pc.and_(keep_mask, det["has_text_embedding"])
     text_model = _text_model(pc.value_counts(det["text_model"].filter(text_rows)).to_pylist())
-    keys = match_vectors.row_keys(det).to_numpy(zero_copy_only=False)
-    row_ids = det["_rowid"].to_numpy()
     sides, vectors, fingerprints = [], [], []
     for name, listings_of_side in (("lost", lost_l), ("found", found_l)):
-        rows = np.flatnonzero(pc.and_(keep_mask, on_side[name]).to_numpy(zero_copy_only=False))
-        side, side_rows, order = side_frame(listings_of_side, det.take(rows), image_dim, text_dim)
+        rows = det.filter(pc.and_(keep_mask, on_side[name]))
+        side, side_rows, order = side_frame(listings_of_side, rows, image_dim, text_dim)
+        keys = match_vectors.row_keys(rows.take(order)).to_numpy(zero_copy_only=False)
         sides.append(side)
-        vectors.append(SideVectors(side, side_rows, row_ids[rows[order]]))
-        fingerprints.append(side_fingerprints(side, name, keys[rows[order]], side_rows.owner))
+        vectors.append(SideVectors(side, side_rows, rows["_rowid"].to_numpy()[order]))
+        fingerprints.append(side_fingerprints(side, name, keys, side_rows.owner))
     return Loaded(sides[0], sides[1], embed_model, text_model, superseded, table, (vectors[0], vectors[1]),
                   (fingerprints[0], fingerprints[1]))  # fmt: skip
 
