@@ -51,7 +51,15 @@ from engine.scoring.allpairs import resolve_device, tile_for
 from engine.scoring.blocking import Block, ListingKeys, listing_keys, make_blocks, reachable
 from engine.scoring.blocks import score_blocks
 from engine.scoring.fuse import COMPILE_MIN_RUN_PAIRS, ScoreParams, Scorer, Side, background_stats
-from engine.scoring.incremental import CANDIDATE_MARGIN, Previous, Selection, pair_terms, select, side_fingerprints
+from engine.scoring.incremental import (
+    CANDIDATE_MARGIN,
+    Previous,
+    Selection,
+    detection_row_keys,
+    pair_terms,
+    select,
+    side_fingerprints,
+)
 from engine.scoring.sides import active_listings, model_vector_mask, side_frame
 from engine.storage import RunsDB, open_stores
 from ray_jobs import match_vectors
@@ -423,7 +431,7 @@ def _load_sides(settings: Settings, store: Any, version: int | None, listings: p
     for name, listings_of_side in (("lost", lost_l), ("found", found_l)):
         rows = det.filter(pc.and_(keep_mask, on_side[name]))
         side, side_rows, order = side_frame(listings_of_side, rows, image_dim, text_dim)
-        keys = match_vectors.row_keys(rows.take(order)).to_numpy(zero_copy_only=False)
+        keys = detection_row_keys(rows.take(order)).to_numpy(zero_copy_only=False)
         sides.append(side)
         vectors.append(SideVectors(side, side_rows, rows["_rowid"].to_numpy()[order]))
         fingerprints.append(side_fingerprints(side, name, keys, side_rows.owner))

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from engine import schema
 from engine.scoring.fuse import Side
@@ -44,16 +43,6 @@ def read_rows(table: Any | None) -> tuple[pa.Table, int, int]:
     rows = table.search().select(projection).with_row_id(True).limit(None).to_arrow()
     dims = [table.schema.field(c).type.list_size for c in VECTOR_COLUMNS]
     return rows, int(dims[0]), int(dims[1])
-
-
-def row_keys(rows: pa.Table) -> pa.ChunkedArray:
-    """What stands for a row's vectors in a listing's fingerprint: its id, write stamp and every column scoring reads
-    beside the vectors (``engine.scoring.incremental.side_fingerprints`` gives the contract). Null without a stamp."""
-    parts = [rows["detection_id"], rows["created_at"].cast(pa.int64()).cast(pa.string()), rows["photo_id"],
-             rows["species"], rows["confidence"].cast(pa.string()), rows["embed_model"], rows["text_model"],
-             rows["has_embedding"].cast(pa.string()), rows["has_text_embedding"].cast(pa.string())]  # fmt: skip
-    joined = pc.binary_join_element_wise(*parts, "\x1f", null_handling="replace", null_replacement="\x00")
-    return pc.if_else(pc.is_null(rows["created_at"]), pa.scalar(None, pa.string()), joined)
 
 
 @dataclass

@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from engine.scoring.blocking import Block
@@ -57,8 +59,8 @@ def side_fingerprints(side: Side, tag: str, row_keys: np.ndarray, row_owner: np.
     usable detection rows (``row_keys``, one per row of ``row_owner``, grouped by listing in side order). Equal digests
     give equal pair values.
 
-    A row's key stands for its vectors: it must change whenever they do. ``ray_jobs.match`` builds it from the row's
-    ``detection_id`` and ``created_at`` (with the columns scoring reads beside the vectors), which holds because every
+    A row's key stands for its vectors: it must change whenever they do. :func:`detection_row_keys` builds it from the
+    row's ``detection_id`` and ``created_at`` (with the columns scoring reads beside the vectors), which holds as every
     writer of ``detections`` writes whole rows and stamps ``created_at`` with the time of the write: enrichment
     (``ray_jobs.enrich.writer``) upserts a re-embedded photo's rows under the same ``detection_id`` with a new
     ``created_at``, and no code updates vectors in place. A row without a stamp has a None key; its listing gets a
@@ -81,6 +83,18 @@ def side_fingerprints(side: Side, tag: str, row_keys: np.ndarray, row_owner: np.
         h.update("\0".join(row_keys[bounds[i] : bounds[i + 1]]).encode())
         out[i] = h.hexdigest()
     return out
+
+
+def detection_row_keys(rows: pa.Table) -> pa.ChunkedArray:
+    """Per detection row, what stands for its vectors in :func:`side_fingerprints`: its id, write stamp and every
+    column scoring reads beside the vectors (``rows``: ``detection_id``, ``created_at``, ``photo_id``, ``species``,
+    ``confidence``, ``embed_model``, ``text_model`` and ``engine.scoring.sides.VECTOR_FLAGS``). Null without a
+    stamp."""
+    parts = [rows["detection_id"], rows["created_at"].cast(pa.int64()).cast(pa.string()), rows["photo_id"],
+             rows["species"], rows["confidence"].cast(pa.string()), rows["embed_model"], rows["text_model"],
+             rows["has_embedding"].cast(pa.string()), rows["has_text_embedding"].cast(pa.string())]  # fmt: skip
+    joined = pc.binary_join_element_wise(*parts, "\x1f", null_handling="replace", null_replacement="\x00")
+    return pc.if_else(pc.is_null(rows["created_at"]), pa.scalar(None, pa.string()), joined)
 
 
 # -------------------------------------------------------------------------------------------------- per-pair values
