@@ -18,8 +18,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from engine import schema
+from engine.errors import HomewardError
 from engine.scoring.fuse import Side
 from engine.scoring.sides import VECTOR_FLAGS, SideRows, add_vectors, finish_text
 
@@ -33,16 +35,24 @@ CHUNK_BYTES = 256 * 2**20
 
 
 def read_rows(table: Any | None) -> tuple[pa.Table, int, int]:
-    """Every detection row's small columns, its :data:`VECTOR_FLAGS` and ``_rowid`` (``table``: the pinned LanceDB
-    table, None: no table) → (rows, image dim, text dim)."""
+    """Every detection row's small columns, ``_rowid`` and :data:`VECTOR_FLAGS` (``table``: the pinned LanceDB table,
+    None: no table) → (rows, image dim, text dim).
+
+    A row has an image vector when it names its ``embed_model`` and a text vector when it names its ``text_model``:
+    every writer of ``detections`` writes a vector with its model (enrichment, the benchmarks), and asking LanceDB
+    for ``embedding IS NOT NULL`` reads the vectors (at 100k listings 4.5 s of a 5 s full read). Each row's vectors
+    are checked against it when read (:meth:`SideVectors.read`): a full run reads every row, and an incremental one
+    every row written since (its listing changed)."""
     if table is None:
         columns = schema.detections_schema(1, 1)
-        fields = [columns.field(c) for c in ROW_COLUMNS] + [pa.field(f, pa.bool_()) for f in VECTOR_FLAGS]
-        return pa.schema([*fields, pa.field("_rowid", pa.uint64())]).empty_table(), 1, 1
-    projection = {c: c for c in ROW_COLUMNS} | VECTOR_FLAGS
-    rows = table.search().select(projection).with_row_id(True).limit(None).to_arrow()
-    dims = [table.schema.field(c).type.list_size for c in VECTOR_COLUMNS]
-    return rows, int(dims[0]), int(dims[1])
+        rows = pa.schema([columns.field(c) for c in ROW_COLUMNS] + [pa.field("_rowid", pa.uint64())]).empty_table()
+        image_dim = text_dim = 1
+    else:
+        rows = table.search().select(list(ROW_COLUMNS)).with_row_id(True).limit(None).to_arrow()
+        image_dim, text_dim = (int(table.schema.field(c).type.list_size) for c in VECTOR_COLUMNS)
+    for flag, model in zip(VECTOR_FLAGS, ("embed_model", "text_model"), strict=True):
+        rows = rows.append_column(flag, pc.is_valid(rows[model]))
+    return rows, image_dim, text_dim
 
 
 @dataclass
@@ -55,8 +65,13 @@ class SideVectors:
 
     def read(self, table: Any | None, listings: np.ndarray) -> int:
         """Read the vectors of the listings in mask ``listings`` into the side; → rows read. Call once: text vectors
-        are summed per listing and normalised at the end."""
+        are summed per listing and normalised at the end.
+
+        Rows are read in ascending row id, a chunk at a time: LanceDB reads neighbouring rows together, and a
+        listing's text vectors are summed in row-id order however the rows are chunked, so its text vector is the
+        same whichever other listings a run reads (an incremental run and a full rematch agree to the last bit)."""
         at = np.flatnonzero(listings[self.rows.owner]) if len(self.rows.owner) else np.zeros(0, np.int64)
+        at = at[np.argsort(self.row_ids[at], kind="stable")]
         if table is not None and len(at):
             dims = self.side.det_emb.shape[1] + self.side.text.shape[1]
             step = max(1, CHUNK_BYTES // (4 * dims))
@@ -66,13 +81,19 @@ class SideVectors:
         return len(at)
 
     def _chunk(self, table: Any, at: np.ndarray) -> None:
-        """Side rows ``at`` (ascending): LanceDB returns them by ascending row id; they go back into side order."""
+        """Side rows ``at``, in ascending row id (the order LanceDB returns them in)."""
         ids = self.row_ids[at]
-        by_id = np.argsort(ids, kind="stable")
-        taken = table.take_row_ids(ids[by_id].tolist()).select([*VECTOR_COLUMNS, "_rowid"]).to_arrow()
-        got = taken["_rowid"].to_numpy()
-        if len(got) != len(ids) or not np.array_equal(got, ids[by_id]):
+        taken = table.take_row_ids(ids.tolist()).select([*VECTOR_COLUMNS, "_rowid"]).to_arrow()
+        if not np.array_equal(taken["_rowid"].to_numpy(), ids):
             raise RuntimeError("LanceDB returned other detection rows than the row ids asked for")
-        back = np.empty(len(at), dtype=np.int64)
-        back[by_id] = np.arange(len(at))
-        add_vectors(self.side, self.rows, at, taken["embedding"].take(back), taken["text_embedding"].take(back))
+        image = pc.is_valid(taken["embedding"]).to_numpy(zero_copy_only=False)
+        text = pc.is_valid(taken["text_embedding"]).to_numpy(zero_copy_only=False)
+        odd = (image != (self.rows.image_slot[at] >= 0)) | (text != self.rows.has_text[at])
+        if odd.any():
+            listings = sorted(set(self.side.listing_ids[self.rows.owner[at[odd]]]))
+            raise HomewardError(
+                f"{int(odd.sum())} detection rows (of listings {', '.join(map(str, listings[:5]))}) have a vector "
+                "without its model or a model without its vector (embed_model / text_model): each vector must be "
+                "written with the model that made it; re-run `homeward enrich` for those photos"
+            )
+        add_vectors(self.side, self.rows, at, taken["embedding"], taken["text_embedding"])

@@ -50,9 +50,9 @@ def unit_vectors(column: pa.ChunkedArray) -> np.ndarray:
     return vecs
 
 
-VECTOR_FLAGS = {"has_embedding": "embedding IS NOT NULL", "has_text_embedding": "text_embedding IS NOT NULL"}
-"""Flag columns (name → LanceDB projection) that say which vectors a detection row has, for a reader that leaves the
-vectors themselves for later (:func:`side_frame`, :func:`add_vectors`)."""
+VECTOR_FLAGS = ("has_embedding", "has_text_embedding")
+"""Flag columns that say which vectors a detection row has, for a reader that leaves the vectors themselves for
+later (:func:`side_frame`, :func:`add_vectors`)."""
 
 
 def vector_flags(det: pa.Table) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
@@ -223,10 +223,10 @@ def side_frame(listings: pa.Table, det: pa.Table, image_dim: int, text_dim: int)
 def add_vectors(
     side: Side, rows: SideRows, at: np.ndarray, image: pa.ChunkedArray, text: pa.ChunkedArray | None
 ) -> None:
-    """Write the vectors of side rows ``at`` (ascending; ``image``/``text``: their vector columns, in that order):
-    image vectors L2-normalised into ``det_emb``, text vectors normalised and summed into their listing's ``text``.
-    Call :func:`finish_text` once every row of a listing is in. A listing's text rows are summed in side order
-    however the rows are split into calls, so its vector does not depend on which other listings were read."""
+    """Write the vectors of side rows ``at`` (``image``/``text``: their vector columns, in that order): image vectors
+    L2-normalised into ``det_emb``, text vectors normalised and added to their listing's ``text`` in that order (a
+    caller that reads in chunks keeps one order per listing, so its sum does not depend on the chunks). Call
+    :func:`finish_text` once every row of a listing is in."""
     slots = rows.image_slot[at]
     with_image = slots >= 0
     if with_image.any():
