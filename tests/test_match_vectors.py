@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from engine.config import Settings
+from engine.errors import HomewardError
 from engine.storage import RunsDB
 from ray_jobs import match as match_job
 from ray_jobs import match_vectors
@@ -93,3 +94,14 @@ def test_rows_without_a_write_stamp_are_rescored_every_run(settings: Settings) -
     changes = again["changes"]
     assert (changes["found_new"], changes["lost_new"], changes["found_changed"]) == (1, 0, 0)
     assert changes["rescored_found"] >= 1 and again["pairs_scored"] > 0
+
+
+def test_a_vector_without_its_model_is_a_clear_error(settings: Settings) -> None:
+    """Which vectors a row has is read from its model columns (the vectors are read last); a row that breaks that is
+    named when its vectors are read, not scored as a zero vector."""
+    world = World()
+    world.plant(3, distractors=2)
+    world.detections[0]["text_model"] = None  # a text vector without its model
+    world.write(settings)
+    with pytest.raises(HomewardError, match="vector without its model"):
+        match(settings, top_k=3)
