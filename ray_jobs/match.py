@@ -34,7 +34,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -51,9 +51,19 @@ from engine.scoring.allpairs import resolve_device, tile_for
 from engine.scoring.blocking import Block, ListingKeys, listing_keys, make_blocks, reachable
 from engine.scoring.blocks import score_blocks
 from engine.scoring.fuse import COMPILE_MIN_RUN_PAIRS, ScoreParams, Scorer, Side, background_stats
-from engine.scoring.incremental import CANDIDATE_MARGIN, Previous, Selection, pair_terms, select, side_fingerprints
-from engine.scoring.sides import active_listings, build_side, model_vector_mask
+from engine.scoring.incremental import (
+    CANDIDATE_MARGIN,
+    Previous,
+    Selection,
+    detection_row_keys,
+    pair_terms,
+    select,
+    side_fingerprints,
+)
+from engine.scoring.sides import active_listings, model_vector_mask, side_frame
 from engine.storage import RunsDB, open_stores
+from ray_jobs import match_vectors
+from ray_jobs.match_vectors import SideVectors
 from ray_jobs.memory import PeakRss
 
 log = logging.getLogger(__name__)
@@ -62,10 +72,6 @@ RAY_MIN_PAIRS = 2_000_000_000
 """With ``use_ray`` unset, blocks fan out as Ray tasks only above this many candidate pairs (a local Ray costs ~5 s
 to start; one CPU scores ~10⁹ pairs of 1280-d vectors in ~20 s)."""
 _SKIP_DETECTION_STATUS = ("failed", "error")
-DETECTION_COLUMNS = (
-    "listing_id", "photo_id", "species", "confidence", "status", "embedding", "embed_model", "text_embedding",
-    "text_model",
-)  # fmt: skip
 
 MATCH_COLUMNS = (
     "run_id", "lost_listing_id", "found_listing_id", "score", "fused", "image_sim", "text_sim", "attribute_score",
@@ -241,7 +247,7 @@ def _previous_pairs(
         ids = pa.array(side.listing_ids, pa.string())
         at = pc.index_in(ids, value_set=on_side["listing_id"])
         was = on_side["match_fingerprint"].take(at).to_numpy(zero_copy_only=False)
-        same = was == fps
+        same = (was == fps) & np.not_equal(fps, None)  # no fingerprint (unstamped rows): rescored each run
         changed[name] = ~same
         counts[f"{name}_new"] = at.null_count
         counts[f"{name}_changed"] = int(len(was) - same.sum()) - counts[f"{name}_new"]
@@ -385,38 +391,52 @@ def match(
     return {**summary, **published}
 
 
-def _load_sides(
-    settings: Settings, store: Any, version: int | None, listings: pa.Table
-) -> tuple[Side, Side, str | None, str | None, int]:
-    """Both sides' tensors from the listings and the usable detection rows: one image model, one text model, no
-    failed rows. → (lost, found, embed model, text model, superseded rows). Only the columns scoring needs are read,
-    and every Arrow table here is garbage once the sides exist (at 500k photos each copy of the vectors is ~1.8 GB:
-    keeping them through scoring tripled match's memory). Each side is in listing-id order: ties between equal
-    scores then go to the lower listing id, whatever order LanceDB returns rows in."""
-    det = store.read("detections", columns=DETECTION_COLUMNS, version=version) if version is not None else None
-    if det is None or det.num_rows == 0:
-        det = pa.Table.from_pylist([], schema=schema.detections_schema(1, 1)).select(list(DETECTION_COLUMNS))
+@dataclass
+class Loaded:
+    """Both sides without their vectors, what was chosen while loading them, and what reads the vectors."""
+
+    lost: Side
+    found: Side
+    embed_model: str | None
+    text_model: str | None
+    superseded: int
+    table: Any | None  # the pinned detections table (None: there is none)
+    vectors: tuple[SideVectors, SideVectors]  # lost, found
+    fingerprints: tuple[np.ndarray, np.ndarray]  # per listing of each side (``side_fingerprints``)
+
+    def read_vectors(self, lost: np.ndarray, found: np.ndarray) -> int:
+        """Read the vectors of the listings in masks ``lost`` / ``found``; → detection rows read."""
+        return sum(v.read(self.table, mask) for v, mask in zip(self.vectors, (lost, found), strict=True))
+
+
+def _load_sides(settings: Settings, store: Any, version: int | None, listings: pa.Table) -> Loaded:
+    """Both sides from the listings and the usable detection rows (one image model, one text model, no failed rows),
+    every field but the vectors, and every listing's fingerprint: the detections' small columns are read whole, the
+    vectors later, of the listings the run scores (:class:`ray_jobs.match_vectors.SideVectors`). Each side is in
+    listing-id order: ties between equal scores then go to the lower listing id, whatever order LanceDB returns rows
+    in."""
+    table = store.open("detections", version) if version is not None else None
+    det, image_dim, text_dim = match_vectors.read_rows(table)
     lost_l = active_listings(listings, schema.LOST_KINDS).sort_by("listing_id")
     found_l = active_listings(listings, schema.FOUND_KINDS).sort_by("listing_id")
-    # masks on the small columns, then one copy of the vectors per side
     usable = pc.invert(pc.is_in(pc.fill_null(det["status"], "ok"), pa.array(_SKIP_DETECTION_STATUS)))
     on_side = {name: pc.is_in(det["listing_id"], side_l["listing_id"])
                for name, side_l in (("lost", lost_l), ("found", found_l))}  # fmt: skip
     active = pc.and_(usable, pc.or_(on_side["lost"], on_side["found"]))
     model_rows, embed_model, superseded = model_vector_mask(det, configured_embed_model(settings), active)
     keep_mask = pc.fill_null(active if model_rows is None else pc.and_(active, model_rows), False)
-    text_rows = pc.and_(keep_mask, pc.is_valid(det["text_embedding"]))
+    text_rows = pc.and_(keep_mask, det["has_text_embedding"])
     text_model = _text_model(pc.value_counts(det["text_model"].filter(text_rows)).to_pylist())
-
-    def side(name: str, listings_of_side: pa.Table) -> Side:
-        # the side's rows grouped by listing in one copy of the vectors (a filter, then a reorder, copied them twice)
-        rows = np.flatnonzero(pc.and_(keep_mask, on_side[name]).to_numpy(zero_copy_only=False))
-        owner = pc.index_in(det["listing_id"].take(rows), value_set=listings_of_side["listing_id"])
-        return build_side(
-            listings_of_side, det.take(rows[np.argsort(owner.to_numpy(zero_copy_only=False), kind="stable")])
-        )
-
-    return side("lost", lost_l), side("found", found_l), embed_model, text_model, superseded
+    sides, vectors, fingerprints = [], [], []
+    for name, listings_of_side in (("lost", lost_l), ("found", found_l)):
+        rows = det.filter(pc.and_(keep_mask, on_side[name]))
+        side, side_rows, order = side_frame(listings_of_side, rows, image_dim, text_dim)
+        keys = detection_row_keys(rows.take(order)).to_numpy(zero_copy_only=False)
+        sides.append(side)
+        vectors.append(SideVectors(side, side_rows, rows["_rowid"].to_numpy()[order]))
+        fingerprints.append(side_fingerprints(side, name, keys, side_rows.owner))
+    return Loaded(sides[0], sides[1], embed_model, text_model, superseded, table, (vectors[0], vectors[1]),
+                  (fingerprints[0], fingerprints[1]))  # fmt: skip
 
 
 def _return_freed_memory() -> None:
@@ -432,8 +452,9 @@ def _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray,
     listings = store.read("listings", version=versions["listings"]) if versions["listings"] is not None else None
     if listings is None or listings.num_rows == 0:
         listings = pa.Table.from_pylist([], schema=schema.LISTINGS)
-    lost, found, embed_model, text_model, superseded = _load_sides(settings, store, versions["detections"], listings)
-    _return_freed_memory()
+    loaded = _load_sides(settings, store, versions["detections"], listings)
+    lost, found, embed_model, text_model = loaded.lost, loaded.found, loaded.embed_model, loaded.text_model
+    superseded = loaded.superseded
     load_s = time.perf_counter() - t0
     peaks = {"load": rss.lap()}
     scoring = _scoring_inputs(params, k, embed_model, text_model, lost, found)
@@ -441,14 +462,7 @@ def _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray,
     previous_run = _latest_published(runs)
     mode, reason, background = choose_mode(previous_run, scoring, population, full=full,
                                            drift=float(cfg.background_drift))  # fmt: skip
-    if background is None:
-        params = background_stats(lost, found, params)
-        background = {f: getattr(params, f) for f in BACKGROUND_FIELDS}
-        estimated_on = population
-    else:
-        params = replace(params, **background)
-        estimated_on = previous_run["lineage"]["estimated_on"]
-    fp_lost, fp_found = side_fingerprints(lost, "lost"), side_fingerprints(found, "found")
+    fp_lost, fp_found = loaded.fingerprints
     if mode == "incremental":
         previous, changed_lost, changed_found, changes = _previous_pairs(
             runs, previous_run["run_id"], lost, found, fp_lost, fp_found
@@ -468,11 +482,25 @@ def _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray,
     else:
         blocks, reach = make_blocks(*keys) if lost.n and found.n else [], None
         candidate_pairs = sum(b.pairs for b in blocks)
-    log.info("match %s (%s: %s): %d lost × %d found listings, %d blocks, %d candidate pairs, rescoring %d lost "
-             "and %d found listings in full on %s", run_id, mode, reason, lost.n, found.n, len(blocks),
-             candidate_pairs, int(rows.sum()), int(cols.sum()), dev)  # fmt: skip
-    t_score = time.perf_counter()
     peaks["plan"] = rss.lap()
+    t_vectors = time.perf_counter()
+    vectors_read = loaded.read_vectors(*_scored_listings(rows, cols, reach))
+    del loaded
+    _return_freed_memory()
+    load_s += time.perf_counter() - t_vectors
+    peaks["load"] = max(peaks["load"], rss.lap())
+    if background is None:  # a full run (choose_mode): every vector was read
+        params = background_stats(lost, found, params)
+        background = {f: getattr(params, f) for f in BACKGROUND_FIELDS}
+        estimated_on = population
+    else:
+        params = replace(params, **background)
+        estimated_on = previous_run["lineage"]["estimated_on"]
+    log.info("match %s (%s: %s): %d lost × %d found listings, %d blocks, %d candidate pairs, rescoring %d lost "
+             "and %d found listings in full on %s (vectors of %d detection rows read)", run_id, mode, reason, lost.n,
+             found.n, len(blocks), candidate_pairs, int(rows.sum()), int(cols.sum()), dev, vectors_read)  # fmt: skip
+    t_score = time.perf_counter()
+    peaks["plan"] = max(peaks["plan"], rss.lap())
 
     def score(part: list[Block], kk: int) -> tuple[np.ndarray, ...]:
         return _score_all(lost, found, params, part, kk, tile, dev, use_ray, settings)
@@ -504,6 +532,7 @@ def _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray,
         "embed_model": embed_model,
         "text_model": text_model,
         "superseded_vectors": superseded,
+        "vectors_read": vectors_read,
         "lance_versions": versions,
         "device": dev,
         "pairs_per_s": round(sel.tile_pairs / score_s, 1) if score_s > 0 else None,
@@ -522,6 +551,22 @@ def _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray,
     no_photo = runs.query("SELECT count(*) FROM matches WHERE run_id = ? AND no_photo", [run_id])
     summary["no_photo_matches"] = no_photo[0][0]
     return summary
+
+
+def _scored_listings(
+    rows: np.ndarray, cols: np.ndarray, reach: tuple[tuple[np.ndarray, np.ndarray], ...] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(lost, found) masks of the listings whose vectors scoring may read: every listing of a full run; in an
+    incremental run the rescored ones and every listing they may pair with (``reach``), because ``select`` values
+    only pairs among those (its other pairs keep the previous run's values) and publication values only pairs it
+    selected that way."""
+    if reach is None:
+        return np.ones(len(rows), bool), np.ones(len(cols), bool)
+    lost, found = rows.copy(), cols.copy()
+    for li, fi in reach:
+        lost[li] = True
+        found[fi] = True
+    return lost, found
 
 
 def _keys(cfg: Any, lost: Side, found: Side) -> tuple[ListingKeys, ListingKeys]:

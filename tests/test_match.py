@@ -65,8 +65,9 @@ class World:
                     embedding=self.vec(animal, 0.35),
                     embed_model=model or self.model,
                     text_embedding=self.vec(self.rng.normal(0, 1, TEXT_DIM), 0.0) if text else None,
-                    text_model="test-text/1",
+                    text_model="test-text/1" if text else None,
                     status="ok",
+                    created_at=dt.datetime.now(dt.UTC),
                 )
             )
         return lid

@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from engine.scoring.blocking import Block
@@ -51,27 +53,48 @@ LANES = 64
 
 
 # ----------------------------------------------------------------------------------------------------- fingerprints
-def side_fingerprints(side: Side, tag: str) -> np.ndarray:
-    """One hex digest per listing of everything scoring reads of it (species after detection votes, place, date,
-    attribute codes, text vector, every detection vector and photo id): equal digests give equal pair values."""
+def side_fingerprints(side: Side, tag: str, row_keys: np.ndarray, row_owner: np.ndarray) -> np.ndarray:
+    """One hex digest per listing of everything scoring reads of it, without reading a vector: its fields (species
+    after detection votes, place, where the place came from, date, attribute codes, ``has_text``) and the keys of its
+    usable detection rows (``row_keys``, one per row of ``row_owner``, grouped by listing in side order). Equal digests
+    give equal pair values.
+
+    A row's key stands for its vectors: it must change whenever they do. :func:`detection_row_keys` builds it from the
+    row's ``detection_id`` and ``created_at`` (with the columns scoring reads beside the vectors), which holds as every
+    writer of ``detections`` writes whole rows and stamps ``created_at`` with the time of the write: enrichment
+    (``ray_jobs.enrich.writer``) upserts a re-embedded photo's rows under the same ``detection_id`` with a new
+    ``created_at``, and no code updates vectors in place. A row without a stamp has a None key; its listing gets a
+    None fingerprint, which matches nothing, so it is rescored by every run (never carried on trust)."""
     n = side.n
-    per_listing = [side.species, side.lat, side.lon, side.day, side.text, side.has_text]
+    per_listing = [side.species, side.lat, side.lon, side.day, side.has_text]
     per_listing += [getattr(side.attrs, f.name) for f in fields(side.attrs)]
     fixed = np.concatenate(
         [np.ascontiguousarray(t.numpy()).reshape(n, math.prod(t.shape[1:])).view(np.uint8) for t in per_listing],
         axis=1,
     )
-    det = np.ascontiguousarray(side.det_emb.numpy()).view(np.uint8)
-    offsets = side.det_offsets.tolist()
-    out = np.empty(n, dtype=object)
-    for i in range(n):
+    unstamped = np.bincount(row_owner[np.equal(row_keys, None)], minlength=n)[:n] > 0
+    bounds = np.searchsorted(row_owner, np.arange(n + 1)).tolist()
+    geo = side.geo_source if side.geo_source is not None else np.full(n, None)
+    out = np.full(n, None, dtype=object)
+    for i in np.flatnonzero(~unstamped).tolist():
         h = hashlib.blake2b(tag.encode(), digest_size=16)
         h.update(fixed[i].data)
-        a, b = offsets[i], offsets[i + 1]
-        h.update(det[a:b].data)
-        h.update("\0".join(str(p) for p in side.det_photo[a:b]).encode())
+        h.update(f"{geo[i]}\0".encode())
+        h.update("\0".join(row_keys[bounds[i] : bounds[i + 1]]).encode())
         out[i] = h.hexdigest()
     return out
+
+
+def detection_row_keys(rows: pa.Table) -> pa.ChunkedArray:
+    """Per detection row, what stands for its vectors in :func:`side_fingerprints`: its id, write stamp and every
+    column scoring reads beside the vectors (``rows``: ``detection_id``, ``created_at``, ``photo_id``, ``species``,
+    ``confidence``, ``embed_model``, ``text_model`` and ``engine.scoring.sides.VECTOR_FLAGS``). Null without a
+    stamp."""
+    parts = [rows["detection_id"], rows["created_at"].cast(pa.int64()).cast(pa.string()), rows["photo_id"],
+             rows["species"], rows["confidence"].cast(pa.string()), rows["embed_model"], rows["text_model"],
+             rows["has_embedding"].cast(pa.string()), rows["has_text_embedding"].cast(pa.string())]  # fmt: skip
+    joined = pc.binary_join_element_wise(*parts, "\x1f", null_handling="replace", null_replacement="\x00")
+    return pc.if_else(pc.is_null(rows["created_at"]), pa.scalar(None, pa.string()), joined)
 
 
 # -------------------------------------------------------------------------------------------------- per-pair values

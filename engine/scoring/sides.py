@@ -8,6 +8,7 @@ Vectors of different image models are never compared (:func:`select_model_vector
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,25 @@ def unit_vectors(column: pa.ChunkedArray) -> np.ndarray:
     return vecs
 
 
+VECTOR_FLAGS = ("has_embedding", "has_text_embedding")
+"""Flag columns that say which vectors a detection row has, for a reader that leaves the vectors themselves for
+later (:func:`side_frame`, :func:`add_vectors`)."""
+
+
+def vector_flags(det: pa.Table) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
+    """(has an image vector, has a text vector) per row: the :data:`VECTOR_FLAGS` columns when ``det`` carries them,
+    else the vector columns' validity (no text column: no text vectors)."""
+    out = []
+    for flag, column in (("has_embedding", "embedding"), ("has_text_embedding", "text_embedding")):
+        if flag in det.column_names:
+            out.append(pc.fill_null(det[flag], False))
+        elif column in det.column_names:
+            out.append(pc.is_valid(det[column]))
+        else:
+            out.append(pa.chunked_array([pa.array(np.zeros(det.num_rows, bool))]))
+    return out[0], out[1]
+
+
 def select_model_vectors(det: pa.Table, wanted: str | None) -> tuple[pa.Table, str | None, int]:
     """Keep the detection rows of one image model: ``wanted`` (the configured profile's embedder) or else the
     table's majority model. Rows of another model are never compared. They may stay in the table once the same photo
@@ -63,10 +83,11 @@ def model_vector_mask(
     det: pa.Table, wanted: str | None, within: pa.ChunkedArray | None = None
 ) -> tuple[pa.ChunkedArray | None, str | None, int]:
     """:func:`select_model_vectors` of the rows ``within`` (a mask; None: all) as a row mask of ``det`` (None: every
-    row), so a caller with filters of its own copies the vectors once."""
+    row), so a caller with filters of its own copies the vectors once; ``det`` may hold :data:`VECTOR_FLAGS` in place
+    of the vectors."""
     if det.num_rows == 0:
         return None, wanted, 0
-    has_emb = pc.is_valid(det["embedding"])
+    has_emb, _ = vector_flags(det)
     if within is not None:
         has_emb = pc.and_(has_emb, within)
     models = pc.fill_null(det["embed_model"], "")
@@ -137,71 +158,109 @@ def _voted_species(owner: np.ndarray, species: np.ndarray, confidence: np.ndarra
     return np.where(dogs > cats, SPECIES_CODES["dog"], np.where(cats > dogs, SPECIES_CODES["cat"], first))
 
 
-def build_side(listings: pa.Table, det: pa.Table) -> Side:
-    """Tensors of one side from its listings and their usable detection rows (``det``: detections schema)."""
-    n = listings.num_rows
-    ids = _strings(listings["listing_id"])
-    species = _species_codes(listings["species"])
+@dataclass(frozen=True)
+class SideRows:
+    """A side's usable detection rows in the side's order (grouped by listing, in listing order), with where their
+    vectors go: :func:`add_vectors` fills any subset of them."""
 
+    owner: np.ndarray  # (R,) int64 listing index
+    image_slot: np.ndarray  # (R,) int64 row of ``det_emb``; -1: the row has no image vector
+    has_text: np.ndarray  # (R,) bool
+
+
+def side_frame(listings: pa.Table, det: pa.Table, image_dim: int, text_dim: int) -> tuple[Side, SideRows, np.ndarray]:
+    """One side from its listings and their usable detection rows, with every field but the vectors: ``det`` needs
+    ``listing_id``, ``photo_id``, ``species`` (``confidence`` optional) and the vector columns or their
+    :data:`VECTOR_FLAGS`. → (side, its rows, the ``det`` row of each side row).
+
+    ``det_emb`` and ``text`` are zero-filled (``np.zeros``: pages nobody writes take no memory) until
+    :func:`add_vectors` fills them, so a caller reads the vectors of just the listings it scores, a chunk at a time,
+    and every index (listing, detection row) is the same as with all of them. The species votes, photo ids, counts
+    and ``has_text`` (the listing has a text vector) need no vector."""
+    n = listings.num_rows
+    species = _species_codes(listings["species"])
     at = pc.index_in(det["listing_id"], value_set=listings["listing_id"]) if det.num_rows else pa.array([], pa.int32())
     if at.null_count:
         raise ValueError("detection rows of listings not on this side")
     owners = at.to_numpy(zero_copy_only=False).astype(np.int64)
-    has_emb = pc.is_valid(det["embedding"]).to_numpy(zero_copy_only=False) if det.num_rows else np.zeros(0, bool)
-    voting = ["embedding", "photo_id", "species"] + (["confidence"] if "confidence" in det.column_names else [])
-    emb_rows = det.select(voting) if det.num_rows else det
-    if not has_emb.all():  # a filter copies the vectors: only when some row has none
-        emb_rows = emb_rows.filter(pa.array(has_emb))
-    emb_owner = owners[has_emb]
-    order = np.argsort(emb_owner, kind="stable")
-    if emb_rows.num_rows:
-        in_order = bool((np.diff(emb_owner) >= 0).all())  # rows already grouped by listing: no copy to reorder
-        emb = unit_vectors(emb_rows["embedding"])
-        emb = emb if in_order else emb[order]
-        photos = _strings(emb_rows["photo_id"])[order]
+    order = np.argsort(owners, kind="stable")
+    owner = owners[order]
+    has_emb, has_text = (f.to_numpy(zero_copy_only=False)[order] for f in vector_flags(det))
+    emb_rows = order[has_emb]
+    if len(emb_rows):
         # Listing species unknown → the animals its photos show (majority of the confident dog/cat detections).
         confidence = (
-            pc.fill_null(emb_rows["confidence"], 0.0).to_numpy(zero_copy_only=False)
-            if "confidence" in emb_rows.column_names
-            else np.ones(emb_rows.num_rows)
+            pc.fill_null(det["confidence"], 0.0).to_numpy(zero_copy_only=False)[emb_rows]
+            if "confidence" in det.column_names
+            else np.ones(len(emb_rows))
         )
-        voted = _voted_species(emb_owner, _species_codes(emb_rows["species"]), confidence, n)
+        voted = _voted_species(owner[has_emb], _species_codes(det["species"].take(emb_rows)), confidence, n)
         species = np.where(species == 0, voted, species)
-    else:
-        emb, photos = np.zeros((0, _dim(det, "embedding")), np.float32), np.zeros(0, dtype=object)
-
-    text_dim = _dim(det, "text_embedding")
-    text = np.zeros((n, text_dim), np.float32)
-    has_text = np.zeros(n, dtype=bool)
-    if det.num_rows and "text_embedding" in det.column_names:
-        valid = pc.is_valid(det["text_embedding"]).to_numpy(zero_copy_only=False)
-        if valid.any():
-            vecs = unit_vectors(det["text_embedding"] if valid.all() else det["text_embedding"].filter(pa.array(valid)))
-            torch.from_numpy(text).index_add_(0, torch.from_numpy(owners[valid]), torch.from_numpy(vecs))
-            norms = np.sqrt(np.einsum("ij,ij->i", text, text))[:, None]
-            has_text = norms[:, 0] > 0
-            text = text / np.where(norms > 0, norms, 1.0)
-
     attrs = attributes.encode(
         listings["sex"].to_pylist(),
         listings["size"].to_pylist(),
         listings["colors"].to_pylist(),
         listings["breed"].to_pylist(),
     )
-    return Side(
-        listing_ids=ids,
+    side = Side(
+        listing_ids=_strings(listings["listing_id"]),
         species=torch.from_numpy(species),
         lat=torch.from_numpy(_floats(listings, "lat").astype(np.float32)),
         lon=torch.from_numpy(_floats(listings, "lon").astype(np.float32)),
         day=torch.from_numpy(_days(listings).astype(np.float32)),
         attrs=attrs,
-        det_emb=torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32)),
-        det_owner=torch.from_numpy(emb_owner[order]),
-        det_photo=photos,
-        text=torch.from_numpy(text),
-        has_text=torch.from_numpy(has_text),
+        det_emb=torch.from_numpy(np.zeros((len(emb_rows), image_dim), np.float32)),
+        det_owner=torch.from_numpy(owner[has_emb]),
+        det_photo=_strings(det["photo_id"].take(emb_rows)) if len(emb_rows) else np.zeros(0, dtype=object),
+        text=torch.from_numpy(np.zeros((n, text_dim), np.float32)),
+        has_text=torch.from_numpy(np.bincount(owner[has_text], minlength=n)[:n] > 0),
         geo_source=_strings(listings["geo_source"]) if "geo_source" in listings.column_names else np.full(n, None),
     )
+    slot = np.where(has_emb, np.cumsum(has_emb) - 1, -1).astype(np.int64)
+    return side, SideRows(owner=owner, image_slot=slot, has_text=has_text), order
+
+
+def add_vectors(
+    side: Side, rows: SideRows, at: np.ndarray, image: pa.ChunkedArray, text: pa.ChunkedArray | None
+) -> None:
+    """Write the vectors of side rows ``at`` (``image``/``text``: their vector columns, in that order): image vectors
+    L2-normalised into ``det_emb``, text vectors normalised and added to their listing's ``text`` in that order (a
+    caller that reads in chunks keeps one order per listing, so its sum does not depend on the chunks). Call
+    :func:`finish_text` once every row of a listing is in."""
+    slots = rows.image_slot[at]
+    with_image = slots >= 0
+    if with_image.any():
+        side.det_emb.numpy()[slots[with_image]] = unit_vectors(
+            image if with_image.all() else image.filter(pa.array(with_image))
+        )
+    with_text = rows.has_text[at]
+    if text is not None and with_text.any():
+        vecs = unit_vectors(text if with_text.all() else text.filter(pa.array(with_text)))
+        side.text.index_add_(0, torch.from_numpy(rows.owner[at][with_text]), torch.from_numpy(vecs))
+
+
+def finish_text(side: Side) -> None:
+    """Normalise the summed text vectors in place (listings without any stay zero)."""
+    text = side.text.numpy()
+    norms = np.sqrt(np.einsum("ij,ij->i", text, text))[:, None]
+    text /= np.where(norms > 0, norms, 1.0)
+
+
+def build_side(listings: pa.Table, det: pa.Table) -> Side:
+    """Tensors of one side from its listings and their usable detection rows (``det``: detections schema), vectors
+    included (``homeward search``; ``homeward match`` reads the vectors of the listings it scores only)."""
+    side, rows, order = side_frame(listings, det, _dim(det, "embedding"), _dim(det, "text_embedding"))
+    if det.num_rows:
+        in_order = bool((np.diff(order) > 0).all())  # rows already grouped by listing: no copy to reorder
+
+        def column(name: str) -> pa.ChunkedArray | None:
+            if name not in det.column_names:
+                return None
+            return det[name] if in_order else det[name].take(order)
+
+        add_vectors(side, rows, np.arange(len(order)), column("embedding"), column("text_embedding"))
+        finish_text(side)
+    return side
 
 
 def active_listings(listings: pa.Table, kinds: tuple[str, ...]) -> pa.Table:

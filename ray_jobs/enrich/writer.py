@@ -2,6 +2,12 @@
 
 Only the driver writes (no writer contention between actors), and in large batches: each upsert is one LanceDB
 version, so a thousand rows a version keeps the table's history short without holding much in memory.
+
+A detection row is always written whole, ``created_at`` stamped with the time of the write (a re-embedded photo's rows
+keep their ``detection_id`` and get a new stamp): ``homeward match`` finds changed vectors by ``detection_id`` and
+``created_at`` without reading them (``engine.scoring.incremental.side_fingerprints``), so no writer may change a
+row's vectors and keep its stamp. Each vector is written with the model that made it (``embed_model``,
+``text_model``): match tells which vectors a row has from those (``ray_jobs.match_vectors.read_rows``).
 """
 
 from __future__ import annotations
