@@ -27,9 +27,10 @@ import io
 import json
 from typing import Any
 
+import pyarrow as pa
 from PIL import Image, ImageDraw
 
-from engine import ids
+from engine import ids, run_rows
 from engine.config import Settings, load_settings
 from engine.storage import LanceStore, PhotoStore, RunsDB, upsert_photos
 
@@ -244,27 +245,14 @@ def _insert_listing(con: Any, spec: dict[str, Any], photo_id: str, now: dt.datet
 def _insert_match(con: Any, run_id: str, rank: int, pair: tuple[Any, ...], photos: tuple[str, str]) -> None:
     """One ``matches`` row: ``pair`` is (lost id, found id, score, image, text, attrs, geo, time, km, days)."""
     lost, found, score, img, txt, att, geo, tim, km, days = pair
-    con.execute(
-        "INSERT INTO matches (run_id, lost_listing_id, found_listing_id, score, image_sim, text_sim, attribute_score, "
-        "geo_score, time_score, distance_km, days_apart, photos_agreeing, rank_for_lost, rank_for_found, no_photo, "
-        "lost_photo_id, found_photo_id, explanation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, 1, FALSE, ?, ?, ?)",
-        [
-            run_id,
-            lost,
-            found,
-            score,
-            img,
-            txt,
-            att,
-            geo,
-            tim,
-            km,
-            days,
-            rank,
-            *photos,
-            f"image {img:.2f}; same species; {km:.1f} km apart; {days:+.0f} days",
-        ],
-    )
+    row = {
+        "run_id": run_id, "lost_listing_id": lost, "found_listing_id": found, "score": score, "image_sim": img,
+        "text_sim": txt, "attribute_score": att, "geo_score": geo, "time_score": tim, "distance_km": km,
+        "days_apart": days, "photos_agreeing": 1, "rank_for_lost": rank, "rank_for_found": 1, "no_photo": False,
+        "lost_photo_id": photos[0], "found_photo_id": photos[1],
+        "explanation": f"image {img:.2f}; same species; {km:.1f} km apart; {days:+.0f} days",
+    }  # fmt: skip
+    run_rows.insert_matches(con, pa.Table.from_pylist([row]))
 
 
 def add_impostor(settings: Settings, now: dt.datetime | None = None) -> str:
@@ -481,8 +469,8 @@ def populate(settings: Settings, now: dt.datetime | None = None) -> dict[str, An
     photo_ids = _store_photos(settings, now)
     runs_info = _match_runs(now)
     with RunsDB(settings.duckdb).write() as con:
-        for table in ("matches", "match_runs", "feedback", "listings", "crawl_runs", "enrich_runs", "loop_rounds",
-                      "loop_steps", "loop_alerts"):  # fmt: skip
+        for table in ("match_members", "match_pairs", "match_runs", "feedback", "listings", "crawl_runs",
+                      "enrich_runs", "loop_rounds", "loop_steps", "loop_alerts"):  # fmt: skip
             con.execute(f"DELETE FROM {table}")
         for name, spec in LISTINGS.items():
             _insert_listing(con, spec, photo_ids[name], now)

@@ -41,6 +41,9 @@ ANALYST_FILE = "analyst.duckdb"
 #: Columns blanked in the analysts' copy: owners' e-mail addresses are for their alerts, not for analysis.
 WITHHELD_COLUMNS = {"watches": ["email", "unsubscribe_hash"]}
 
+#: The tables behind the ``matches`` view (``engine/sql/schema.sql``).
+MATCHES_STORAGE = ("match_pairs", "match_members")
+
 
 def analyst_path(settings: Settings) -> Path:
     return Path(settings.data_dir) / ANALYST_FILE
@@ -129,6 +132,8 @@ def export(settings: Settings, *, parquet: str) -> dict[str, Any]:
     written: dict[str, int] = {}
     with duckdb.connect(str(target), read_only=True) as con:
         tables = [r["table_name"] for r in rows(con, "SELECT table_name FROM duckdb_tables() ORDER BY table_name")]
+        # a BI tool gets each run's pairs whole, as ``matches``, not the two tables the view joins
+        tables = [t for t in tables if t not in MATCHES_STORAGE] + ["matches"]
         for name in [*tables, *VIEW_NAMES]:
             final = out / f"{name}.parquet"
             part = out / f".{name}.parquet.tmp-{os.getpid()}"

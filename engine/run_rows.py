@@ -1,7 +1,8 @@
-"""The run rows of ``homeward.duckdb`` (``crawl_runs``, ``enrich_runs``, ``match_runs``), the scheduler's
-(``loop_rounds``, ``loop_steps``, ``loop_alerts``), shelter ``feedback`` and the candidates each shelter's report
-e-mail carried (``report_deliveries``): every INSERT and UPDATE of those tables, beside the schema
-(``engine/sql/schema.sql``) they write.
+"""The run rows of ``homeward.duckdb`` (``crawl_runs``, ``enrich_runs``, ``match_runs``), the pairs match runs
+publish (``match_pairs``, ``match_members``: the ``matches`` view), the scheduler's (``loop_rounds``, ``loop_steps``,
+``loop_alerts``), shelter ``feedback`` and the candidates each shelter's report e-mail carried
+(``report_deliveries``): every INSERT, UPDATE and DELETE of those tables, beside the schema (``engine/sql/schema.sql``)
+they write.
 
 Each function takes an open write connection (``with runs.write() as con:``) rather than a :class:`RunsDB`, so a
 caller composes it into its own transaction: a crawl's busy check and its new row, or a match run's matches and its
@@ -16,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 #: the count columns of ``crawl_runs`` a crawl reports, by the key its result uses
 CRAWL_COUNT_COLUMNS = {
@@ -146,17 +148,61 @@ def publish_match(
     )
 
 
+def insert_matches(con: duckdb.DuckDBPyConnection, rows: pa.Table) -> int:
+    """Add ``rows`` (columns of the ``matches`` view, by name; ``run_id``, both listing ids and ``score`` required)
+    as new pairs of their runs: each row's values become a ``match_pairs`` row under a fresh pair id and its run and
+    ranks a ``match_members`` row. Pair ids continue from the largest in the file, which is safe because a write
+    connection holds the only write lock on the file. Returns the rows added."""
+    first = int(con.execute("SELECT coalesce(max(pair_id), 0) FROM match_pairs").fetchall()[0][0]) + 1
+    incoming = rows.append_column("pair_id", pa.array(range(first, first + rows.num_rows), pa.int64()))
+    members = [c for c in ("run_id", "pair_id", "rank_for_lost", "rank_for_found") if c in incoming.column_names]
+    values = [c for c in incoming.column_names if c not in members or c == "pair_id"]
+    con.register("_incoming_matches", incoming)
+    try:
+        con.execute(f"INSERT INTO match_pairs BY NAME SELECT {', '.join(values)} FROM _incoming_matches")
+        con.execute(f"INSERT INTO match_members BY NAME SELECT {', '.join(members)} FROM _incoming_matches")
+    finally:
+        con.unregister("_incoming_matches")
+    return rows.num_rows
+
+
+def carry_matches(con: duckdb.DuckDBPyConnection, run_id: str, previous_run: str, ranks: pa.Table) -> int:
+    """Make the pairs of ``previous_run`` listed in ``ranks`` (``lost_listing_id``, ``found_listing_id``,
+    ``rank_for_lost``, ``rank_for_found``) pairs of ``run_id`` too, with those ranks: one narrow ``match_members`` row
+    each, the pair's values stay where they are. Returns the pairs carried."""
+    con.register("_carried", ranks)
+    try:
+        carried = con.execute(
+            "INSERT INTO match_members (run_id, pair_id, rank_for_lost, rank_for_found) "
+            "SELECT ?, m.pair_id, r.rank_for_lost, r.rank_for_found FROM match_members m "
+            "JOIN match_pairs p USING (pair_id) JOIN _carried r "
+            "ON p.lost_listing_id = r.lost_listing_id AND p.found_listing_id = r.found_listing_id "
+            "WHERE m.run_id = ?",
+            [run_id, previous_run],
+        ).fetchall()
+    finally:
+        con.unregister("_carried")
+    return int(carried[0][0]) if carried else 0
+
+
+def delete_matches(con: duckdb.DuckDBPyConnection, runs: str, params: list[Any]) -> int:
+    """Delete the pairs of the match runs ``runs`` selects (a SQL condition on ``run_id``), and the pair values no
+    run lists any more. Returns the run pairs deleted."""
+    deleted = con.execute(f"DELETE FROM match_members WHERE {runs}", params).fetchall()
+    con.execute("DELETE FROM match_pairs WHERE pair_id NOT IN (SELECT pair_id FROM match_members)")
+    return int(deleted[0][0]) if deleted else 0
+
+
 def prune_matches(con: duckdb.DuckDBPyConnection, keep_runs: int) -> int:
     """Delete the pairs of every match run but the newest ``keep_runs`` published ones (failed and abandoned runs'
     pairs included); the runs' own rows stay. Returns the pairs deleted."""
     kept = max(2, int(keep_runs))
-    deleted = con.execute(
-        "DELETE FROM matches WHERE run_id NOT IN (SELECT run_id FROM match_runs WHERE status = 'published' "
-        "ORDER BY finished DESC, started DESC LIMIT ?) AND run_id NOT IN (SELECT run_id FROM match_runs "
-        "WHERE status = 'running')",
+    return delete_matches(
+        con,
+        "run_id NOT IN (SELECT run_id FROM match_runs WHERE status = 'published' ORDER BY finished DESC, started DESC "
+        "LIMIT ?) AND run_id NOT IN (SELECT run_id FROM match_runs WHERE status = 'running')",
         [kept],
-    ).fetchone()
-    return int(deleted[0]) if deleted else 0
+    )
 
 
 def record_match_lineage(
@@ -185,7 +231,7 @@ def fail_match(
         "UPDATE match_runs SET status = 'failed', finished = ?, duration_s = ?, message = ? WHERE run_id = ?",
         [finished, duration_s, message, run_id],
     )
-    con.execute("DELETE FROM matches WHERE run_id = ?", [run_id])
+    delete_matches(con, "run_id = ?", [run_id])
 
 
 # ------------------------------------------------------------------------------------------------ loop rounds

@@ -194,26 +194,30 @@ def _file_lock(path: str) -> threading.RLock:
         return _FILE_LOCKS.setdefault(os.path.realpath(path), threading.RLock())
 
 
-def _drop_matches_key(con: duckdb.DuckDBPyConnection, schema_sql: str) -> None:
-    """Files made before the ``matches`` table lost its primary key get the table rebuilt without it, once.
+def _split_matches(con: duckdb.DuckDBPyConnection, schema_sql: str) -> None:
+    """Make the schema; a file made when ``matches`` was one table gets its rows moved into ``match_pairs`` and
+    ``match_members`` first, once (``matches`` is now a view over those two: ``schema.sql`` says why).
 
-    The key's index cost more than the rows it guarded: an incremental run copies its previous run's ~370k rows
-    (50k listings), and with the index that insert, its commit and pruning took 3.4-7.8 s against 1.3-1.4 s
-    without (the same file and rows, this 2-core box at load ~6); it also tripled the file the analysts' copy
-    duplicates after every job (1.1 M synthetic rows: 193 MB against 64 MB). A rebuilt file keeps its size until
-    new rows reuse the freed blocks. The writer never repeats a pair within a run (the tests check it), so the key
-    only caught what cannot happen. DuckDB cannot drop a constraint in place: the table is renamed, created again
-    by ``schema_sql`` (which makes every missing table and column and changes nothing else), refilled by column
-    name and the old one dropped, in the caller's transaction. Views name ``matches`` and bind to the new table."""
-    keyed = con.execute(
-        "SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'matches' AND constraint_type = 'PRIMARY KEY'"
+    Every old row becomes a pair of its own (the old copies of a pair carried between runs stay separate pairs: same
+    values, nothing lost). DuckDB cannot turn a table into a view in place: the table is renamed, ``schema_sql`` makes
+    the two tables and the view, the rows are copied by column name (files older than the ``fused`` column get NULL
+    there, as the column's ``ALTER`` gave them before) and the old table is dropped, in the caller's
+    transaction. Views that name ``matches`` bind to the new view."""
+    old = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'matches' AND schema_name = current_schema()"
     ).fetchone()
-    if not keyed or not keyed[0]:
-        return
-    con.execute("ALTER TABLE matches RENAME TO matches_keyed")
+    if old and old[0]:
+        con.execute("ALTER TABLE matches RENAME TO matches_v1")
     con.execute(schema_sql)
-    con.execute("INSERT INTO matches BY NAME SELECT * FROM matches_keyed")
-    con.execute("DROP TABLE matches_keyed")
+    if not (old and old[0]):
+        return
+    con.execute("CREATE TEMP TABLE _matches_v1 AS SELECT row_number() OVER () AS pair_id, * FROM matches_v1")
+    con.execute("INSERT INTO match_pairs BY NAME SELECT * EXCLUDE (run_id, rank_for_lost, rank_for_found) "
+                "FROM _matches_v1")  # fmt: skip
+    con.execute("INSERT INTO match_members BY NAME SELECT run_id, pair_id, rank_for_lost, rank_for_found "
+                "FROM _matches_v1")  # fmt: skip
+    con.execute("DROP TABLE _matches_v1")
+    con.execute("DROP TABLE matches_v1")
 
 
 class RunsDB:
@@ -234,8 +238,7 @@ class RunsDB:
             if os.path.realpath(path) not in _SCHEMA_READY or not Path(path).exists():
                 schema_sql = resources.files("engine.sql").joinpath("schema.sql").read_text()
                 with self.write() as con:
-                    con.execute(schema_sql)
-                    _drop_matches_key(con, schema_sql)
+                    _split_matches(con, schema_sql)
                 _SCHEMA_READY.add(os.path.realpath(path))
 
     def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:

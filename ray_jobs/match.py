@@ -73,11 +73,6 @@ RAY_MIN_PAIRS = 2_000_000_000
 to start; one CPU scores ~10⁹ pairs of 1280-d vectors in ~20 s)."""
 _SKIP_DETECTION_STATUS = ("failed", "error")
 
-MATCH_COLUMNS = (
-    "run_id", "lost_listing_id", "found_listing_id", "score", "fused", "image_sim", "text_sim", "attribute_score",
-    "geo_score", "time_score", "distance_km", "days_apart", "photos_agreeing", "rank_for_lost", "rank_for_found",
-    "no_photo", "lost_photo_id", "found_photo_id", "explanation",
-)  # fmt: skip
 SNAPSHOT_COLUMNS = (
     "listing_id", "source", "source_id", "url", "kind", "status", "species", "breed", "colors", "sex", "age_group",
     "size", "name", "description", "location_text", "lat", "lon", "geo_source", "event_date", "posted_at", "scraped_at",
@@ -308,30 +303,16 @@ def _publish(
     chunk's terms and explanations (minutes at national size), so the dashboard's verdicts and other writers are not
     held up. Those rows are invisible until the run is published (``current_matches`` and every report read the
     latest *published* run); a failing run deletes them, and pruning removes any a killed one left. Then, in one
-    transaction, what makes the run current: ``carried`` (previous run, its pairs whose rows this run publishes
-    unchanged, with this run's ranks), the listings snapshot, the run's status, and the deletion of the pairs of runs
-    older than the newest ``keep_runs`` published ones."""
-    names = ", ".join(MATCH_COLUMNS)
+    transaction, what makes the run current: ``carried`` (previous run, its pairs this run keeps unchanged, with
+    this run's ranks: one narrow membership row each, :func:`engine.run_rows.carry_matches`), the listings
+    snapshot, the run's status, and the deletion of the pairs of runs older than the newest ``keep_runs`` published
+    ones."""
     for chunk in matches:
         with runs.write() as con:
-            con.register("_new_matches", chunk)
-            con.execute(f"INSERT INTO matches ({names}) SELECT {names} FROM _new_matches")
-            con.unregister("_new_matches")
+            run_rows.insert_matches(con, chunk)
     with runs.write() as con:
         if carried is not None:
-            previous_run, ranks = carried
-            con.register("_carried", ranks)
-            copied = ", ".join(
-                f"m.{c}" for c in MATCH_COLUMNS if c not in ("run_id", "rank_for_lost", "rank_for_found")
-            )
-            con.execute(
-                f"INSERT INTO matches (run_id, rank_for_lost, rank_for_found, {copied.replace('m.', '')}) "
-                f"SELECT ?, r.rank_for_lost, r.rank_for_found, {copied} FROM matches m JOIN _carried r "
-                "ON m.lost_listing_id = r.lost_listing_id AND m.found_listing_id = r.found_listing_id "
-                "WHERE m.run_id = ?",
-                [run_id, previous_run],
-            )
-            con.unregister("_carried")
+            run_rows.carry_matches(con, run_id, *carried)
         _refresh_listings_snapshot(con, listings)
         con.execute(
             "CREATE OR REPLACE VIEW current_matches AS SELECT * FROM matches WHERE run_id = ("
@@ -585,7 +566,7 @@ def _keys(cfg: Any, lost: Side, found: Side) -> tuple[ListingKeys, ListingKeys]:
 
 
 def _carried_ranks(lost: Side, found: Side, sel: Selection) -> pa.Table:
-    """The pairs an incremental run keeps from the previous one, with this run's ranks (their rows are copied)."""
+    """The pairs an incremental run keeps from the previous one, with this run's ranks (their values are not copied)."""
     reused = ~sel.scored
     return pa.table({
         "lost_listing_id": pa.array(lost.listing_ids[sel.lost[reused]].tolist(), pa.string()),

@@ -23,6 +23,7 @@ from PIL import Image
 from dashboards import sample
 from dashboards.access import shelter_token
 from dashboards.report import REPORT_SCHEMA, atomic_write, csv_cell, report
+from engine import run_rows
 from engine.errors import HomewardError
 from engine.storage import RunsDB
 from ray_jobs import cli
@@ -412,12 +413,13 @@ def received(inbox: Inbox, rcpt: str) -> list[email.message.EmailMessage]:
 def add_candidate(settings, lost: str, found: str, score: float) -> None:
     """A pair the latest published run gained (as a later match run would publish it)."""
     with RunsDB(settings.duckdb).write() as con:
-        con.execute(
-            "INSERT INTO matches (run_id, lost_listing_id, found_listing_id, score, image_sim, distance_km, "
-            "lost_photo_id, found_photo_id) SELECT 'match-latest', l.listing_id, f.listing_id, ?, ?, 3.0, "
-            "l.photo_ids[1], f.photo_ids[1] FROM listings l, listings f WHERE l.listing_id = ? AND f.listing_id = ?",
+        row = con.execute(
+            "SELECT 'match-latest' AS run_id, l.listing_id AS lost_listing_id, f.listing_id AS found_listing_id, "
+            "?::DOUBLE AS score, ?::DOUBLE AS image_sim, 3.0 AS distance_km, l.photo_ids[1] AS lost_photo_id, "
+            "f.photo_ids[1] AS found_photo_id FROM listings l, listings f WHERE l.listing_id = ? AND f.listing_id = ?",
             [score, score, sample.lid(lost), sample.lid(found)],
-        )
+        ).to_arrow_table()
+        run_rows.insert_matches(con, row)
 
 
 def test_each_email_leads_with_what_is_new_and_nothing_is_resent(settings, populated, smtp_server):

@@ -4,9 +4,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pytest
 
-from engine import ids, schema
+from engine import ids, run_rows, schema
 from engine.config import Settings
 from engine.storage import LanceStore, PhotoStore, RunsDB, StorageError, open_stores, upsert_listings
 
@@ -72,7 +73,16 @@ def test_open_stores_creates_everything(tmp_path: Path) -> None:
     lance, runs, photos = open_stores(Settings(data_dir=str(tmp_path / "d")))
     assert Path(lance.uri).is_dir() and Path(runs.path).is_file() and Path(photos.root).is_dir()
     tables = {r[0] for r in runs.query("SELECT table_name FROM information_schema.tables")}
-    assert {"crawl_runs", "enrich_runs", "match_runs", "matches", "feedback", "listings"} <= tables
+    assert {
+        "crawl_runs",
+        "enrich_runs",
+        "match_runs",
+        "matches",
+        "match_pairs",
+        "match_members",
+        "feedback",
+        "listings",
+    } <= tables
 
 
 def test_threads_share_one_duckdb_file_safely(tmp_path: Path) -> None:
@@ -102,9 +112,11 @@ def test_threads_share_one_duckdb_file_safely(tmp_path: Path) -> None:
     assert RunsDB(path).query("SELECT count(*) FROM crawl_runs") == [(8,)]
 
 
-def test_a_file_made_with_the_keyed_matches_table_loses_the_key_and_keeps_its_rows(tmp_path: Path) -> None:
-    """Files from before ``matches`` lost its primary key: opened once, the table is rebuilt without it, with every
-    row and column (``fused`` included), and the views that read it still do."""
+@pytest.mark.parametrize("key", [", PRIMARY KEY (run_id, lost_listing_id, found_listing_id)", ""])
+def test_a_file_made_when_matches_was_one_table_keeps_its_rows_behind_the_view(tmp_path: Path, key: str) -> None:
+    """Files from when ``matches`` was a table (with its old primary key, or without): opened once, its rows move
+    into ``match_pairs`` and ``match_members``, ``matches`` reads back every row and column (``fused`` included) in
+    the old column order, the views that read it still do, and new pairs get ids of their own."""
     path = tmp_path / "old.duckdb"
     with duckdb.connect(str(path)) as con:
         con.execute(
@@ -112,19 +124,43 @@ def test_a_file_made_with_the_keyed_matches_table_loses_the_key_and_keeps_its_ro
             "VARCHAR NOT NULL, score DOUBLE NOT NULL, image_sim DOUBLE, text_sim DOUBLE, attribute_score DOUBLE, "
             "geo_score DOUBLE, time_score DOUBLE, distance_km DOUBLE, days_apart DOUBLE, photos_agreeing INTEGER, "
             "rank_for_lost INTEGER, rank_for_found INTEGER, no_photo BOOLEAN DEFAULT FALSE, lost_photo_id VARCHAR, "
-            "found_photo_id VARCHAR, explanation VARCHAR, PRIMARY KEY (run_id, lost_listing_id, found_listing_id))"
+            f"found_photo_id VARCHAR, explanation VARCHAR{key})"
         )
         con.execute("ALTER TABLE matches ADD COLUMN fused DOUBLE")
         con.execute("INSERT INTO matches (run_id, lost_listing_id, found_listing_id, score, rank_for_lost, fused) "
-                    "VALUES ('r1', 'l1', 'f1', 0.9, 1, 2.5), ('r1', 'l1', 'f2', 0.4, 2, -1.0)")  # fmt: skip
-        con.execute("CREATE VIEW top_pairs AS SELECT lost_listing_id, found_listing_id FROM matches "
-                    "WHERE rank_for_lost = 1")  # fmt: skip
-        before = con.execute("SELECT * FROM matches ORDER BY found_listing_id").fetchall()
+                    "VALUES ('r1', 'l1', 'f1', 0.9, 1, 2.5), ('r1', 'l1', 'f2', 0.4, 2, -1.0), "
+                    "('r2', 'l1', 'f1', 0.9, 1, 2.5)")  # fmt: skip
+        con.execute("CREATE VIEW top_pairs AS SELECT run_id, found_listing_id FROM matches WHERE rank_for_lost = 1")
+        before = con.execute("SELECT * FROM matches ORDER BY run_id, found_listing_id").fetchall()
         columns = [c[0] for c in con.execute("DESCRIBE matches").fetchall()]
     db = RunsDB(str(path))
-    assert db.query("SELECT constraint_type FROM duckdb_constraints() WHERE table_name = 'matches' "
-                    "AND constraint_type = 'PRIMARY KEY'") == []  # fmt: skip
-    assert db.query("SELECT * FROM matches ORDER BY found_listing_id") == before
+    assert db.query("SELECT * FROM matches ORDER BY run_id, found_listing_id") == before
     assert [c[0] for c in db.query("DESCRIBE matches")] == columns
-    assert db.query("SELECT * FROM top_pairs") == [("l1", "f1")]
-    assert db.query("SELECT count(*) FROM duckdb_tables() WHERE table_name LIKE 'matches%'") == [(1,)]
+    assert db.query("SELECT * FROM top_pairs ORDER BY run_id") == [("r1", "f1"), ("r2", "f1")]
+    assert db.query("SELECT table_name FROM duckdb_tables() WHERE table_name LIKE 'match%' ORDER BY 1") == [
+        ("match_members",),
+        ("match_pairs",),
+        ("match_runs",),
+    ]
+    with db.write() as con:
+        run_rows.insert_matches(con, pa.table({"run_id": ["r3"], "lost_listing_id": ["l2"],
+                                               "found_listing_id": ["f2"], "score": [0.5]}))  # fmt: skip
+    assert db.query("SELECT count(DISTINCT pair_id), count(*) FROM match_pairs") == [(4, 4)]
+    assert db.query("SELECT lost_listing_id, score FROM matches WHERE run_id = 'r3'") == [("l2", 0.5)]
+
+
+def test_a_run_s_pairs_are_deleted_with_the_values_no_other_run_lists(tmp_path: Path) -> None:
+    """Deleting a run's pairs keeps the values of the pairs another run still lists (carried pairs)."""
+    db = RunsDB(str(tmp_path / "runs.duckdb"))
+    with db.write() as con:
+        run_rows.insert_matches(con, pa.table({"run_id": ["a", "a"], "lost_listing_id": ["l1", "l2"],
+                                               "found_listing_id": ["f1", "f2"], "score": [0.9, 0.8],
+                                               "rank_for_lost": [1, 1]}))  # fmt: skip
+        ranks = pa.table({"lost_listing_id": ["l1"], "found_listing_id": ["f1"], "rank_for_lost": [2],
+                          "rank_for_found": [1]})  # fmt: skip
+        assert run_rows.carry_matches(con, "b", "a", ranks) == 1
+        assert run_rows.delete_matches(con, "run_id = ?", ["a"]) == 2
+    assert db.query("SELECT run_id, lost_listing_id, score, rank_for_lost, rank_for_found FROM matches") == [
+        ("b", "l1", 0.9, 2, 1)
+    ]
+    assert db.query("SELECT count(*) FROM match_pairs") == [(1,)]
