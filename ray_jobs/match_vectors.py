@@ -30,7 +30,7 @@ ROW_COLUMNS = (
     "text_model",
 )  # fmt: skip
 VECTOR_COLUMNS = ("embedding", "text_embedding")
-CHUNK_BYTES = 64 * 2**20
+CHUNK_BYTES = 16 * 2**20
 """Vector bytes taken from LanceDB per chunk (≈ 19k rows of 512 + 384 dimensions, 5k of the cpu profile's 2752 + 384):
 at 100k listings / 250k photos a chunk of 256 MB took the load phase to 1.5 GB above the process's start, 64 MB to
 1.25 GB (the sides alone: 0.84 GB), no slower."""
