@@ -79,6 +79,7 @@ def _unit_blocks(column: pa.ChunkedArray, keep: np.ndarray) -> Iterator[tuple[np
             yield at, _normalise(vecs, buffer[: len(at)])
         start += n
 
+
 VECTOR_FLAGS = ("has_embedding", "has_text_embedding")
 """Flag columns that say which vectors a detection row has, for a reader that leaves the vectors themselves for
 later (:func:`side_frame`, :func:`add_vectors`)."""
