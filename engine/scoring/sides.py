@@ -7,7 +7,6 @@ Vectors of different image models are never compared (:func:`select_model_vector
 
 from __future__ import annotations
 
-import mmap
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -198,17 +197,6 @@ class SideRows:
     has_text: np.ndarray  # (R,) bool
 
 
-def _lazy_zeros(rows: int, dim: int) -> np.ndarray:
-    """A zero float32 (rows, dim) array whose pages the kernel maps at their first write, in 4 KB pages, as
-    ``np.zeros`` does but without asking for transparent huge pages: numpy advises them on every large array, and
-    on a machine short of free 2 MB pages each first write then waits for the kernel to compact memory. Filling the
-    vectors of an incremental run (108k detection rows of 126k at 50k listings, 500 new) took 0.75 s with huge pages
-    (0.58 s of it in the kernel) and 0.29 s without; scoring reads the vectors no slower."""
-    if rows * dim == 0:
-        return np.zeros((rows, dim), np.float32)
-    return np.frombuffer(mmap.mmap(-1, rows * dim * 4, flags=mmap.MAP_PRIVATE), np.float32).reshape(rows, dim)
-
-
 def side_frame(listings: pa.Table, det: pa.Table, image_dim: int, text_dim: int) -> tuple[Side, SideRows, np.ndarray]:
     """One side from its listings and their usable detection rows, with every field but the vectors: ``det`` needs
     ``listing_id``, ``photo_id``, ``species`` (``confidence`` optional) and the vector columns or their
@@ -250,10 +238,10 @@ def side_frame(listings: pa.Table, det: pa.Table, image_dim: int, text_dim: int)
         lon=torch.from_numpy(_floats(listings, "lon").astype(np.float32)),
         day=torch.from_numpy(_days(listings).astype(np.float32)),
         attrs=attrs,
-        det_emb=torch.from_numpy(_lazy_zeros(len(emb_rows), image_dim)),
+        det_emb=torch.from_numpy(np.zeros((len(emb_rows), image_dim), np.float32)),
         det_owner=torch.from_numpy(owner[has_emb]),
         det_photo=_strings(det["photo_id"].take(emb_rows)) if len(emb_rows) else np.zeros(0, dtype=object),
-        text=torch.from_numpy(_lazy_zeros(n, text_dim)),
+        text=torch.from_numpy(np.zeros((n, text_dim), np.float32)),
         has_text=torch.from_numpy(np.bincount(owner[has_text], minlength=n)[:n] > 0),
         geo_source=_strings(listings["geo_source"]) if "geo_source" in listings.column_names else np.full(n, None),
     )
