@@ -61,7 +61,9 @@ def _unit_blocks(column: pa.ChunkedArray, keep: np.ndarray) -> Iterator[tuple[np
     """The rows ``keep`` (a mask over the column) of a fixed-size-list column, L2-normalised, an Arrow chunk at a
     time: (their positions in the column, their unit vectors). The vectors are read where Arrow holds them and
     written into one block-sized buffer, reused for the next block, so a caller copies them out before asking for
-    it: a copy of the whole column, normalised in place and then scattered, went through memory three times more."""
+    the next. Copying the whole column out of Arrow, normalising the copy in place and scattering it passed over
+    every vector twice more and took a fresh buffer the size of the column each time (an incremental run at 50k
+    listings, 108k detection rows read: 0.88 → 0.67 s to place them, read and place 1.45 → 1.20 s)."""
     dim = column.type.list_size
     buffer = np.empty((0, dim), np.float32)
     start = 0
