@@ -26,7 +26,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from engine.scoring.geo import chord_for_radius, plausible_radius_km, unit_vectors
 
@@ -227,54 +226,32 @@ def reachable(
     within ``[lost - grace, lost + max_days]`` and the two within chord R, each where known, with the blocks' slack.
     A superset of the pairs scoring keeps (finite), like the blocks', but found listing by listing: for the few
     listings an incremental run rescores this is far cheaper than blocking the whole region (at 50k listings, ~0.1 s
-    for 500 listings against ~1.5 s). Places are looked up in a k-d tree of the other side (``scipy``'s
-    ``cKDTree``): testing every listing of the other side for each rescored one was 0.27 s of a 4.2 s incremental
-    run at 50k listings / 500 new."""
-    lost_r, found_r = _pairs_of(lost, np.flatnonzero(rows), found, found_minus_this=1.0)
-    found_c, lost_c = _pairs_of(found, np.flatnonzero(cols), lost, found_minus_this=-1.0)
-    return (lost_r, found_r), (lost_c, found_c)
-
-
-def _pairs_of(
-    me: ListingKeys, mine: np.ndarray, other: ListingKeys, found_minus_this: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """(listing of ``me``, listing of ``other``) of every pair listings ``mine`` may make (``_partners``)."""
-    placed = np.flatnonzero(np.isfinite(other.xyz).all(axis=1))
-    unplaced = np.flatnonzero(~np.isfinite(other.xyz).all(axis=1))
-    located = np.isfinite(me.xyz[mine]).all(axis=1)
-    near: list[np.ndarray | None] = [None] * len(mine)  # None: every listing of the other side
-    if located.any() and len(placed) and me.reach < 2.0:  # a chord of 2 spans the globe
-        # the tree only narrows the candidates; _partners applies the exact rule, so a hair of extra radius is safe
-        hits = cKDTree(other.xyz[placed]).query_ball_point(me.xyz[mine[located]], r=me.reach * (1 + _MARGIN))
-        for at, hit in zip(np.flatnonzero(located), hits, strict=True):
-            near[at] = np.union1d(placed[np.asarray(hit, dtype=np.int64)], unplaced)
-    mine_parts, other_parts = [], []
-    for i, cand in zip(mine.tolist(), near, strict=True):
-        partners = _partners(me, i, other, found_minus_this, cand)
-        mine_parts.append(np.full(len(partners), i, dtype=np.int64))
-        other_parts.append(partners)
+    for 500 listings against ~1.5 s)."""
+    lost_r, found_r, lost_c, found_c = [], [], [], []
+    for i in np.flatnonzero(rows):
+        partners = _partners(lost, i, found, found_minus_this=1.0)
+        lost_r.append(np.full(len(partners), i, dtype=np.int64))
+        found_r.append(partners)
+    for j in np.flatnonzero(cols):
+        partners = _partners(found, j, lost, found_minus_this=-1.0)
+        lost_c.append(partners)
+        found_c.append(np.full(len(partners), j, dtype=np.int64))
 
     def cat(parts: list[np.ndarray]) -> np.ndarray:
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
-    return cat(mine_parts), cat(other_parts)
+    return (cat(lost_r), cat(found_r)), (cat(lost_c), cat(found_c))
 
 
-def _partners(
-    me: ListingKeys, i: int, other: ListingKeys, found_minus_this: float, cand: np.ndarray | None = None
-) -> np.ndarray:
-    """Listings of ``other`` that listing ``i`` of ``me`` may pair with, in ascending order, among ``cand`` (sorted
-    indices that hold every such listing; None: all) (``found_minus_this``: +1 when ``me`` is the lost side, so that
-    ``found day - lost day`` is ``sign × (other day - my day)``)."""
-    if cand is None:
-        cand = np.arange(len(other))
-    species, day, xyz = other.species[cand], other.day[cand], other.xyz[cand]
-    ok = (me.species[i] == 0) | (species == 0) | (species == me.species[i])
+def _partners(me: ListingKeys, i: int, other: ListingKeys, found_minus_this: float) -> np.ndarray:
+    """Listings of ``other`` that listing ``i`` of ``me`` may pair with (``found_minus_this``: +1 when ``me`` is the
+    lost side, so that ``found day - lost day`` is ``sign × (other day - my day)``)."""
+    ok = (me.species[i] == 0) | (other.species == 0) | (other.species == me.species[i])
     if np.isfinite(me.day[i]):
         slack = _MARGIN * (me.max_days + me.grace_days + 1.0)
-        gap = found_minus_this * (day - me.day[i])
-        ok &= ~np.isfinite(day) | ((gap >= -me.grace_days - slack) & (gap <= me.max_days + slack))
+        gap = found_minus_this * (other.day - me.day[i])
+        ok &= ~np.isfinite(other.day) | ((gap >= -me.grace_days - slack) & (gap <= me.max_days + slack))
     if np.isfinite(me.xyz[i]).all():
-        d2 = ((xyz - me.xyz[i]) ** 2).sum(axis=1)
+        d2 = ((other.xyz - me.xyz[i]) ** 2).sum(axis=1)
         ok &= ~np.isfinite(d2) | (d2 <= me.reach * me.reach)
-    return cand[ok]
+    return np.flatnonzero(ok)
