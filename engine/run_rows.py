@@ -166,23 +166,20 @@ def insert_matches(con: duckdb.DuckDBPyConnection, rows: pa.Table) -> int:
     return rows.num_rows
 
 
-def carry_matches(con: duckdb.DuckDBPyConnection, run_id: str, previous_run: str, ranks: pa.Table) -> int:
-    """Make the pairs of ``previous_run`` listed in ``ranks`` (``lost_listing_id``, ``found_listing_id``,
-    ``rank_for_lost``, ``rank_for_found``) pairs of ``run_id`` too, with those ranks: one narrow ``match_members`` row
-    each, the pair's values stay where they are. Returns the pairs carried."""
+def carry_matches(con: duckdb.DuckDBPyConnection, run_id: str, ranks: pa.Table) -> int:
+    """Make the pairs ``ranks`` names (``pair_id``, ``rank_for_lost``, ``rank_for_found``: pairs of an earlier run)
+    pairs of ``run_id`` too, with those ranks: one narrow ``match_members`` row each, the pair's values stay where
+    they are. Returns the pairs carried."""
     con.register("_carried", ranks)
     try:
-        carried = con.execute(
+        con.execute(
             "INSERT INTO match_members (run_id, pair_id, rank_for_lost, rank_for_found) "
-            "SELECT ?, m.pair_id, r.rank_for_lost, r.rank_for_found FROM match_members m "
-            "JOIN match_pairs p USING (pair_id) JOIN _carried r "
-            "ON p.lost_listing_id = r.lost_listing_id AND p.found_listing_id = r.found_listing_id "
-            "WHERE m.run_id = ?",
-            [run_id, previous_run],
-        ).fetchall()
+            "SELECT ?, pair_id, rank_for_lost, rank_for_found FROM _carried",
+            [run_id],
+        )
     finally:
         con.unregister("_carried")
-    return int(carried[0][0]) if carried else 0
+    return ranks.num_rows
 
 
 def delete_matches(con: duckdb.DuckDBPyConnection, runs: str, params: list[Any]) -> int:

@@ -229,8 +229,9 @@ def _previous_pairs(
             "SELECT listing_id, kind, match_fingerprint FROM listings WHERE match_fingerprint IS NOT NULL"
         ).to_arrow_table()
         kept = con.sql(
-            "SELECT lost_listing_id, found_listing_id, fused, rank_for_lost IS NOT NULL AS for_lost, "
-            "rank_for_found IS NOT NULL AS for_found FROM matches WHERE run_id = ?",
+            "SELECT pair_id, lost_listing_id, found_listing_id, fused, rank_for_lost IS NOT NULL AS for_lost, "
+            "rank_for_found IS NOT NULL AS for_found FROM match_members JOIN match_pairs USING (pair_id) "
+            "WHERE run_id = ?",
             params=[run_id],
         ).to_arrow_table()
     counts: dict[str, int] = {}
@@ -263,6 +264,7 @@ def _previous_pairs(
         fused=fused,
         for_lost=kept["for_lost"].to_numpy(zero_copy_only=False),
         for_found=kept["for_found"].to_numpy(zero_copy_only=False),
+        ids=kept["pair_id"].to_numpy(zero_copy_only=False).astype(np.int64),
     )
     return previous, changed["lost"], changed["found"], counts
 
@@ -292,7 +294,7 @@ def _publish(
     runs: RunsDB,
     run_id: str,
     matches: Iterable[pa.Table],
-    carried: tuple[str, pa.Table] | None,
+    carried: pa.Table | None,
     listings: pa.Table,
     summary: dict[str, Any],
     lineage: tuple[str, str, str, dict[str, Any], dict[str, Any]],
@@ -303,8 +305,8 @@ def _publish(
     chunk's terms and explanations (minutes at national size), so the dashboard's verdicts and other writers are not
     held up. Those rows are invisible until the run is published (``current_matches`` and every report read the
     latest *published* run); a failing run deletes them, and pruning removes any a killed one left. Then, in one
-    transaction, what makes the run current: ``carried`` (previous run, its pairs this run keeps unchanged, with
-    this run's ranks: one narrow membership row each, :func:`engine.run_rows.carry_matches`), the listings
+    transaction, what makes the run current: ``carried`` (the previous run's pairs this run keeps unchanged, by
+    pair id, with this run's ranks: one narrow membership row each, :func:`engine.run_rows.carry_matches`), the listings
     snapshot, the run's status, and the deletion of the pairs of runs older than the newest ``keep_runs`` published
     ones."""
     for chunk in matches:
@@ -312,7 +314,7 @@ def _publish(
             run_rows.insert_matches(con, chunk)
     with runs.write() as con:
         if carried is not None:
-            run_rows.carry_matches(con, run_id, *carried)
+            run_rows.carry_matches(con, run_id, carried)
         _refresh_listings_snapshot(con, listings)
         con.execute(
             "CREATE OR REPLACE VIEW current_matches AS SELECT * FROM matches WHERE run_id = ("
@@ -491,7 +493,7 @@ def _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray,
     score_s = time.perf_counter() - t_score
     peaks["score"] = rss.lap()
     matches = _match_chunks(run_id, scorer, sel, cfg.publish_chunk_rows)
-    carried = (previous_run["run_id"], _carried_ranks(lost, found, sel)) if mode == "incremental" else None
+    carried = _carried_ranks(found.n, sel, previous) if mode == "incremental" else None
     changes.update(
         rescored_lost=int(rows.sum()), rescored_found=int(cols.sum()), pairs_scored=sel.tile_pairs,
         pairs_valued=sel.pair_values, matches_carried=int((~sel.scored).sum()),
@@ -565,12 +567,12 @@ def _keys(cfg: Any, lost: Side, found: Side) -> tuple[ListingKeys, ListingKeys]:
     )
 
 
-def _carried_ranks(lost: Side, found: Side, sel: Selection) -> pa.Table:
-    """The pairs an incremental run keeps from the previous one, with this run's ranks (their values are not copied)."""
+def _carried_ranks(n_found: int, sel: Selection, previous: Previous) -> pa.Table:
+    """The pairs an incremental run keeps from the previous one, by pair id, with this run's ranks (their values
+    are not copied)."""
     reused = ~sel.scored
     return pa.table({
-        "lost_listing_id": pa.array(lost.listing_ids[sel.lost[reused]].tolist(), pa.string()),
-        "found_listing_id": pa.array(found.listing_ids[sel.found[reused]].tolist(), pa.string()),
+        "pair_id": pa.array(previous.ids_of(sel.lost[reused], sel.found[reused], n_found), pa.int64()),
         "rank_for_lost": _ranks(sel.rank_for_lost[reused]),
         "rank_for_found": _ranks(sel.rank_for_found[reused]),
     })  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.scoring.incremental import contains, lex_order, rank_within, unique_keys
+from engine.scoring.incremental import Previous, contains, lex_order, rank_within, unique_keys
 
 
 def test_unique_keys_and_contains_are_np_unique_and_np_isin() -> None:
@@ -41,3 +41,16 @@ def test_rank_within_keeps_the_k_best_finite_pairs_per_owner_ties_to_the_lower_i
     other = np.array([5, 2, 9, 1, 3, 4, 0])
     fused = np.array([0.5, 0.5, 0.9, -np.inf, np.nan, 0.1, 0.2])
     assert rank_within(owner, other, fused, 2).tolist() == [0, 2, 1, 0, 0, 2, 1]
+
+
+def test_previous_pairs_are_named_by_their_ids_and_a_pair_of_no_previous_run_is_refused() -> None:
+    """A run keeps a previous pair by its id: the id of each asked pair, in the order asked; pairs whose listing is
+    gone (-1) are never matched, and a pair the previous run did not have is an error, not a wrong id."""
+    lost, found = np.array([0, 2, -1, 1, 2]), np.array([1, 0, 3, 1, 3])
+    previous = Previous(lost, found, np.zeros(5), np.ones(5, bool), np.ones(5, bool), np.array([10, 11, 12, 13, 14]))
+    assert previous.ids_of(np.array([2, 0, 1]), np.array([3, 1, 1]), n_found=4).tolist() == [14, 10, 13]
+    assert previous.ids_of(np.zeros(0, np.int64), np.zeros(0, np.int64), n_found=4).tolist() == []
+    with pytest.raises(ValueError, match="not one of the previous run's"):
+        previous.ids_of(np.array([2]), np.array([1]), n_found=4)
+    with pytest.raises(ValueError, match="not one of the previous run's"):
+        Previous.empty().ids_of(np.array([0]), np.array([0]), n_found=4)

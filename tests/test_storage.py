@@ -156,9 +156,9 @@ def test_a_run_s_pairs_are_deleted_with_the_values_no_other_run_lists(tmp_path: 
         run_rows.insert_matches(con, pa.table({"run_id": ["a", "a"], "lost_listing_id": ["l1", "l2"],
                                                "found_listing_id": ["f1", "f2"], "score": [0.9, 0.8],
                                                "rank_for_lost": [1, 1]}))  # fmt: skip
-        ranks = pa.table({"lost_listing_id": ["l1"], "found_listing_id": ["f1"], "rank_for_lost": [2],
-                          "rank_for_found": [1]})  # fmt: skip
-        assert run_rows.carry_matches(con, "b", "a", ranks) == 1
+        kept = con.execute("SELECT pair_id FROM match_pairs WHERE lost_listing_id = 'l1'").fetchall()[0][0]
+        ranks = pa.table({"pair_id": [kept], "rank_for_lost": [2], "rank_for_found": [1]})
+        assert run_rows.carry_matches(con, "b", ranks) == 1
         assert run_rows.delete_matches(con, "run_id = ?", ["a"]) == 2
     assert db.query("SELECT run_id, lost_listing_id, score, rank_for_lost, rank_for_found FROM matches") == [
         ("b", "l1", 0.9, 2, 1)

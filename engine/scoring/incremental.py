@@ -242,11 +242,24 @@ class Previous:
     fused: np.ndarray
     for_lost: np.ndarray  # bool: in the lost listing's top-k
     for_found: np.ndarray  # bool: in the found listing's top-k
+    ids: np.ndarray  # int64: the store's id of each pair (a run keeps a pair by naming it)
 
     @classmethod
     def empty(cls) -> Previous:
         z = np.zeros(0, dtype=np.int64)
-        return cls(z, z, np.zeros(0), z.astype(bool), z.astype(bool))
+        return cls(z, z, np.zeros(0), z.astype(bool), z.astype(bool), z)
+
+    def ids_of(self, lost: np.ndarray, found: np.ndarray, n_found: int) -> np.ndarray:
+        """The ids of the previous pairs (``lost[n]``, ``found[n]``) (this run's indices; each must be one)."""
+        nf = max(n_found, 1)
+        both = (self.lost >= 0) & (self.found >= 0)
+        keys = self.lost[both] * nf + self.found[both]
+        order = np.argsort(keys, kind="stable")
+        wanted = lost * nf + found
+        at = order[np.minimum(np.searchsorted(keys[order], wanted), max(len(keys) - 1, 0))] if len(keys) else order
+        if len(wanted) and (len(keys) == 0 or not np.array_equal(keys[at], wanted)):
+            raise ValueError("a pair asked for is not one of the previous run's")
+        return self.ids[both][at]
 
     def rescore(self, changed_lost: np.ndarray, changed_found: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(lost rows, found columns) to rescore in full: the changed listings and every unchanged one whose
