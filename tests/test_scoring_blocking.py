@@ -62,6 +62,23 @@ def test_blocks_cover_every_allowed_pair(cap: float) -> None:
         reached[li, fi] = True
         assert len(li) == reached.sum() and not (allowed & mask & ~reached).any()
         assert (reached & ~mask).sum() == 0 and reached.sum() < 0.5 * mask.sum() * (500 if mask.shape[0] > 1 else 400)
+    # the same pairs, in the same order, as testing one listing at a time by its coordinates' squared difference
+    for (mine, theirs), me, other, sign, mask in (((lr, fr), keys[0], keys[1], 1.0, rows),
+                                                  ((fc, lc), keys[1], keys[0], -1.0, cols)):  # fmt: skip
+        expected = [(i, j) for i in np.flatnonzero(mask) for j in _one_by_one(me, i, other, sign)]
+        assert list(zip(mine.tolist(), theirs.tolist(), strict=True)) == expected
+
+
+def _one_by_one(me, i: int, other, sign: float) -> list[int]:
+    ok = (me.species[i] == 0) | (other.species == 0) | (other.species == me.species[i])
+    if np.isfinite(me.day[i]):
+        slack = 1e-6 * (me.max_days + me.grace_days + 1.0)
+        gap = sign * (other.day - me.day[i])
+        ok &= ~np.isfinite(other.day) | ((gap >= -me.grace_days - slack) & (gap <= me.max_days + slack))
+    if np.isfinite(me.xyz[i]).all():
+        d2 = ((other.xyz - me.xyz[i]) ** 2).sum(axis=1)
+        ok &= ~np.isfinite(d2) | (d2 <= me.reach * me.reach)
+    return np.flatnonzero(ok).tolist()
 
 
 def test_blocks_shrink_under_the_radius_cap() -> None:

@@ -227,31 +227,42 @@ def reachable(
     A superset of the pairs scoring keeps (finite), like the blocks', but found listing by listing: for the few
     listings an incremental run rescores this is far cheaper than blocking the whole region (at 50k listings, ~0.1 s
     for 500 listings against ~1.5 s)."""
-    lost_r, found_r, lost_c, found_c = [], [], [], []
-    for i in np.flatnonzero(rows):
-        partners = _partners(lost, i, found, found_minus_this=1.0)
-        lost_r.append(np.full(len(partners), i, dtype=np.int64))
-        found_r.append(partners)
-    for j in np.flatnonzero(cols):
-        partners = _partners(found, j, lost, found_minus_this=-1.0)
-        lost_c.append(partners)
-        found_c.append(np.full(len(partners), j, dtype=np.int64))
+    lost_r, found_r = _pairs_of(lost, np.flatnonzero(rows), found, found_minus_this=1.0)
+    found_c, lost_c = _pairs_of(found, np.flatnonzero(cols), lost, found_minus_this=-1.0)
+    return (lost_r, found_r), (lost_c, found_c)
+
+
+def _pairs_of(
+    me: ListingKeys, mine: np.ndarray, other: ListingKeys, found_minus_this: float, rows_per_step: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """(listing of ``me``, listing of ``other``) of every pair listings ``mine`` may make, ordered by both
+    (``found_minus_this``: +1 when ``me`` is the lost side, so that ``found day - lost day`` is ``sign × (other day -
+    my day)``). ``rows_per_step`` of ``mine`` are tested against the whole other side at once: one listing at a time
+    was 0.28 s for 500 listings against 32k at 50k listings, numpy's per-call cost more than its arithmetic.
+
+    The distance test is the chord's square from the dot product of the unit vectors, ``2 - 2 a·b``; it differs from
+    the coordinates' squared difference by rounding (~1e-16), far inside the reach's relative slack (``_MARGIN``)."""
+    placed_other = np.isfinite(other.xyz).all(axis=1)
+    other_xyz = np.where(placed_other[:, None], other.xyz, 0.0)
+    other_day = other.day
+    slack = _MARGIN * (me.max_days + me.grace_days + 1.0)
+    mine_parts, other_parts = [], []
+    for start in range(0, len(mine), max(1, rows_per_step)):
+        at = mine[start : start + rows_per_step]
+        sp = me.species[at][:, None]
+        ok = (sp == 0) | (other.species[None, :] == 0) | (other.species[None, :] == sp)
+        day = me.day[at][:, None]
+        gap = found_minus_this * (other_day[None, :] - day)
+        day_ok = (gap >= -me.grace_days - slack) & (gap <= me.max_days + slack)
+        ok &= ~np.isfinite(day) | ~np.isfinite(other_day)[None, :] | day_ok
+        placed = np.isfinite(me.xyz[at]).all(axis=1)
+        d2 = 2.0 - 2.0 * (np.where(placed[:, None], me.xyz[at], 0.0) @ other_xyz.T)
+        ok &= ~placed[:, None] | ~placed_other[None, :] | (d2 <= me.reach * me.reach)
+        i, j = np.nonzero(ok)
+        mine_parts.append(at[i].astype(np.int64))
+        other_parts.append(j.astype(np.int64))
 
     def cat(parts: list[np.ndarray]) -> np.ndarray:
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
-    return (cat(lost_r), cat(found_r)), (cat(lost_c), cat(found_c))
-
-
-def _partners(me: ListingKeys, i: int, other: ListingKeys, found_minus_this: float) -> np.ndarray:
-    """Listings of ``other`` that listing ``i`` of ``me`` may pair with (``found_minus_this``: +1 when ``me`` is the
-    lost side, so that ``found day - lost day`` is ``sign × (other day - my day)``)."""
-    ok = (me.species[i] == 0) | (other.species == 0) | (other.species == me.species[i])
-    if np.isfinite(me.day[i]):
-        slack = _MARGIN * (me.max_days + me.grace_days + 1.0)
-        gap = found_minus_this * (other.day - me.day[i])
-        ok &= ~np.isfinite(other.day) | ((gap >= -me.grace_days - slack) & (gap <= me.max_days + slack))
-    if np.isfinite(me.xyz[i]).all():
-        d2 = ((other.xyz - me.xyz[i]) ** 2).sum(axis=1)
-        ok &= ~np.isfinite(d2) | (d2 <= me.reach * me.reach)
-    return np.flatnonzero(ok)
+    return cat(mine_parts), cat(other_parts)
