@@ -6,12 +6,17 @@ shard of blocks (the function and its arguments pickle), the benchmarks call it 
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
+from engine import progress
 from engine.scoring.allpairs import blocked_topk, resolve_device, tile_bounds
 from engine.scoring.blocking import Block
 from engine.scoring.fuse import ScoreParams, Scorer, Side
+
+log = logging.getLogger(__name__)
 
 COMPACT_ENTRIES = 2_000_000
 """Per-found candidates gathered across blocks are cut to the best k per found listing whenever this many pile up:
@@ -45,14 +50,11 @@ def score_blocks(
 ) -> tuple[np.ndarray, ...]:
     """Top-k per lost and per found listing (within these blocks), as global-index arrays
     (lost, found, fused, rank) for rows and for columns."""
-    from tqdm import tqdm
-
     dev = resolve_device(device)
     rows: list[tuple[np.ndarray, ...]] = []
     cols: list[tuple[np.ndarray, ...]] = []
-    # pairs, not tiles: a region's blocks differ in size by orders of magnitude. On a terminal only (disable=None).
-    bar = tqdm(total=sum(b.pairs for b in blocks), desc="match", unit=" pairs", unit_scale=True, disable=None,
-               mininterval=2.0)  # fmt: skip
+    # pairs, not tiles: a region's blocks differ in size by orders of magnitude
+    bar = progress.bar(sum(b.pairs for b in blocks), "match", " pairs", log, unit_scale=True)
     for block in blocks:
         sub_l, sub_f = lost.take(block.lost), found.take(block.found)
         scorer = Scorer(sub_l, sub_f, params, dev, compile=compile)

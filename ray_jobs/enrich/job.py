@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-import sys
 import time
 import uuid
 from collections import Counter
@@ -13,7 +12,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from engine import run_rows
+from engine import progress, run_rows
 from engine.config import Settings
 from ray_jobs.enrich.inline import run_inline
 from ray_jobs.enrich.pipeline import run_pipeline
@@ -29,7 +28,7 @@ def _now() -> dt.datetime:
 
 def _progress(total: int) -> tqdm:
     """The driver's bar, one tick per photo the pipeline hands back (Ray's per-operator bars are off)."""
-    return tqdm(total=total, desc="enrich", unit="photo", file=sys.stderr, disable=total == 0, mininterval=2.0)
+    return progress.bar(total, "enrich", "photo", log, disable=total == 0)
 
 
 def _refresh_index(lance: Any, settings: Settings) -> dict[str, Any]:
