@@ -42,7 +42,8 @@ DIM, TEXT_DIM = 32, 8
 
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HOMEWARD_", "RAY_"))}
-    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+    # progress lines every half second: the killed-worker test waits for a partly finished enrich in them
+    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1", HW_PROGRESS_EVERY_S="0.5")
     return env
 
 

@@ -33,3 +33,14 @@ def test_lines_are_spaced_by_the_interval(monkeypatch, caplog) -> None:
         bar.close()
     lines = [r.getMessage() for r in caplog.records if r.name == logger.name]
     assert 1 <= len(lines) <= 3 and "1000/1000" in lines[-1]
+
+
+def test_the_interval_comes_from_the_environment_and_a_bad_value_only_warns(monkeypatch, caplog) -> None:
+    monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: False)
+    logger = logging.getLogger("homeward.test.progress")
+    monkeypatch.setenv("HW_PROGRESS_EVERY_S", "0.25")
+    assert progress.bar(10, "match", " pairs", logger).mininterval == 0.25
+    monkeypatch.setenv("HW_PROGRESS_EVERY_S", "soon")
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        assert progress.bar(10, "match", " pairs", logger).mininterval == progress.LOG_EVERY_S
+    assert "HW_PROGRESS_EVERY_S='soon' is not a number" in caplog.text

@@ -413,11 +413,11 @@ def received(inbox: Inbox, rcpt: str) -> list[email.message.EmailMessage]:
 def add_candidate(settings, lost: str, found: str, score: float) -> None:
     """A pair the latest published run gained (as a later match run would publish it)."""
     with RunsDB(settings.duckdb).write() as con:
-        row = con.execute(
+        row = con.sql(
             "SELECT 'match-latest' AS run_id, l.listing_id AS lost_listing_id, f.listing_id AS found_listing_id, "
             "?::DOUBLE AS score, ?::DOUBLE AS image_sim, 3.0 AS distance_km, l.photo_ids[1] AS lost_photo_id, "
             "f.photo_ids[1] AS found_photo_id FROM listings l, listings f WHERE l.listing_id = ? AND f.listing_id = ?",
-            [score, score, sample.lid(lost), sample.lid(found)],
+            params=[score, score, sample.lid(lost), sample.lid(found)],
         ).to_arrow_table()
         run_rows.insert_matches(con, row)
 
