@@ -63,6 +63,7 @@ from engine.scoring.incremental import (
 from engine.scoring.sides import active_listings, model_vector_mask, side_frame
 from engine.storage import RunsDB, open_stores
 from ray_jobs import match_vectors
+from ray_jobs.match_cache import REFRESH_SHARE, CacheKey, VectorCache
 from ray_jobs.match_vectors import SideVectors
 from ray_jobs.memory import PeakRss
 
@@ -387,9 +388,27 @@ class Loaded:
     vectors: tuple[SideVectors, SideVectors]  # lost, found
     fingerprints: tuple[np.ndarray, np.ndarray]  # per listing of each side (``side_fingerprints``)
 
-    def read_vectors(self, lost: np.ndarray, found: np.ndarray) -> int:
-        """Read the vectors of the listings in masks ``lost`` / ``found``; → detection rows read."""
-        return sum(v.read(self.table, mask) for v, mask in zip(self.vectors, (lost, found), strict=True))
+    def read_vectors(
+        self, lost: np.ndarray, found: np.ndarray, cache: VectorCache | None, full: bool
+    ) -> tuple[int, int]:
+        """Place the vectors of the listings in masks ``lost`` / ``found``: copied from ``cache`` where it holds them
+        (an incremental run; every listing it holds, so a rewrite keeps them), the rest read from LanceDB. A full
+        run reads every vector and rewrites the cache; an incremental one rewrites it when more than
+        ``REFRESH_SHARE`` of the rows came from LanceDB. → (detection rows read, detection rows copied)."""
+        read = copied = 0
+        placed = []
+        for name, v, mask, fps in zip(("lost", "found"), self.vectors, (lost, found), self.fingerprints, strict=True):
+            filled = cache.fill(name, v.side, fps) if cache is not None and not full else np.zeros(v.side.n, bool)
+            read += v.read(self.table, mask & ~filled)
+            copied += int(filled[v.rows.owner].sum())
+            placed.append(filled | mask)
+        if cache is not None and (full or read > REFRESH_SHARE * (read + copied)):
+            try:
+                for name, v, mask, fps in zip(("lost", "found"), self.vectors, placed, self.fingerprints, strict=True):
+                    cache.write(name, v.side, fps, mask)
+            except OSError as exc:  # an accelerator: the run goes on, the next one reads LanceDB
+                log.warning("match: cannot write the vector cache under %s: %s", cache.root, exc)
+        return read, copied
 
 
 def _load_sides(settings: Settings, store: Any, version: int | None, listings: pa.Table) -> Loaded:
@@ -420,6 +439,11 @@ def _load_sides(settings: Settings, store: Any, version: int | None, listings: p
         fingerprints.append(side_fingerprints(side, name, keys, side_rows.owner))
     return Loaded(sides[0], sides[1], embed_model, text_model, superseded, table, (vectors[0], vectors[1]),
                   (fingerprints[0], fingerprints[1]))  # fmt: skip
+
+
+def _vector_cache(settings: Settings, loaded: Loaded) -> VectorCache:
+    key = CacheKey(loaded.embed_model, loaded.text_model, loaded.lost.det_emb.shape[1], loaded.lost.text.shape[1])
+    return VectorCache(Path(settings.data_dir) / "cache" / "match-vectors", key)
 
 
 def _return_freed_memory() -> None:
@@ -467,7 +491,8 @@ def _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray,
         candidate_pairs = sum(b.pairs for b in blocks)
     peaks["plan"] = rss.lap()
     t_vectors = time.perf_counter()
-    vectors_read = loaded.read_vectors(*_scored_listings(rows, cols, reach))
+    cache = _vector_cache(settings, loaded) if cfg.vector_cache else None
+    vectors_read, vectors_cached = loaded.read_vectors(*_scored_listings(rows, cols, reach), cache, mode == "full")
     del loaded
     _return_freed_memory()
     load_s += time.perf_counter() - t_vectors
@@ -480,8 +505,9 @@ def _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray,
         params = replace(params, **background)
         estimated_on = previous_run["lineage"]["estimated_on"]
     log.info("match %s (%s: %s): %d lost × %d found listings, %d blocks, %d candidate pairs, rescoring %d lost "
-             "and %d found listings in full on %s (vectors of %d detection rows read)", run_id, mode, reason, lost.n,
-             found.n, len(blocks), candidate_pairs, int(rows.sum()), int(cols.sum()), dev, vectors_read)  # fmt: skip
+             "and %d found listings in full on %s (vectors of %d detection rows read, %d copied from the cache)",
+             run_id, mode, reason, lost.n, found.n, len(blocks), candidate_pairs, int(rows.sum()), int(cols.sum()), dev,
+             vectors_read, vectors_cached)  # fmt: skip
     t_score = time.perf_counter()
     peaks["plan"] = max(peaks["plan"], rss.lap())
 
@@ -516,6 +542,7 @@ def _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray,
         "text_model": text_model,
         "superseded_vectors": superseded,
         "vectors_read": vectors_read,
+        "vectors_cached": vectors_cached,
         "lance_versions": versions,
         "device": dev,
         "pairs_per_s": round(sel.tile_pairs / score_s, 1) if score_s > 0 else None,

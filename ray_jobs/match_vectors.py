@@ -81,7 +81,7 @@ class SideVectors:
             step = max(1, CHUNK_BYTES // (4 * dims))
             for start in range(0, len(at), step):
                 self._chunk(table, at[start : start + step])
-        finish_text(self.side)
+        finish_text(self.side, listings)
         return len(at)
 
     def _chunk(self, table: Any, at: np.ndarray) -> None:

@@ -268,11 +268,17 @@ def add_vectors(
             side.text.index_add_(0, torch.from_numpy(owner[i]), torch.from_numpy(vecs))
 
 
-def finish_text(side: Side) -> None:
-    """Normalise the summed text vectors in place (listings without any stay zero)."""
+def finish_text(side: Side, listings: np.ndarray | None = None) -> None:
+    """Normalise the summed text vectors in place (listings without any stay zero): of every listing, or of those in
+    mask ``listings`` (the others may hold finished vectors already, which a second pass could change in the last
+    bit)."""
     text = side.text.numpy()
-    norms = np.sqrt(np.einsum("ij,ij->i", text, text))[:, None]
-    text /= np.where(norms > 0, norms, 1.0)
+    if listings is None:
+        _normalise(text, text)
+        return
+    at = np.flatnonzero(listings)
+    sums = text[at]
+    text[at] = _normalise(sums, sums)
 
 
 def build_side(listings: pa.Table, det: pa.Table) -> Side:
