@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -72,16 +73,20 @@ class VectorCache:
         straight into the side's arrays (at 50k listings with 500 new, ~1,000 reads instead of gathering 125k
         rows one by one)."""
         filled = np.zeros(side.n, bool)
+        if not side.n:
+            return filled
         try:
             cached = self._open(name)
-            if cached is None or not side.n:
+            if cached is None:
                 return filled
-            dst, src = self._pair(cached, side, fingerprints)
             try:
+                dst, src = self._pair(cached, side, fingerprints)
                 self._copy(cached, side, dst, src)
             except BaseException:
-                side.text.numpy()[dst] = 0  # vectors read from LanceDB are added onto these rows: none half-copied
+                side.text.numpy()[:] = 0  # vectors read from LanceDB are added onto these rows: none half-copied
                 raise
+            finally:
+                cached.close()
         except (OSError, ValueError) as exc:
             log.warning("match: ignoring the vector cache of the %s side (%s); reading from LanceDB", name, exc)
             return filled
@@ -110,28 +115,48 @@ class VectorCache:
         shutil.rmtree(old, ignore_errors=True)
 
     def _open(self, name: str) -> _Cached | None:
-        folder = self.root / name
-        if not (folder / "meta.json").exists():
+        """The ``name`` side's cache, every file opened through one handle on its folder: a run swapping in a new
+        cache meanwhile renames the folder away, so the files read are all of one cache (or opening fails)."""
+        try:
+            folder = os.open(self.root / name, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
             return None
-        meta = json.loads((folder / "meta.json").read_text())
-        if {k: meta.get(k) for k in self.key.as_dict()} != self.key.as_dict():
-            return None  # written for another model or width: the run will rewrite it if it reads enough
-        ids, fps, offsets, det_emb, text = (
-            np.load(folder / f"{part}.npy", mmap_mode="r", allow_pickle=False)
-            for part in ("listing_ids", "fingerprints", "offsets", "det_emb", "text")
-        )
+
+        def opener(path: str, flags: int) -> int:
+            return os.open(path, flags, dir_fd=folder)
+
+        files: list[BinaryIO] = []
+        try:
+            with open("meta.json", "rb", opener=opener) as f:
+                meta = json.loads(f.read())
+            if {k: meta.get(k) for k in self.key.as_dict()} != self.key.as_dict():
+                return None  # written for another model or width: the run rewrites it if it reads enough
+            small = []
+            for part in ("listing_ids", "fingerprints", "offsets"):
+                with open(f"{part}.npy", "rb", opener=opener) as f:
+                    small.append(np.load(f, allow_pickle=False))
+            files = [open(f"{part}.npy", "rb", buffering=0, opener=opener) for part in ("det_emb", "text")]  # noqa: SIM115
+            (emb_shape, emb_at), (text_shape, text_at) = (_float32_header(f) for f in files)
+        except BaseException:
+            for f in files:
+                f.close()
+            raise
+        finally:
+            os.close(folder)
+        ids, fps, offsets = small
         n = int(meta["listings"])
-        ids, fps, offsets = np.asarray(ids), np.asarray(fps), np.asarray(offsets, np.int64)
         shapes_ok = (
             ids.shape == (n,) and ids.dtype.kind == "U" and fps.shape == (n,) and fps.dtype == np.dtype(_FINGERPRINT)
-            and offsets.shape == (n + 1,) and text.shape == (n, self.key.text_dim) and text.dtype == np.float32
-            and det_emb.ndim == 2 and det_emb.shape[1] == self.key.image_dim and det_emb.dtype == np.float32
-            and int(offsets[0]) == 0 and int(offsets[-1]) == len(det_emb) and bool((np.diff(offsets) >= 0).all())
+            and offsets.shape == (n + 1,) and offsets.dtype == np.int64 and text_shape == (n, self.key.text_dim)
+            and len(emb_shape) == 2 and emb_shape[1] == self.key.image_dim
+            and int(offsets[0]) == 0 and int(offsets[-1]) == emb_shape[0] and bool((np.diff(offsets) >= 0).all())
             and bool((ids[1:] > ids[:-1]).all())
         )  # fmt: skip
         if not shapes_ok:
-            raise ValueError(f"{folder} does not hold consistent vector files")
-        return _Cached(folder, ids, fps, offsets, det_emb.offset, text.offset)
+            for f in files:
+                f.close()
+            raise ValueError(f"{self.root / name} does not hold consistent vector files")
+        return _Cached(ids, fps, offsets, files[0], emb_at, files[1], text_at)
 
     @staticmethod
     def _pair(cached: _Cached, side: Side, fingerprints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -158,23 +183,38 @@ class VectorCache:
         text = side.text.numpy()
         det_emb = side.det_emb.numpy()
         offsets = side.det_offsets.numpy()
-        with open(cached.folder / "text.npy", "rb", buffering=0) as f:
-            for a, b, c in zip(first.tolist(), last.tolist(), from_first.tolist(), strict=True):
-                _read_rows(f, cached.text_at, c, text[a:b])
-        with open(cached.folder / "det_emb.npy", "rb", buffering=0) as f:
-            for a, b, c in zip(first.tolist(), last.tolist(), from_first.tolist(), strict=True):
-                if offsets[b] > offsets[a]:
-                    _read_rows(f, cached.det_emb_at, int(cached.offsets[c]), det_emb[offsets[a] : offsets[b]])
+        for a, b, c in zip(first.tolist(), last.tolist(), from_first.tolist(), strict=True):
+            _read_rows(cached.text, cached.text_at, c, text[a:b])
+            if offsets[b] > offsets[a]:
+                _read_rows(cached.det_emb, cached.det_emb_at, int(cached.offsets[c]), det_emb[offsets[a] : offsets[b]])
 
 
 @dataclass(frozen=True)
 class _Cached:
-    folder: Path
     ids: np.ndarray
     fingerprints: np.ndarray
     offsets: np.ndarray
-    det_emb_at: int  # byte offset of the first row in det_emb.npy
+    det_emb: BinaryIO
+    det_emb_at: int  # byte offset of the first row
+    text: BinaryIO
     text_at: int
+
+    def close(self) -> None:
+        self.det_emb.close()
+        self.text.close()
+
+
+def _float32_header(f: BinaryIO) -> tuple[tuple[int, ...], int]:
+    """(shape, byte offset of the data) of a C-ordered float32 ``.npy`` file whose data is all there."""
+    major, _ = np.lib.format.read_magic(f)
+    if major not in (1, 2):
+        raise ValueError(f"{f.name}: .npy format {major} not written by this cache")
+    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read(f)
+    at = f.tell()
+    if fortran or dtype != np.float32 or os.fstat(f.fileno()).st_size < at + math.prod(shape) * 4:
+        raise ValueError(f"{f.name} is not a complete C-ordered float32 array")
+    return shape, at
 
 
 def _read_rows(f: BinaryIO, data_at: int, first_row: int, out: np.ndarray) -> None:

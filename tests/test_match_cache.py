@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 from engine.config import Settings
 from engine.storage import RunsDB
 from ray_jobs import match as match_job
-from ray_jobs import match_vectors
+from ray_jobs import match_cache, match_vectors
 from ray_jobs.match import match
 from tests.test_match import World, _published
 
@@ -132,3 +133,35 @@ def test_a_cache_it_cannot_use_is_ignored(
     assert _published(db, incremental["run_id"]) == _published(db, rematch["run_id"])
     again = match(settings, top_k=3)  # the full run rewrote it
     assert again["vectors_cached"] == len(world.detections) and again["vectors_read"] == 0
+
+
+def test_a_cache_swapped_in_while_a_run_reads_it_is_not_mixed_in(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another match run may replace the cache while this one reads it: every file comes from the folder opened."""
+    settings = settings.with_overrides({"match": {"background_drift": 10.0}})
+    world, _ = _world(settings)
+    match(settings, top_k=3)
+    world.add("found", "new-found", world.identity(), day=3)
+    world.write(settings)
+    pair = match_cache.VectorCache._pair
+    swapped: list[Path] = []
+
+    def swap_then_pair(cached, side, fingerprints):
+        if not swapped:  # the lost side, opened: swap in a cache of the same listings whose vectors are all zero
+            folder = _cache(settings) / "lost"
+            other = folder.with_name(".lost.other")
+            shutil.copytree(folder, other)
+            np.save(other / "det_emb.npy", np.zeros_like(np.load(folder / "det_emb.npy")))
+            shutil.rmtree(folder)
+            other.rename(folder)
+            swapped.append(folder)
+        return pair(cached, side, fingerprints)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(match_cache.VectorCache, "_pair", staticmethod(swap_then_pair))
+        incremental = match(settings, top_k=3)
+    assert swapped and incremental["mode"] == "incremental" and incremental["vectors_cached"] > 0
+    rematch = match(settings, top_k=3, full=True)
+    db = RunsDB(settings.duckdb)
+    assert _published(db, incremental["run_id"]) == _published(db, rematch["run_id"])
