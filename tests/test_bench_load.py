@@ -80,6 +80,8 @@ def test_bench_load_small_reports_every_stage(
     assert inc["mode"] == "incremental" and inc["identical"] is True and inc["rows_differing"] == 0
     assert inc["changes"]["lost_new"] + inc["changes"]["found_new"] == 60
     assert 0 < inc["pairs_scored"] < inc["full_pairs_scored"] and inc["seconds"] > 0 and inc["full_seconds"] > 0
+    # the new listings' vectors come from LanceDB, every other listing's from the full match's vector cache
+    assert inc["vectors_read"] == 3640 - 3500 and inc["vectors_cached"] == 3500, inc
     assert out["data_dir"] is None and not list(Path(settings.data_dir).glob("bench-load-*"))
 
 

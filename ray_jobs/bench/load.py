@@ -371,6 +371,8 @@ def _incremental_stage(
         "changes": inc["changes"],
         "pairs_scored": inc["pairs_scored"],
         "full_pairs_scored": ful["pairs_scored"],
+        "vectors_read": inc["vectors_read"],
+        "vectors_cached": inc["vectors_cached"],
         "phases": inc["seconds"],
         "full_phases": ful["seconds"],
         "matches": inc["matches"],
