@@ -231,11 +231,12 @@ def _county_mentions(words: list[str]) -> tuple[list[tuple[str, dict[str, tuple[
     for i, word in enumerate(words):
         if word not in _COUNTY_WORDS:
             continue
+        counties = _counties()
         spans = [(i - n, i) for n in (3, 2, 1) if i - n >= 0] + [(i + 1, i + 1 + n) for n in (3, 2, 1)]
         for a, b in spans:
             name = " ".join(words[a:b])
-            if b <= len(words) and name in _counties():
-                found.append((name, _counties()[name]))
+            if b <= len(words) and name in counties:
+                found.append((name, counties[name]))
                 used.update(range(a, b))
                 used.add(i)
                 break

@@ -129,6 +129,8 @@ class VectorCache:
         try:
             with open("meta.json", "rb", opener=opener) as f:
                 meta = json.loads(f.read())
+            if not isinstance(meta, dict) or not isinstance(meta.get("listings"), int):
+                raise ValueError("meta.json does not describe a cache")
             if {k: meta.get(k) for k in self.key.as_dict()} != self.key.as_dict():
                 return None  # written for another model or width: the run rewrites it if it reads enough
             small = []
@@ -137,25 +139,22 @@ class VectorCache:
                     small.append(np.load(f, allow_pickle=False))
             files = [open(f"{part}.npy", "rb", buffering=0, opener=opener) for part in ("det_emb", "text")]  # noqa: SIM115
             (emb_shape, emb_at), (text_shape, text_at) = (_float32_header(f) for f in files)
+            ids, fps, offsets = small
+            n = meta["listings"]
+            if not (
+                ids.shape == (n,) and ids.dtype.kind == "U" and fps.shape == (n,)
+                and fps.dtype == np.dtype(_FINGERPRINT) and offsets.shape == (n + 1,) and offsets.dtype == np.int64
+                and text_shape == (n, self.key.text_dim) and len(emb_shape) == 2
+                and emb_shape[1] == self.key.image_dim and int(offsets[0]) == 0 and int(offsets[-1]) == emb_shape[0]
+                and bool((np.diff(offsets) >= 0).all()) and bool((ids[1:] > ids[:-1]).all())
+            ):  # fmt: skip
+                raise ValueError(f"{self.root / name} does not hold consistent vector files")
         except BaseException:
             for f in files:
                 f.close()
             raise
         finally:
             os.close(folder)
-        ids, fps, offsets = small
-        n = int(meta["listings"])
-        shapes_ok = (
-            ids.shape == (n,) and ids.dtype.kind == "U" and fps.shape == (n,) and fps.dtype == np.dtype(_FINGERPRINT)
-            and offsets.shape == (n + 1,) and offsets.dtype == np.int64 and text_shape == (n, self.key.text_dim)
-            and len(emb_shape) == 2 and emb_shape[1] == self.key.image_dim
-            and int(offsets[0]) == 0 and int(offsets[-1]) == emb_shape[0] and bool((np.diff(offsets) >= 0).all())
-            and bool((ids[1:] > ids[:-1]).all())
-        )  # fmt: skip
-        if not shapes_ok:
-            for f in files:
-                f.close()
-            raise ValueError(f"{self.root / name} does not hold consistent vector files")
         return _Cached(ids, fps, offsets, files[0], emb_at, files[1], text_at)
 
     @staticmethod

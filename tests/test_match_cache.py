@@ -103,6 +103,11 @@ def _inconsistent_offsets(folder: Path) -> None:
     np.save(folder / "offsets.npy", offsets)
 
 
+def _meta_without_its_size(folder: Path) -> None:
+    meta = json.loads((folder / "meta.json").read_text())
+    (folder / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "listings"}))
+
+
 def _another_model(folder: Path) -> None:
     meta = json.loads((folder / "meta.json").read_text())
     (folder / "meta.json").write_text(json.dumps({**meta, "embed_model": "another-embedder/2"}))
@@ -110,8 +115,8 @@ def _another_model(folder: Path) -> None:
 
 @pytest.mark.parametrize(
     ("spoil", "warns"),
-    [(_garbage_vectors, True), (_inconsistent_offsets, True), (_another_model, False)],
-    ids=["garbage-file", "inconsistent-offsets", "another-model"],
+    [(_garbage_vectors, True), (_inconsistent_offsets, True), (_meta_without_its_size, True), (_another_model, False)],
+    ids=["garbage-file", "inconsistent-offsets", "meta-without-size", "another-model"],
 )
 def test_a_cache_it_cannot_use_is_ignored(
     settings: Settings, caplog: pytest.LogCaptureFixture, spoil, warns: bool
