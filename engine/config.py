@@ -123,6 +123,14 @@ class MatchSettings:
     the next day on): pairs farther apart are ruled out and never scored, and blocking cuts the map by this radius,
     so a wider cap scores quadratically more pairs. Most lost pets are found within a few kilometres; an animal a
     shelter moved farther (a transfer across a county or to a rescue elsewhere) needs a wider setting."""
+    place_slack_km: dict[str, float] = field(default_factory=lambda: {"city": 10.0, "shelter": 15.0})
+    """How far a listing's point may be from the animal's spot, by where the point came from (``geo_source``): a
+    town's centroid (10 km: most towns' centre-to-edge distance; the largest cities reach farther) or the shelter a
+    found animal sits in (15 km: an intake area). A pair's distance counts minus both slacks, in the hard radius and
+    the distance prior alike, so a lost dog named by its town still pairs with a shelter's found dog 25 km from the
+    town's centre; the price is more pairs scored for such listings (their reach grows with the slack). Sources not
+    named (a page's own coordinates, an address or postcode) count as exact; ``region`` (a state's centroid) is left
+    at 0 — any slack that covered a state would pair it with the whole state."""
     geo_scale_km: float = 15.0
     geo_scale_km_per_day: float = 25.0
     """The distance prior's softness, apart from the hard radius: ``geo = exp(-d / (geo_scale_km +

@@ -51,6 +51,7 @@ from engine.scoring.allpairs import resolve_device, tile_for
 from engine.scoring.blocking import Block, ListingKeys, listing_keys, make_blocks, reachable
 from engine.scoring.blocks import score_blocks
 from engine.scoring.fuse import COMPILE_MIN_RUN_PAIRS, ScoreParams, Scorer, Side, background_stats
+from engine.scoring.geo import place_slack_km
 from engine.scoring.incremental import (
     CANDIDATE_MARGIN,
     Previous,
@@ -482,7 +483,7 @@ def _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray,
     if mode == "incremental" and touched > FULL_WHEN_TOUCHED:
         mode, reason = "full", f"the changes touch over {FULL_WHEN_TOUCHED:.0%} of the candidate pairs"
         previous, rows, cols = Previous.empty(), np.ones(lost.n, bool), np.ones(found.n, bool)
-    keys = _keys(cfg, lost, found)
+    keys = _keys(cfg, params, lost, found)
     if mode == "incremental":  # the pairs of the rescored listings only: no blocks of the whole region
         blocks, reach = [], reachable(*keys, rows, cols)
         candidate_pairs = len(reach[0][0]) + len(reach[1][0])
@@ -579,9 +580,9 @@ def _scored_listings(
     return lost, found
 
 
-def _keys(cfg: Any, lost: Side, found: Side) -> tuple[ListingKeys, ListingKeys]:
-    """What blocking knows of both sides under the hard rules (species, dates, the capped radius): every allowed pair
-    lies in one block of ``make_blocks``, and in ``reachable`` of either of its listings."""
+def _keys(cfg: Any, params: ScoreParams, lost: Side, found: Side) -> tuple[ListingKeys, ListingKeys]:
+    """What blocking knows of both sides under the hard rules (species, dates, the capped radius, the places'
+    slack): every allowed pair lies in one block of ``make_blocks``, and in ``reachable`` of either of its listings."""
     key_args = dict(
         base_radius_km=cfg.base_radius_km,
         max_speed_km_per_day=cfg.max_speed_km_per_day,
@@ -590,8 +591,10 @@ def _keys(cfg: Any, lost: Side, found: Side) -> tuple[ListingKeys, ListingKeys]:
         grace_days=cfg.found_before_lost_grace_days,
     )
     return tuple(  # type: ignore[return-value]
-        listing_keys(s.species.numpy(), s.lat.numpy(), s.lon.numpy(), s.day.numpy(), **key_args) for s in (lost, found)
-    )
+        listing_keys(s.species.numpy(), s.lat.numpy(), s.lon.numpy(), s.day.numpy(), **key_args,
+                     slack_km=place_slack_km(s.geo_source, s.n, params.place_slack_km))
+        for s in (lost, found)
+    )  # fmt: skip
 
 
 def _carried_ranks(n_found: int, sel: Selection, previous: Previous) -> pa.Table:

@@ -160,6 +160,9 @@ def test_hard_rules_and_missing_data(settings: Settings) -> None:
     lost = world.add("lost", "lost", animal, day=10, colors=["black"], sex="male", lat=SEATTLE[0], lon=SEATTLE[1])
     # a month later 33 km away: beyond match.max_radius_km (a shelter transfer needs a wider setting)
     beyond_cap = world.add("found", "beyond-cap", animal, day=40, lat=SEATTLE[0] + 0.3, lon=SEATTLE[1])
+    # 20 km away but placed at its shelter: the shelter's place slack (match.place_slack_km) keeps it
+    at_shelter = world.add("found", "at-shelter", animal, day=12, lat=SEATTLE[0] + 0.18, lon=SEATTLE[1],
+                           geo_source="shelter")  # fmt: skip
     too_early = world.add("found", "too-early", animal, day=2)  # 8 days before the loss, beyond 3 days of grace
     in_grace = world.add("found", "in-grace", animal, day=8)
     too_far = world.add("found", "too-far", animal, day=11, lat=55.75, lon=37.6)  # Moscow, a day later
@@ -178,7 +181,7 @@ def test_hard_rules_and_missing_data(settings: Settings) -> None:
     match(settings, top_k=30)
     for ruled_out in (too_early, too_far, beyond_cap, cat, sure_cat, resolved):
         assert current(settings, lost, ruled_out) is None
-    for kept in (in_grace, unknown_species, guessed_cat, no_coords, no_date, no_photo):
+    for kept in (in_grace, unknown_species, guessed_cat, no_coords, no_date, no_photo, at_shelter):
         assert current(settings, lost, kept) is not None
     assert current(settings, lost, no_coords)[4] is None  # no distance, no geo prior
     assert current(settings, lost, no_date)[5] is None

@@ -200,7 +200,7 @@ def test_explanation_says_where_a_place_came_from() -> None:
         **{f"attr_{k}": float("nan") for k in ("colour", "sex", "size", "breed")},
     }  # fmt: skip
     text = explain(row, params, 0, 0, ("page", "shelter"))
-    assert "3.2 km apart (found placed by the shelter)" in text
+    assert "3.2 km apart (found placed by the shelter ±15 km)" in text
     assert "placed by" not in explain(row, params, 0, 0, ("page", "page"))
 
 

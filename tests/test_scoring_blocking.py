@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine.scoring.blocking import listing_keys, make_blocks, reachable
-from engine.scoring.geo import geo_time_terms, haversine_km
+from engine.scoring.geo import chord_for_radius, geo_time_terms, haversine_km
 
 RULES = dict(base_radius_km=15.0, max_speed_km_per_day=5.0, max_days=30.0, grace_days=3.0)
 
@@ -31,18 +31,23 @@ def _pairs(blocks) -> int:
     return sum(b.pairs for b in blocks)
 
 
-@pytest.mark.parametrize("cap", [math.inf, 60.0, 20.0])
-def test_blocks_cover_every_allowed_pair(cap: float) -> None:
+@pytest.mark.parametrize("cap, slacked", [(math.inf, False), (60.0, False), (20.0, False), (20.0, True)])
+def test_blocks_cover_every_allowed_pair(cap: float, slacked: bool) -> None:
+    """``slacked``: some places are a town's or a shelter's centre (``geo.place_slack_km``), reaching farther."""
     rules = {**RULES, "max_radius_km": cap}
     rng = np.random.default_rng(0)
     ls, llat, llon, lday = _random_side(400, rng)
     fs, flat, flon, fday = _random_side(500, rng)
-    blocks = make_blocks(listing_keys(ls, llat, llon, lday, **rules), listing_keys(fs, flat, flon, fday, **rules))
+    slack_l, slack_f = (rng.choice([0.0, 0.0, 10.0, 15.0], n) if slacked else np.zeros(n) for n in (400, 500))
+    lkeys = listing_keys(ls, llat, llon, lday, **rules, slack_km=slack_l)
+    fkeys = listing_keys(fs, flat, flon, fday, **rules, slack_km=slack_f)
+    blocks = make_blocks(lkeys, fkeys)
     covered = np.zeros((400, 500), dtype=bool)
     for b in blocks:
         covered[np.ix_(b.lost, b.found)] = True
     t = lambda x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
     dist = haversine_km(t(llat)[:, None], t(llon)[:, None], t(flat)[None, :], t(flon)[None, :])
+    dist = (dist - t(slack_l)[:, None] - t(slack_f)[None, :]).clamp(min=0)
     days = t(fday)[None, :] - t(lday)[:, None]
     _, _, allowed = geo_time_terms(dist, days, **rules)
     species_ok = (ls[:, None] == fs[None, :]) | (ls[:, None] == 0) | (fs[None, :] == 0)
@@ -50,12 +55,12 @@ def test_blocks_cover_every_allowed_pair(cap: float) -> None:
     assert allowed.any()
     assert not (allowed & ~covered).any(), "a pair the rules allow was never scored"
     assert covered.sum() < 0.5 * covered.size, "blocking pruned nothing"
-    # every lost listing lies in exactly one block
+    # every lost listing lies in exactly one block (the place slack included)
     owners = np.concatenate([b.lost for b in blocks])
     assert len(owners) == len(set(owners.tolist()))
     # the pairs of a few listings, found without blocks: every allowed one, each once per part
     rows, cols = rng.random(400) < 0.05, rng.random(500) < 0.05
-    keys = listing_keys(ls, llat, llon, lday, **rules), listing_keys(fs, flat, flon, fday, **rules)
+    keys = lkeys, fkeys
     (lr, fr), (lc, fc) = reachable(*keys, rows, cols)
     for li, fi, mask in ((lr, fr, rows[:, None]), (lc, fc, cols[None, :])):
         reached = np.zeros((400, 500), dtype=bool)
@@ -77,7 +82,8 @@ def _one_by_one(me, i: int, other, sign: float) -> list[int]:
         ok &= ~np.isfinite(other.day) | ((gap >= -me.grace_days - slack) & (gap <= me.max_days + slack))
     if np.isfinite(me.xyz[i]).all():
         d2 = ((other.xyz - me.xyz[i]) ** 2).sum(axis=1)
-        ok &= ~np.isfinite(d2) | (d2 <= me.reach * me.reach)
+        reach = np.array([chord_for_radius(me.radius_km + me.slack[i] + s) * (1 + 1e-6) for s in other.slack])
+        ok &= ~np.isfinite(d2) | (d2 <= reach * reach)
     return np.flatnonzero(ok).tolist()
 
 

@@ -115,6 +115,11 @@ def _reference_fused(lost: Side, found: Side, p: ScoreParams) -> np.ndarray:
     attr = attribute_terms(lost.attrs, found.attrs, outer=True)["evidence"].double().numpy()
     t = lambda x: x.double()  # noqa: E731
     dist = haversine_km(t(lost.lat)[:, None], t(lost.lon)[:, None], t(found.lat)[None, :], t(found.lon)[None, :])
+    slack = {"city": 10.0, "shelter": 15.0}  # the documented default of match.place_slack_km
+    assert dict(p.place_slack_km) == slack
+    s_l, s_f = (torch.tensor([slack.get(g, 0.0) for g in (s.geo_source if s.geo_source is not None else [None] * s.n)],
+                             dtype=torch.float64) for s in (lost, found))  # fmt: skip
+    dist = (dist - s_l[:, None] - s_f[None, :]).clamp(min=0)
     days = t(found.day)[None, :] - t(lost.day)[:, None]
     geo, tim, ok = geo_time_terms(dist, days, base_radius_km=p.base_radius_km, max_days=p.max_days,
                                   max_speed_km_per_day=p.max_speed_km_per_day, grace_days=p.grace_days,
@@ -144,17 +149,19 @@ def _reference_fused(lost: Side, found: Side, p: ScoreParams) -> np.ndarray:
 
 def test_fused_kernel_equals_the_definition_on_random_data() -> None:
     """Tiles and pair lists of the rewritten kernel against the definition in float64: several photos or none per
-    listing, missing coordinates, dates and texts, all attribute states, agreeing photo pairs (the bonus)."""
+    listing, missing coordinates, dates and texts, all attribute states, agreeing photo pairs (the bonus), places
+    that are exact, a town's centre or a shelter's (the place slack)."""
     rng = np.random.default_rng(21)
     n_l, n_f = 23, 31
 
     def side(n: int) -> Side:
         s = make_side(
             n, rng.integers(0, 4, n).tolist(), rng, species=rng.integers(0, 3, n).tolist(),
-            lat=list(np.where(rng.random(n) < 0.15, NAN, 47.6 + rng.normal(0, 0.06, n))),
-            lon=list(-122.3 + rng.normal(0, 0.06, n)),
+            lat=list(np.where(rng.random(n) < 0.15, NAN, 47.6 + rng.normal(0, 0.12, n))),
+            lon=list(-122.3 + rng.normal(0, 0.12, n)),
             day=list(np.where(rng.random(n) < 0.15, NAN, rng.integers(0, 40, n).astype(float))),
         )  # fmt: skip
+        s.geo_source = rng.choice(["page", "city", "shelter", "postcode"], n).astype(object)
         s.attrs = attributes.encode(
             rng.choice([None, "male", "female"], n).tolist(),
             rng.choice([None, "small", "medium", "large", "xl"], n).tolist(),
@@ -175,6 +182,34 @@ def test_fused_kernel_equals_the_definition_on_random_data() -> None:
     for got in (scorer.tile(0, n_l, 0, n_f).numpy(), scorer.pairs(li.ravel(), fi.ravel())["fused"].reshape(n_l, n_f)):
         assert np.array_equal(np.isfinite(got), finite)
         assert np.abs(got[finite] - ref[finite]).max() < 1e-4
+
+
+def test_a_town_or_shelter_place_counts_its_slack() -> None:
+    """A lost dog named by its town (the town's centre) and a found dog placed at its shelter, 25 km apart, may be
+    the same street: they pair (25 - 10 - 15 km is within the radius), with the true distance reported and the
+    prior of a pair 0 km apart; the same two points as exact coordinates are ruled out. The slack is configurable
+    and validated."""
+    rng = np.random.default_rng(3)
+    lost = make_side(2, [1, 1], rng, lat=[47.6, 47.6], lon=[-122.3, -122.3])
+    found = make_side(2, [1, 1], rng, lat=[47.6 + 25 / 111.2, 47.6 + 3 / 111.2], lon=[-122.3, -122.3])
+    lost.geo_source = np.array(["city", "page"], dtype=object)
+    found.geo_source = np.array(["shelter", "page"], dtype=object)
+    p = background_stats(lost, found, params())
+    scorer = Scorer(lost, found, p)
+    tile = scorer.tile(0, 2, 0, 2).numpy()
+    assert np.isfinite(tile[0, 0]) and not np.isfinite(tile[1, 0])  # exact lost point, 25 - 15 km > 9 km
+    assert np.isfinite(tile[0, 1]) and np.isfinite(tile[1, 1])
+    terms = scorer.pairs(np.array([0, 1]), np.array([0, 0]))
+    assert terms["distance_km"][0] == pytest.approx(25.0, abs=0.1) and terms["geo_score"][0] == pytest.approx(1.0)
+    assert terms["fused"][0] == pytest.approx(tile[0, 0], abs=1e-5) and not np.isfinite(terms["fused"][1])
+    assert "25.0 km apart (lost placed by its town name ±10 km, found placed by the shelter ±15 km)" in str(
+        terms["explanation"][0]
+    )
+    exact = Scorer(lost, found, background_stats(lost, found, params(place_slack_km={})))
+    assert not np.isfinite(exact.tile(0, 1, 0, 1).numpy()).any()
+    for bad, message in (({"town": 5}, "unknown place sources"), ({"city": -1}, "finite kilometres")):
+        with pytest.raises(HomewardError, match=message):
+            params(place_slack_km=bad)
 
 
 # ---------------------------------------------------------------------------------------------------------- attributes

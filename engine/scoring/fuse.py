@@ -37,9 +37,10 @@ import torch
 
 from engine.config import DEFAULT_CALIBRATION, MatchSettings
 from engine.errors import HomewardError
+from engine.schema import GEO_SOURCES
 from engine.scoring import aggregate, kernel
 from engine.scoring.attributes import AttributeCodes, attribute_terms
-from engine.scoring.geo import geo_time_terms, haversine_km
+from engine.scoring.geo import geo_time_terms, haversine_km, place_slack_km
 
 NEG_INF = float("-inf")
 SPECIES_CODES = {"dog": 1, "cat": 2, "other": 3}
@@ -137,6 +138,7 @@ class ScoreParams:
     img_scale: float = 1.0
     txt_center: float = 0.0
     txt_scale: float = 1.0
+    place_slack_km: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def agree_threshold(self) -> float:
@@ -152,6 +154,16 @@ class ScoreParams:
         if unknown:
             raise HomewardError(f"match.calibration has unknown keys {unknown}; known: slope, offset")
         calib = {**DEFAULT_CALIBRATION, **match_settings.calibration}
+        slack = dict(match_settings.place_slack_km or {})
+        unknown = sorted(set(slack) - set(GEO_SOURCES))
+        if unknown:
+            raise HomewardError(
+                f"match.place_slack_km has unknown place sources {unknown}; known: {', '.join(GEO_SOURCES)}"
+            )
+        bad = {k: v for k, v in slack.items() if isinstance(v, bool) or not isinstance(v, int | float)
+               or not math.isfinite(v) or v < 0}  # fmt: skip
+        if bad:
+            raise HomewardError(f"match.place_slack_km needs finite kilometres >= 0; got {bad}")
         return cls(
             weights={t: float(weights.get(t, 0.0)) for t in TERMS},
             base_radius_km=float(match_settings.base_radius_km),
@@ -163,6 +175,7 @@ class ScoreParams:
             grace_days=float(match_settings.found_before_lost_grace_days),
             slope=float(calib["slope"]),
             offset=float(calib["offset"]),
+            place_slack_km={k: float(v) for k, v in sorted(slack.items())},
         )
 
 
@@ -243,9 +256,12 @@ class Scorer:
         self.use_text = (
             lost.text.shape[1] == found.text.shape[1] and bool(lost.has_text.any()) and bool(found.has_text.any())
         )
+        self._slack = [
+            torch.from_numpy(place_slack_km(s.geo_source, s.n, params.place_slack_km)).float() for s in (lost, found)
+        ]
         self._codes = [
-            kernel.side_codes(s.lat, s.lon, s.day, s.species, s.has_text & self.use_text, s.attrs, self.device)
-            for s in (lost, found)
+            kernel.side_codes(s.lat, s.lon, s.day, s.species, s.has_text & self.use_text, s.attrs, slack, self.device)
+            for s, slack in zip((lost, found), self._slack, strict=True)
         ]
         self._consts = kernel.constants(params, self.w, self.device)
         self._zero = torch.zeros((), device=self.device)
@@ -371,7 +387,7 @@ class Scorer:
         has_img = torch.isfinite(best)
         fused = kernel.fused_kernel(best.to(self.device), txt.to(self.device), *codes, self._consts).cpu()
         fused = fused + torch.where(has_img, self.w["image"] * aggregate.evidence_bonus(agree), 0.0)
-        geo, tim, _ = self._geo_time(dist, days)
+        geo, tim, _ = self._geo_time((dist - self._slack[0][i] - self._slack[1][j]).clamp(min=0.0), days)
         z_img = (torch.where(has_img, best, torch.zeros_like(best)) - self.params.img_center) / self.params.img_scale
         extra = {"geo": geo, "time": tim, "z_img": z_img}
         rows_a = torch.gather(arow, 1, pa[:, None])[:, 0] if n else pa
@@ -431,7 +447,7 @@ def explain(
     geo_sources: tuple[str | None, str | None] = (None, None),
 ) -> str:
     """One line a shelter worker can read: what agreed, what did not, what was missing; for a distance, where each
-    side's place came from when not the page's own coordinates (``geo_sources``: lost, found)."""
+    side's place came from when not the page's own coordinates (``geo_sources``: lost, found), with its slack."""
     parts: list[str] = []
     if not math.isfinite(row["fused"]):
         return "ruled out (species, date or distance)"
@@ -452,8 +468,9 @@ def explain(
     if said:
         parts.append(", ".join(said))
     if _fmt(row["distance_km"], ".1f"):
+        slack = params.place_slack_km
         placed = [
-            f"{side} placed by {PLACED_BY[s]}"
+            f"{side} placed by {PLACED_BY[s]}" + (f" ±{slack[s]:g} km" if slack.get(s) else "")
             for side, s in zip(("lost", "found"), geo_sources, strict=True)
             if s in PLACED_BY
         ]

@@ -14,6 +14,7 @@ All functions take torch tensors that broadcast, so the same code scores a whole
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,20 @@ def haversine_km(lat1: torch.Tensor, lon1: torch.Tensor, lat2: torch.Tensor, lon
     dl = torch.deg2rad(lon2 - lon1)
     h = torch.sin(dp / 2) ** 2 + torch.cos(p1) * torch.cos(p2) * torch.sin(dl / 2) ** 2
     return 2 * EARTH_RADIUS_KM * torch.asin(torch.sqrt(h.clamp(0.0, 1.0)))
+
+
+def place_slack_km(geo_source: np.ndarray | None, n: int, slack_km: Mapping[str, float]) -> np.ndarray:
+    """(n,) float64: how far each listing's point may lie from where the animal was, by where the point came from
+    (``listings.geo_source``; ``slack_km`` maps a source to km, a source it does not name to 0).
+
+    A place named by a town, or a found animal placed at its shelter, is a centroid, not the spot: two such points
+    ``d`` km apart may be the same street, so a pair is judged by ``max(0, d - slack_lost - slack_found)`` — in the
+    hard radius and in the distance prior alike — and blocking reaches as far."""
+    out = np.zeros(n, dtype=np.float64)
+    if geo_source is not None and slack_km:
+        for source, km in slack_km.items():
+            out[geo_source == source] = km
+    return out
 
 
 def plausible_radius_km(

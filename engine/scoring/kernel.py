@@ -7,7 +7,7 @@ definition allows:
 * colours and breed words are bit masks (12 and 64 bits): their overlap is a popcount of an AND, not a matrix
   product writing a tile per attribute (three small products had cost as much as the whole fused kernel);
 * distance comes from unit vectors on the sphere (the chord, then one ``asin``), not from latitudes and longitudes
-  (four trigonometric calls and a square per pair);
+  (four trigonometric calls and a square per pair), less both listings' place slack (``geo.place_slack_km``);
 * the several-photos bonus is non-zero only for the rare pairs with two or more agreeing detection pairs, so it is
   added to those entries afterwards (:func:`add_bonus`) instead of being a dense term.
 
@@ -55,6 +55,7 @@ class Codes:
     colour_bits: torch.Tensor  # (n,) int32, bit c: colour c
     breed_id: torch.Tensor  # (n,) int64, -1 unknown
     breed_bits: torch.Tensor  # (n,) int64, bit b: a breed word hashed to bucket b
+    slack: torch.Tensor  # (n,) float32 km the point may be off (``geo.place_slack_km``)
 
     def pick(self, index: Any) -> Codes:
         """The codes indexed by ``index``: ``(slice, None)`` / ``(None, slice)`` for a tile's rows / columns, an
@@ -76,6 +77,7 @@ def side_codes(
     species: torch.Tensor,
     has_text: torch.Tensor,
     attrs: AttributeCodes,
+    slack: torch.Tensor,
     device: torch.device,
 ) -> Codes:
     """The kernel's codes of one side."""
@@ -98,6 +100,7 @@ def side_codes(
         colour_bits=dev(_bits(attrs.colours), np.int32),
         breed_id=attrs.breed_id.to(device),
         breed_bits=dev(_bits(attrs.breed_tok), np.int64),
+        slack=dev(slack.numpy()),
     )
 
 
@@ -133,7 +136,7 @@ def fused_kernel(best, txt, a, b, c):  # fmt: skip
     e_attr = evidence_of(sub_terms(a.sex, b.sex, a.size, b.size, inter, a.n_colours, b.n_colours, a.breed_id,
                                    b.breed_id, shared))  # fmt: skip
     chord = torch.sqrt((a.x - b.x) ** 2 + (a.y - b.y) ** 2 + (a.z - b.z) ** 2)
-    dist = (2.0 * EARTH_RADIUS_KM) * torch.asin((0.5 * chord).clamp(max=1.0))
+    dist = ((2.0 * EARTH_RADIUS_KM) * torch.asin((0.5 * chord).clamp(max=1.0)) - a.slack - b.slack).clamp(min=0.0)
     days = b.day - a.day
     no_days = torch.isnan(days)
     scale = c[15] + c[16] * torch.where(no_days, TYPICAL_DAYS, days).clamp(min=0.0)
