@@ -62,12 +62,11 @@ class ListingKeys:
     species: np.ndarray  # (n,) int64, 0 unknown
     xyz: np.ndarray  # (n, 3) float64 unit vectors, NaN rows without coordinates
     day: np.ndarray  # (n,) float64, NaN unknown
-    reach: float  # chord of R on the unit sphere (R + extra_km below)
+    reach: float  # chord of R on the unit sphere (of R + a slack class's km in a subset)
     max_days: float
     grace_days: float
     radius_km: float  # R
     slack: np.ndarray  # (n,) float64 km each point may be off (``geo.place_slack_km``)
-    extra_km: float = 0.0
 
     def __len__(self) -> int:
         return len(self.species)
@@ -75,7 +74,7 @@ class ListingKeys:
     def subset(self, rows: np.ndarray, extra_km: float) -> ListingKeys:
         """The listings ``rows``, reaching ``extra_km`` farther than R (the slack of a class of pairs)."""
         return ListingKeys(self.species[rows], self.xyz[rows], self.day[rows], _reach(self.radius_km + extra_km),
-                           self.max_days, self.grace_days, self.radius_km, self.slack[rows], extra_km)  # fmt: skip
+                           self.max_days, self.grace_days, self.radius_km, self.slack[rows])  # fmt: skip
 
 
 def listing_keys(
