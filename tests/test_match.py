@@ -403,7 +403,8 @@ def test_incremental_match_publishes_what_a_full_rematch_does(
     for i in range(100):  # cats: a block of their own that no change below touches
         world.add(["lost", "found"][i % 2], f"cat-{i}", world.identity(), day=i % 9, species="cat")
     for i in range(12):  # dogs of a town 40 km away: blocks of their own, which the new listings below also touch
-        world.add(["lost", "found"][i % 2], f"far-{i}", world.identity(), day=i % 9, lat=TACOMA[0], lon=TACOMA[1])
+        world.add(["lost", "found"][i % 2], f"far-{i}", world.identity(), day=i % 9, lat=TACOMA[0], lon=TACOMA[1],
+                  geo_source="city" if i % 3 == 0 else "page")  # fmt: skip
     world.write(settings)
     first = match(settings, top_k=4)
     assert first["mode"] == "full" and first["mode_reason"] == "first match run"
@@ -420,18 +421,22 @@ def test_incremental_match_publishes_what_a_full_rematch_does(
     for i in range(6):
         world.add(["lost", "found"][i % 2], f"new-other-{i}", world.identity(), day=5)
     far = world.identity()
-    world.add("lost", "far-new-lost", far, day=3, lat=TACOMA[0], lon=TACOMA[1])
+    far_lost = world.add("lost", "far-new-lost", far, day=3, lat=TACOMA[0], lon=TACOMA[1], geo_source="city")
     world.add("found", "far-new-found", far, day=4, lat=TACOMA[0] + 0.01, lon=TACOMA[1])
+    # 20 km north at its shelter: only the places' slack (town 10 km, shelter 15 km) lets it pair
+    at_shelter = world.add("found", "far-at-shelter", far, day=5, lat=TACOMA[0] + 0.18, lon=TACOMA[1],
+                           geo_source="shelter")  # fmt: skip
     world.write(settings)
 
     incremental = match(settings, top_k=4)
     assert incremental["mode"] == "incremental", incremental["mode_reason"]
     changes = incremental["changes"]
     assert [changes[f"{side}_{what}"] for what in ("new", "changed", "removed") for side in ("lost", "found")] == [
-        7, 7, 1, 1, 1, 1,
+        7, 8, 1, 1, 1, 1,
     ]  # fmt: skip
     assert 0 < incremental["pairs_scored"] == incremental["candidate_pairs"] and changes["matches_carried"] > 0, changes
     assert all(current(settings, *p)[0] == 1 for p in new_pairs)
+    assert current(settings, far_lost, at_shelter) is not None
     snapshot = db.query("SELECT listing_id, status, colors, lat FROM listings ORDER BY listing_id")
     assert snapshot == sorted((r["listing_id"], r["status"], r.get("colors"), r["lat"]) for r in world.listings)
     assert current(settings, *pairs[0]) is None and current(settings, *pairs[2]) is None
