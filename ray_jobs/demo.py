@@ -129,6 +129,7 @@ def demo(
     photos: str | None = None,
     reunions: int | None = None,
     distractors: int | None = None,
+    distractor_photos: str | None = None,
     shared_dir: str | None = None,
     seed: int = 7,
 ) -> dict[str, Any]:
@@ -138,6 +139,7 @@ def demo(
         photos: plant reunions from DIR/<identity>/<image>.jpg, 1-3 photos a post (species: DIR/../manifest.csv)
         reunions: animals planted as a lost and a found post of each (default 100, or 20 without --photos)
         distractors: other animals' posts around them, same area and weeks (default 110, or 60 without --photos)
+        distractor_photos: take the distractors from the images under DIR instead, one animal each (any layout)
         shared_dir: the team's real data and weights (default: ../shared beside the checkout, if present).
         seed: makes the generated site reproducible.
     """
@@ -163,6 +165,7 @@ def demo(
             reunions=default_reunions if reunions is None else reunions,
             distractors=default_distractors if distractors is None else distractors,
             images_dir=images_dir,
+            distractor_photos=Path(distractor_photos) if distractor_photos else None,
             seed=seed,
         )
         print(

@@ -128,6 +128,23 @@ def _identity_photos(images_dir: Path) -> dict[str, list[Path]]:
     return found
 
 
+def _loose_photos(folder: Path, images_dir: Path | None) -> dict[str, list[Path]]:
+    """Every image under ``folder`` (any depth) as an animal of its own, keyed by its path inside the folder."""
+    if not folder.is_dir():
+        raise DemoSiteError(f"distractor photos folder {folder} is not a directory")
+    if images_dir is not None:
+        a, b = folder.resolve(), images_dir.resolve()
+        if a == b or a in b.parents or b in a.parents:
+            raise DemoSiteError(
+                f"distractor photos {folder} overlap the reunions' photos {images_dir}: a planted animal's own photo "
+                "could be posted as another animal"
+            )
+    photos = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not photos:
+        raise DemoSiteError(f"distractor photos folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return {f"other:{p.relative_to(folder).as_posix()}": [p] for p in photos}
+
+
 def manifest_species(images_dir: Path) -> dict[str, str]:
     """identity → species from ``manifest.csv`` beside ``images_dir`` (empty when there is none or no such column)."""
     path = images_dir.parent / "manifest.csv"
@@ -324,12 +341,21 @@ def _write_pages(root: Path, posts: list[dict[str, object]]) -> None:
 
 
 def build_demo_site(
-    root: Path, *, reunions: int = 20, distractors: int = 60, images_dir: Path | None = None, seed: int = 7
+    root: Path,
+    *,
+    reunions: int = 20,
+    distractors: int = 60,
+    images_dir: Path | None = None,
+    distractor_photos: Path | None = None,
+    seed: int = 7,
 ) -> DemoSite:
     """Write the site under ``root`` (replacing what was there) and return what was planted in it.
 
     ``images_dir`` None paints synthetic animals; a folder that is missing or has no identity with two images raises
     :class:`DemoSiteError`. Fewer reunions or distractors than asked for (a small folder) are a warning on the site.
+    ``distractor_photos``: the distractors' photos come from this folder instead (any layout: every image is one
+    other animal, one photo a post), e.g. unlabelled pet photos around a small set of held-out animals; it must not
+    overlap ``images_dir``.
     """
     if reunions < 1 or distractors < 0:
         raise DemoSiteError(f"need at least one reunion and no negative distractors (got {reunions}, {distractors})")
@@ -346,6 +372,11 @@ def build_demo_site(
         decks |= {f"synthetic{reunions + i}": [_synthetic_identity(rng)[0]] for i in range(distractors)}
         order = list(decks)
         candidates = order[:reunions]
+
+    if distractor_photos is not None:
+        others = _loose_photos(distractor_photos, images_dir)
+        decks |= others
+        order = rng.sample(sorted(others), len(others))
 
     if root.exists():
         shutil.rmtree(root)

@@ -129,6 +129,36 @@ def test_a_small_folder_reuses_distractor_animals_without_unplanted_reunions(tmp
     assert site.posts - 4 < 30 and any("distractors of 30" in w for w in site.warnings)
 
 
+def test_distractors_from_a_folder_of_other_animals(tmp_path: Path) -> None:
+    """``distractor_photos``: every image under the folder (any depth) is one other animal with one post; the
+    reunions still come from the identity folder, and a folder overlapping it is refused."""
+    colours = _identity_folder(tmp_path / "ids", {"a": ("dog", 3), "b": ("cat", 2), "solo": ("dog", 1)})
+    others = tmp_path / "others"
+    for n, sub in enumerate(["cat", "cat", "dog", "dog/deeper", "dog"]):
+        (others / sub).mkdir(parents=True, exist_ok=True)
+        colour = _colour(50 + n)
+        Image.new("RGB", (64, 48), colour).save(others / sub / f"{n}.jpg", quality=95)
+        colours[colour] = f"other/{n}"
+    (others / "notes.txt").write_text("not a photo")
+    site = build_demo_site(tmp_path / "site", reunions=2, distractors=4, images_dir=tmp_path / "ids" / "images",
+                           distractor_photos=others, seed=2)  # fmt: skip
+    planted = {x for r in site.reunions for x in (r.lost_source_id, r.found_source_id)}
+    assert {r.identity for r in site.reunions} == {"a", "b"} and site.posts == 4 + 4
+    for source_id, (obj, _) in _posts(site).items():
+        files = [_source_file(site.root / url.lstrip("/"), colours) for url in obj["image"]]
+        if source_id in planted:
+            assert all(not f.startswith("other/") for f in files)
+        else:  # one photo of one other animal, never the identity folder's leftovers ("solo", a's third photo)
+            assert len(files) == 1 and files[0].startswith("other/")
+            assert site.post_identity[source_id].startswith("other:")
+    with pytest.raises(DemoSiteError, match="overlap"):
+        build_demo_site(tmp_path / "site", images_dir=tmp_path / "ids" / "images", distractor_photos=tmp_path / "ids")
+    (tmp_path / "empty").mkdir()
+    for folder, message in ((tmp_path / "empty", "holds no images"), (tmp_path / "none", "not a directory")):
+        with pytest.raises(DemoSiteError, match=message):
+            build_demo_site(tmp_path / "site", images_dir=tmp_path / "ids" / "images", distractor_photos=folder)
+
+
 def test_unreadable_images_are_skipped_and_named(tmp_path: Path) -> None:
     _identity_folder(tmp_path, {"a": ("dog", 2), "b": ("dog", 2), "c": ("cat", 2)})
     (tmp_path / "images" / "a" / "broken.jpg").write_bytes(b"not a jpeg")
