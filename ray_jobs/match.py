@@ -483,7 +483,7 @@ def _run(settings, store, runs, run_id, versions, params, k, tile, dev, use_ray,
     if mode == "incremental" and touched > FULL_WHEN_TOUCHED:
         mode, reason = "full", f"the changes touch over {FULL_WHEN_TOUCHED:.0%} of the candidate pairs"
         previous, rows, cols = Previous.empty(), np.ones(lost.n, bool), np.ones(found.n, bool)
-    keys = _keys(cfg, params, lost, found)
+    keys = _keys(params, lost, found)
     if mode == "incremental":  # the pairs of the rescored listings only: no blocks of the whole region
         blocks, reach = [], reachable(*keys, rows, cols)
         candidate_pairs = len(reach[0][0]) + len(reach[1][0])
@@ -580,15 +580,15 @@ def _scored_listings(
     return lost, found
 
 
-def _keys(cfg: Any, params: ScoreParams, lost: Side, found: Side) -> tuple[ListingKeys, ListingKeys]:
+def _keys(params: ScoreParams, lost: Side, found: Side) -> tuple[ListingKeys, ListingKeys]:
     """What blocking knows of both sides under the hard rules (species, dates, the capped radius, the places'
     slack): every allowed pair lies in one block of ``make_blocks``, and in ``reachable`` of either of its listings."""
     key_args = dict(
-        base_radius_km=cfg.base_radius_km,
-        max_speed_km_per_day=cfg.max_speed_km_per_day,
-        max_radius_km=cfg.max_radius_km,
-        max_days=cfg.max_days,
-        grace_days=cfg.found_before_lost_grace_days,
+        base_radius_km=params.base_radius_km,
+        max_speed_km_per_day=params.max_speed_km_per_day,
+        max_radius_km=params.max_radius_km,
+        max_days=params.max_days,
+        grace_days=params.grace_days,
     )
     return tuple(  # type: ignore[return-value]
         listing_keys(s.species.numpy(), s.lat.numpy(), s.lon.numpy(), s.day.numpy(), **key_args,

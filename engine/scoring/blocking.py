@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.scoring.geo import EARTH_RADIUS_KM, chord_for_radius, plausible_radius_km, unit_vectors
+from engine.scoring.geo import chord_for_radius, plausible_radius_km, unit_vectors
 
 CELLS_PER_RADIUS = 4
 """Grid cells per chord of R: a group's found listings lie within R of its cell, a box 1/2 R wide (a disc of about
@@ -73,7 +73,7 @@ class ListingKeys:
 
     def subset(self, rows: np.ndarray, extra_km: float) -> ListingKeys:
         """The listings ``rows``, reaching ``extra_km`` farther than R (the slack of a class of pairs)."""
-        return ListingKeys(self.species[rows], self.xyz[rows], self.day[rows], _reach(self.radius_km + extra_km),
+        return ListingKeys(self.species[rows], self.xyz[rows], self.day[rows], float(_reach(self.radius_km + extra_km)),
                            self.max_days, self.grace_days, self.radius_km, self.slack[rows])  # fmt: skip
 
 
@@ -97,7 +97,7 @@ def listing_keys(
         species=np.asarray(species, dtype=np.int64),
         xyz=unit_vectors(np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)),
         day=np.asarray(days, dtype=np.float64),
-        reach=_reach(radius),
+        reach=float(_reach(radius)),
         max_days=float(max_days),
         grace_days=float(grace_days),
         radius_km=float(radius),
@@ -107,9 +107,7 @@ def listing_keys(
 
 def _reach(radius_km: Any) -> Any:
     """The chord of ``radius_km`` (a number or an array) with the blocks' relative slack."""
-    if np.ndim(radius_km):
-        return 2.0 * np.sin(np.minimum(np.asarray(radius_km) / EARTH_RADIUS_KM, np.pi) / 2.0) * (1.0 + _MARGIN)
-    return chord_for_radius(float(radius_km)) * (1.0 + _MARGIN)
+    return chord_for_radius(radius_km) * (1.0 + _MARGIN)
 
 
 _UNKNOWN = np.iinfo(np.int64).min

@@ -108,7 +108,8 @@ def unit_vectors(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
     return np.stack([np.cos(p) * np.cos(lam), np.cos(p) * np.sin(lam), np.sin(p)], axis=1)
 
 
-def chord_for_radius(radius_km: float) -> float:
-    """The straight-line distance through the unit sphere (chord) of the great-circle distance ``radius_km``:
-    great-circle distance ≤ r exactly when chord ≤ this, so grids on the unit sphere need no pole or date-line cases."""
-    return 2.0 * math.sin(min(radius_km / EARTH_RADIUS_KM, math.pi) / 2.0)
+def chord_for_radius(radius_km: Any) -> Any:
+    """The straight-line distance through the unit sphere (chord) of the great-circle distance ``radius_km`` (a number
+    or an array): great-circle distance ≤ r exactly when chord ≤ this, so grids on the unit sphere need no pole or
+    date-line cases."""
+    return 2.0 * np.sin(np.minimum(np.asarray(radius_km, dtype=np.float64) / EARTH_RADIUS_KM, np.pi) / 2.0)
