@@ -217,8 +217,9 @@ def test_a_long_pipeline_step_does_not_hold_back_crawls_falling_due(tmp_path: Pa
     def crawl(settings: Settings, names: list[str], **_: Any) -> list[dict[str, Any]]:
         out = []
         for name in names:
+            during_enrich = enriching.is_set()
             if name == "often":
-                launched_while_enriching.append(enriching.is_set())
+                launched_while_enriching.append(during_enrich)
             run_id = begin_run(runs, name, {}, settings.data_dir)
             if name == "new":
                 lid = ids.listing_id("new", "n1")
@@ -227,7 +228,7 @@ def test_a_long_pipeline_step_does_not_hold_back_crawls_falling_due(tmp_path: Pa
                                                               "scraped_at": datetime.now(UTC)}])  # fmt: skip
             result = {"run_id": run_id, "source": name, "status": "ok", "items": 1, "new": int(name == "new")}
             finish_run(runs, result)
-            if name == "often" and enriching.is_set():
+            if name == "often" and during_enrich:  # launched, not only finished, while enrich ran
                 crawled_meanwhile.set()
             out.append(result)
         return out
